@@ -1,0 +1,196 @@
+"""The provider interface: one wire protocol behind five methods, nothing about routing.
+
+A provider turns a :class:`ProviderRequest` into upstream HTTP and the answer back into
+:class:`Completion` (``generate``) or a sequence of :class:`StreamDelta` (``stream``).
+It raises only :mod:`sidecar.errors` provider errors, carrying its own name and the
+model. It never retries, never falls back and never sleeps: that is the router's job.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import httpx
+
+from sidecar.errors import SidecarError
+
+Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length", "content_filter", "tool_calls"]
+
+__all__ = [
+    "ChatMessage",
+    "Completion",
+    "FinishReason",
+    "Provider",
+    "ProviderModel",
+    "ProviderRequest",
+    "ProviderSettings",
+    "RateLimitSnapshot",
+    "Role",
+    "StreamDelta",
+    "Usage",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One turn of the conversation."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRequest:
+    """A request already resolved to one model; every field optional but the model.
+
+    ``system`` is kept apart from ``messages`` because Anthropic wants it as its own
+    field; OpenAI-style providers put it first as a ``system`` message.
+    """
+
+    model: str
+    messages: tuple[ChatMessage, ...]
+    system: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    stop: tuple[str, ...] | None = None
+    #: Context size the request needs (Ollama's ``num_ctx``); ``None`` leaves the server default.
+    context_window: int | None = None
+    #: Provider-native structured output parameters (filled by the structured output layer).
+    native_format: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts as the provider reported them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A whole answer."""
+
+    content: str
+    model: str
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDelta:
+    """One event of a stream: a piece of text and/or end-of-stream facts."""
+
+    content: str = ""
+    model: str | None = None
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderModel:
+    """A model as the provider itself reports it (merged into the registry later)."""
+
+    id: str
+    provider: str
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+    capabilities: frozenset[str] = frozenset()
+    display_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSnapshot:
+    """What the provider's rate-limit headers said on the last response."""
+
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+    reset_requests_ms: int | None = None
+    reset_tokens_ms: int | None = None
+    limit_requests: int | None = None
+    limit_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    """One configured provider entry, resolved (key from config or environment)."""
+
+    name: str
+    kind: str
+    base_url: str
+    default_model: str
+    api_key: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout_ms: int | None = None
+    local: bool = False
+    models: tuple[str, ...] = ()
+
+
+class Provider(abc.ABC):
+    """One upstream endpoint speaking one wire protocol.
+
+    Subclasses implement :meth:`generate`, :meth:`stream` and :meth:`list_models`;
+    ``stream`` is an async generator and closing it (``aclose``, or cancelling the
+    task iterating it) closes the upstream HTTP response.
+    """
+
+    #: The config key / wire family this class speaks ("openai", "anthropic", "ollama").
+    kind: ClassVar[str]
+    #: Capabilities every model of this provider has (``ModelInfo.capabilities``).
+    capabilities: ClassVar[frozenset[str]] = frozenset({"chat", "streaming"})
+    #: Environment variable holding the key, if the provider takes one.
+    key_env_var: ClassVar[str | None] = None
+
+    def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self.client = client
+        self.last_rate_limit: RateLimitSnapshot | None = None
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def is_local(self) -> bool:
+        return self.settings.local
+
+    @abc.abstractmethod
+    async def generate(self, request: ProviderRequest) -> Completion:
+        """Send one non-streaming request."""
+
+    @abc.abstractmethod
+    def stream(self, request: ProviderRequest) -> AsyncIterator[StreamDelta]:
+        """Send one streaming request and yield its deltas as they arrive."""
+
+    @abc.abstractmethod
+    async def list_models(self) -> list[ProviderModel]:
+        """The models the endpoint reports."""
+
+    async def get_model_info(self, model_id: str) -> ProviderModel | None:
+        """What the endpoint says about one model (default: look it up in the list)."""
+        for model in await self.list_models():
+            if model.id == model_id:
+                return model
+        return None
+
+    async def is_available(self) -> bool:
+        """Whether the endpoint answers at all (a cheap probe; never raises)."""
+        try:
+            await self.list_models()
+        except SidecarError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,326 @@
+"""Everything HTTP the providers share: the client factory, error mapping, stream framing.
+
+This is the only module that builds ``httpx.AsyncClient`` objects (so the transport can
+be swapped in one place) and the one seam where httpx exceptions and HTTP statuses become
+:mod:`sidecar.errors` classes. Stream bodies are split on the byte ``\\n`` only (NDJSON)
+or by ``httpx-sse``'s SSE line decoder (``\\r\\n``, ``\\r``, ``\\n``): never by
+``str.splitlines``, which would also split on U+2028/U+2029 that JSON leaves raw.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import httpx_sse
+import orjson
+
+from sidecar.errors import (
+    AuthenticationError,
+    ModelError,
+    NetworkError,
+    ProviderError,
+    RateLimitError,
+    ValidationError,
+)
+from sidecar.providers.base import ProviderSettings, RateLimitSnapshot
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT_S",
+    "DEFAULT_TIMEOUT_MS",
+    "MAX_STREAM_LINE_BYTES",
+    "HttpClientFactory",
+    "aiter_ndjson",
+    "aiter_sse",
+    "error_from_status",
+    "is_loopback_url",
+    "loads_body",
+    "map_http_errors",
+    "parse_go_duration_ms",
+    "parse_rate_limit",
+    "parse_retry_after_ms",
+    "read_error_body",
+]
+
+#: Per-attempt read timeout when the provider entry sets no ``timeoutMs``.
+DEFAULT_TIMEOUT_MS = 120_000
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+#: A stream line longer than this is treated as a broken stream, not buffered forever.
+MAX_STREAM_LINE_BYTES = 16 * 1024 * 1024
+
+_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url`` points at this machine (loopback range or ``localhost``)."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host in _LOOPBACK_HOSTS or host.startswith("127.") or host.endswith(".localhost")
+
+
+class HttpClientFactory:
+    """Builds the one pooled ``httpx.AsyncClient`` of each provider.
+
+    ``transport`` replaces httpx's default transport for every client (the benchmark
+    issue compares the aiohttp-backed one); tests keep the default and talk to real
+    loopback servers.
+    """
+
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._transport = transport
+
+    def build(self, settings: ProviderSettings) -> httpx.AsyncClient:
+        timeout_s = (settings.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
+        return httpx.AsyncClient(
+            base_url=settings.base_url.rstrip("/"),
+            timeout=httpx.Timeout(timeout_s, connect=min(DEFAULT_CONNECT_TIMEOUT_S, timeout_s)),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50, keepalive_expiry=30),
+            # Local servers are reached directly; a system proxy must never see them.
+            trust_env=not settings.local,
+            follow_redirects=False,
+            transport=self._transport,
+        )
+
+
+@contextmanager
+def map_http_errors(provider: str, model: str | None) -> Iterator[None]:
+    """Translate httpx failures raised inside the block into :class:`NetworkError` and kin."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        phase = type(exc).__name__.replace("Timeout", "").lower() or "request"
+        raise NetworkError(
+            f"{provider}: {phase} timed out", provider=provider, model_id=model
+        ) from exc
+    except httpx.ConnectError as exc:
+        raise NetworkError(
+            f"{provider}: could not connect ({_reason(exc)})", provider=provider, model_id=model
+        ) from exc
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError) as exc:
+        raise NetworkError(
+            f"{provider}: connection broken ({_reason(exc)})", provider=provider, model_id=model
+        ) from exc
+    except httpx.TransportError as exc:
+        raise NetworkError(
+            f"{provider}: transport failure ({_reason(exc)})", provider=provider, model_id=model
+        ) from exc
+    except httpx.DecodingError as exc:
+        raise ModelError(
+            f"{provider}: undecodable response body", provider=provider, model_id=model
+        ) from exc
+    except httpx_sse.SSEError as exc:
+        raise ModelError(
+            f"{provider}: expected an event stream ({exc})", provider=provider, model_id=model
+        ) from exc
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def read_error_body(body: bytes) -> tuple[str | None, str | None, str | None]:
+    """Pull ``(message, type, code)`` out of any provider's error envelope.
+
+    Handles OpenAI/llama.cpp ``{"error": {...}}``, Anthropic ``{"type": "error",
+    "error": {...}}`` and Ollama ``{"error": "..."}``; other bodies give a trimmed text.
+    """
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace").strip()
+        return (text[:300] or None), None, None
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, str):
+            return err, None, None
+        if isinstance(err, dict):
+            code = err.get("code")
+            return (
+                _as_str(err.get("message")),
+                _as_str(err.get("type")),
+                None if code is None else str(code),
+            )
+        if isinstance(data.get("message"), str):
+            return data["message"], None, None
+    return None, None, None
+
+
+def _as_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+_CONTEXT_PATTERNS = re.compile(
+    r"context[_ ]length|context window|maximum context|prompt is too long|too many tokens"
+    r"|exceeds the context|input is too long|num_ctx",
+    re.IGNORECASE,
+)
+
+
+def error_from_status(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    provider: str,
+    model: str | None,
+) -> ProviderError:
+    """Map an HTTP error response to the contract's typed error, keeping the message."""
+    message, err_type, code = read_error_body(body)
+    text = f"{provider}: {message or f'HTTP {status}'}"
+    ctx: dict[str, Any] = {"provider": provider, "model_id": model, "status": status}
+    retry_after = parse_retry_after_ms(headers)
+    should_retry = headers.get("x-should-retry")
+    retryable = None if should_retry is None else should_retry.strip().lower() == "true"
+    if err_type:
+        ctx["extra"] = {"providerType": err_type} | ({"providerCode": code} if code else {})
+    if status in (401, 403) or err_type in ("authentication_error", "permission_error"):
+        return AuthenticationError(text, retryable=False, **ctx)
+    if status == 402 or err_type == "billing_error":
+        return AuthenticationError(text, retryable=False, **ctx)
+    if status == 429:
+        quota = "quota" in (err_type or "") or "quota" in (code or "") or code == "credit_balance_exhausted"
+        return RateLimitError(
+            text,
+            retry_after_ms=retry_after,
+            retryable=False if quota else retryable,
+            **ctx,
+        )
+    if status in (408, 499):
+        return NetworkError(text, retry_after_ms=retry_after, retryable=retryable, **ctx)
+    if status == 404:
+        return ModelError(text, retryable=False if retryable is None else retryable, **ctx)
+    if status >= 500 or status == 409:
+        return ModelError(text, retry_after_ms=retry_after, retryable=retryable, **ctx)
+    too_long = code == "context_length_exceeded" or bool(message and _CONTEXT_PATTERNS.search(message))
+    return ValidationError(text, context_too_long=too_long, retryable=False, **ctx)
+
+
+def parse_retry_after_ms(headers: Mapping[str, str], now: float | None = None) -> int | None:
+    """Read ``retry-after-ms`` (checked first) or ``retry-after`` (seconds or HTTP-date)."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            value = float(raw_ms)
+        except ValueError:
+            value = -1.0
+        if value >= 0:
+            return int(value)
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0, int(seconds * 1000))
+
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|h|m|s)")
+_UNIT_MS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def parse_go_duration_ms(value: str) -> int | None:
+    """Parse OpenAI's reset durations (``12ms``, ``6m0s``, ``1h2m3s``, ``33.023s``)."""
+    value = value.strip()
+    parts = _GO_DURATION.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return None
+    return int(sum(float(n) * _UNIT_MS[u] for n, u in parts))
+
+
+def _rfc3339_to_ms(value: str, now: float | None) -> int | None:
+    try:
+        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0, int((when.timestamp() - (time.time() if now is None else now)) * 1000))
+
+
+def _int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        return None
+
+
+def parse_rate_limit(headers: Mapping[str, str], now: float | None = None) -> RateLimitSnapshot | None:
+    """Read OpenAI's ``x-ratelimit-*`` or Anthropic's ``anthropic-ratelimit-*`` headers."""
+    if "x-ratelimit-remaining-requests" in headers or "x-ratelimit-remaining-tokens" in headers:
+        reset_req = headers.get("x-ratelimit-reset-requests")
+        reset_tok = headers.get("x-ratelimit-reset-tokens")
+        return RateLimitSnapshot(
+            remaining_requests=_int(headers.get("x-ratelimit-remaining-requests")),
+            remaining_tokens=_int(headers.get("x-ratelimit-remaining-tokens")),
+            reset_requests_ms=parse_go_duration_ms(reset_req) if reset_req else None,
+            reset_tokens_ms=parse_go_duration_ms(reset_tok) if reset_tok else None,
+            limit_requests=_int(headers.get("x-ratelimit-limit-requests")),
+            limit_tokens=_int(headers.get("x-ratelimit-limit-tokens")),
+        )
+    prefix = "anthropic-ratelimit-"
+    if prefix + "requests-remaining" in headers or prefix + "tokens-remaining" in headers:
+        reset_req = headers.get(prefix + "requests-reset")
+        reset_tok = headers.get(prefix + "tokens-reset") or headers.get(prefix + "input-tokens-reset")
+        return RateLimitSnapshot(
+            remaining_requests=_int(headers.get(prefix + "requests-remaining")),
+            remaining_tokens=_int(
+                headers.get(prefix + "tokens-remaining") or headers.get(prefix + "input-tokens-remaining")
+            ),
+            reset_requests_ms=_rfc3339_to_ms(reset_req, now) if reset_req else None,
+            reset_tokens_ms=_rfc3339_to_ms(reset_tok, now) if reset_tok else None,
+            limit_requests=_int(headers.get(prefix + "requests-limit")),
+            limit_tokens=_int(headers.get(prefix + "tokens-limit")),
+        )
+    return None
+
+
+def loads_body(body: bytes | str, *, provider: str, model: str | None) -> Any:
+    """Parse a JSON body or stream payload; garbage becomes a retryable :class:`ModelError`."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        snippet = (body if isinstance(body, str) else body.decode("utf-8", "replace"))[:80]
+        raise ModelError(
+            f"{provider}: malformed JSON from the provider ({snippet!r})",
+            provider=provider,
+            model_id=model,
+        ) from exc
+
+
+async def aiter_ndjson(response: httpx.Response) -> AsyncIterator[bytes]:
+    """Yield the non-empty lines of an NDJSON body, split on the byte ``\\n`` only."""
+    buffer = b""
+    async for chunk in response.aiter_bytes():
+        buffer += chunk
+        if b"\n" not in buffer:
+            if len(buffer) > MAX_STREAM_LINE_BYTES:
+                raise httpx.RemoteProtocolError("stream line too long")
+            continue
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            line = line.rstrip(b"\r")
+            if line:
+                yield line
+    if buffer.strip():
+        yield buffer.rstrip(b"\r")
+
+
+async def aiter_sse(response: httpx.Response) -> AsyncIterator[httpx_sse.ServerSentEvent]:
+    """Yield the events of an SSE body (``httpx-sse`` splits on SSE line ends only)."""
+    async for event in httpx_sse.EventSource(response).aiter_sse():
+        yield event

@@ -1,0 +1,252 @@
+"""Bytes in, bytes out: the protocol's framing over the process's standard streams.
+
+* :func:`claim_stdio` moves the protocol pipes to private descriptors and points fd 1 at
+  stderr and fd 0 at the null device, so a stray ``print``, a C library or a child
+  process can never write into (or read from) the protocol stream.
+* :class:`LineReader` runs on a dedicated thread (asyncio's ``StreamReader`` fails on
+  lines over 64 KiB, and pipes cannot be read asynchronously on Windows' proactor loop).
+  It splits on the byte ``\\n`` only, bounds each line, and hands lines to the event loop
+  through a bounded queue so a flooding host is slowed down instead of filling memory.
+* :class:`LineWriter` is the only writer: one task drains a bounded queue and writes
+  whole lines, flushing each batch, from a worker thread so a slow host blocks only it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import orjson
+
+__all__ = [
+    "EOF",
+    "LineReader",
+    "LineWriter",
+    "Oversized",
+    "claim_stdio",
+    "encode_message",
+]
+
+READ_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Oversized:
+    """A line longer than the limit was read and discarded up to its newline."""
+
+    size: int
+
+
+class _Eof:
+    def __repr__(self) -> str:
+        return "EOF"
+
+
+#: Sentinel put on the inbox when stdin reaches end of file.
+EOF = _Eof()
+
+InboxItem = bytes | Oversized | _Eof
+
+
+def claim_stdio() -> tuple[BinaryIO, BinaryIO]:
+    """Take fds 0 and 1 for the protocol; leave the process with devnull/stderr there.
+
+    Returns binary, unbuffered-on-write file objects for the protocol input and output.
+    The duplicated descriptors are non-inheritable (PEP 446), so child processes never
+    hold the host's pipe open (which would also stop stdin EOF from ever arriving).
+    """
+    wire_in = os.dup(0)
+    wire_out = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        _redirect_windows_std_handles()
+    return os.fdopen(wire_in, "rb", buffering=0), os.fdopen(wire_out, "wb", buffering=0)
+
+
+def _redirect_windows_std_handles() -> None:  # pragma: no cover
+    # Child processes on Windows inherit the Win32 std handles, not the CRT fds: point
+    # those at the new fd 0/1 too, as the MCP SDK's stdio claim does.
+    import ctypes
+    import msvcrt
+
+    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    kernel32.SetStdHandle(-10, msvcrt.get_osfhandle(0))
+    kernel32.SetStdHandle(-11, msvcrt.get_osfhandle(1))
+
+
+def _escape_line_separators(data: bytes) -> bytes:
+    # orjson writes U+2028/U+2029 raw (valid JSON), but Node's readline splits lines on
+    # them: escape both so every consumer sees one message per line.
+    if b"\xe2\x80" in data:
+        data = data.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")
+    return data
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {str(k): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def encode_message(message: dict[str, Any]) -> bytes:
+    """One protocol line: compact UTF-8 JSON, NaN as ``null``, U+2028/9 escaped, ``\\n``."""
+    try:
+        data = orjson.dumps(message)
+    except TypeError:
+        # Lone surrogates (e.g. from a provider's "\ud800") are not UTF-8: replace them
+        # rather than emit a line Tauri would drop.
+        data = orjson.dumps(_scrub(message), default=str)
+    return _escape_line_separators(data) + b"\n"
+
+
+class LineReader:
+    """Reads ``\\n``-terminated lines on a thread and feeds them to an asyncio queue."""
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_line_bytes: int,
+        inbox_size: int = 64,
+    ) -> None:
+        self._stream = stream
+        self._loop = loop
+        self._max = max_line_bytes
+        self.inbox: asyncio.Queue[InboxItem] = asyncio.Queue(maxsize=inbox_size)
+        self._thread = threading.Thread(target=self._run, name="stdin-reader", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _put(self, item: InboxItem) -> bool:
+        try:
+            asyncio.run_coroutine_threadsafe(self.inbox.put(item), self._loop).result()
+        except RuntimeError:  # the loop is closed: the process is exiting
+            return False
+        return True
+
+    def _run(self) -> None:
+        buffer = bytearray()
+        discarding = 0  # > 0 while skipping the rest of an oversized line
+        while True:
+            try:
+                chunk = self._stream.read(READ_CHUNK)
+            except (OSError, ValueError):
+                chunk = b""
+            if not chunk:
+                break
+            start = 0
+            while True:
+                nl = chunk.find(b"\n", start)
+                piece = chunk[start:] if nl < 0 else chunk[start:nl]
+                if discarding:
+                    discarding += len(piece)
+                elif len(buffer) + len(piece) > self._max:
+                    discarding = len(buffer) + len(piece)
+                    buffer.clear()
+                else:
+                    buffer += piece
+                if nl < 0:
+                    break
+                if discarding:
+                    item: InboxItem = Oversized(discarding)
+                    discarding = 0
+                else:
+                    item = bytes(buffer)
+                    buffer.clear()
+                if not self._put(item):
+                    return
+                start = nl + 1
+        if discarding:
+            self._put(Oversized(discarding))
+        elif buffer.strip():
+            self._put(bytes(buffer))  # a last line without its newline still counts
+        self._put(EOF)
+
+
+class LineWriter:
+    """The single writer of protocol lines; ``send`` waits when the host reads slowly."""
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        *,
+        queue_size: int = 1024,
+        on_broken_pipe: Callable[[], None] | None = None,
+        scrub: Callable[[bytes], bytes] | None = None,
+    ) -> None:
+        self._stream = stream
+        self._scrub = scrub
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=queue_size)
+        self._on_broken_pipe = on_broken_pipe
+        self._task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="stdout-writer")
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Queue one message; returns once it is queued (in order), not once written."""
+        if self.closed:
+            return
+        data = encode_message(message)
+        if self._scrub is not None:
+            data = self._scrub(data)
+        await self._queue.put(data)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = self._stream.write(view)
+            if written is None:  # pragma: no cover - non-blocking fd; ours is blocking
+                continue
+            view = view[written:]
+        self._stream.flush()
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            # Write what is already queued in one syscall: lines stay whole and ordered.
+            while not self._queue.empty() and len(batch) < 256:
+                item = self._queue.get_nowait()
+                if item is None:
+                    await self._flush_batch(batch)
+                    return
+                batch.append(item)
+            await self._flush_batch(batch)
+
+    async def _flush_batch(self, batch: list[bytes]) -> None:
+        if self.closed:
+            return
+        try:
+            await asyncio.to_thread(self._write, b"".join(batch))
+        except (BrokenPipeError, ConnectionResetError, OSError, ValueError):
+            self.closed = True
+            if self._on_broken_pipe is not None:
+                self._on_broken_pipe()
+
+    async def drain_and_close(self, timeout: float) -> None:
+        """Write everything queued so far, then stop (bounded by ``timeout`` seconds)."""
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(self._queue.put(None), timeout)
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            self._task.cancel()

@@ -1,0 +1,1 @@
+"""Wire types: the pydantic models of every IPC message (camelCase on the wire)."""

@@ -1,0 +1,116 @@
+"""``ModelConfig``: the shape of ``config.json`` and of ``model:get-config``/``set-config``.
+
+Every field has a default, so a missing or partial file still validates; the stored file
+holds only what the host set, and defaults are applied on top when it is read.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from sidecar.wire.base import ParamsModel
+from sidecar.wire.model import Priority
+
+__all__ = [
+    "BudgetConfig",
+    "CustomProviderEntry",
+    "ModelConfig",
+    "ProviderEntry",
+    "ProvidersConfig",
+    "RateLimitConfig",
+    "SelectionDefaults",
+]
+
+BUILTIN_PROVIDERS = ("openai", "anthropic", "ollama")
+
+
+class RateLimitConfig(ParamsModel):
+    max_requests: int = Field(default=0, ge=0, description="Requests per window; 0 = no limit.")
+    window_ms: int = Field(default=60_000, ge=1)
+    strategy: Literal["linear", "exponential"] = "exponential"
+    max_retries: int = Field(default=2, ge=0, le=10)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_concurrent: int | None = Field(default=None, ge=1)
+
+
+class ProviderEntry(ParamsModel):
+    base_url: str = Field(alias="baseURL", min_length=1)
+    api_key: str | None = None
+    default_model: str = Field(min_length=1)
+    enabled: bool = True
+    models: list[str] | None = None
+    headers: dict[str, str] | None = None
+    timeout_ms: int | None = Field(default=None, ge=100, le=3_600_000)
+    rate_limit: RateLimitConfig | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("baseURL must start with http:// or https://")
+        return value
+
+
+class CustomProviderEntry(ProviderEntry):
+    local: bool = False
+
+
+class ProvidersConfig(ParamsModel):
+    openai: ProviderEntry = ProviderEntry(
+        baseURL="https://api.openai.com/v1", defaultModel="gpt-4o-mini"
+    )
+    anthropic: ProviderEntry = ProviderEntry(
+        baseURL="https://api.anthropic.com", defaultModel="claude-haiku-4-5"
+    )
+    ollama: ProviderEntry = ProviderEntry(baseURL="http://127.0.0.1:11434", defaultModel="llama3.2")
+    custom: dict[str, CustomProviderEntry] = Field(default_factory=dict)
+
+    @field_validator("custom")
+    @classmethod
+    def _custom_names(cls, value: dict[str, CustomProviderEntry]) -> dict[str, CustomProviderEntry]:
+        for name in value:
+            if name in (*BUILTIN_PROVIDERS, "auto") or not name.strip():
+                raise ValueError(f"custom provider name {name!r} is reserved or empty")
+        return value
+
+
+class BudgetConfig(ParamsModel):
+    daily_limit: float | None = Field(default=None, ge=0)
+    monthly_limit: float | None = Field(default=None, ge=0)
+    alert_threshold: float = Field(default=0.8, ge=0, le=1)
+    block_on_limit: bool = True
+
+
+class SelectionDefaults(ParamsModel):
+    """Defaults for ``ModelSelection`` fields a request leaves out."""
+
+    priority: Priority = Priority.balanced
+    fallback: bool = True
+    fallback_mid_stream: bool = False
+    local_only: bool = False
+    max_cost_usd: float | None = Field(default=None, ge=0)
+
+
+class ModelConfig(ParamsModel):
+    providers: ProvidersConfig = Field(default_factory=ProvidersConfig)
+    default_provider: str = "ollama"
+    fallback_chain: list[str] = Field(default_factory=list)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    selection: SelectionDefaults = Field(default_factory=SelectionDefaults)
+    #: Extension: overall deadline of one request, retries and fallbacks included.
+    deadline_ms: int = Field(default=600_000, ge=1_000, le=3_600_000)
+
+    def provider_names(self) -> list[str]:
+        return [*BUILTIN_PROVIDERS, *self.providers.custom]
+
+    @model_validator(mode="after")
+    def _names_exist(self) -> ModelConfig:
+        known = set(self.provider_names())
+        if self.default_provider not in known:
+            raise ValueError(f"defaultProvider {self.default_provider!r} is not a configured provider")
+        unknown = [name for name in self.fallback_chain if name not in known]
+        if unknown:
+            raise ValueError(f"fallbackChain names unknown providers: {', '.join(unknown)}")
+        return self

@@ -1,0 +1,115 @@
+"""Params and results of every channel, and the notifications both sides send."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from sidecar.wire.base import ParamsModel, ResultModel
+from sidecar.wire.model import ModelInfo, ModelRequest, ModelSelection, ResponseFormat, StreamingChunk
+
+__all__ = [
+    "BudgetAlertParams",
+    "CancelRequestParams",
+    "EmptyParams",
+    "EmptyResult",
+    "GenerateParams",
+    "HealthResult",
+    "ListModelsParams",
+    "ListModelsResult",
+    "ProviderHealth",
+    "ProviderRateLimit",
+    "ReadyParams",
+    "SetConfigParams",
+    "StreamChunkParams",
+]
+
+RequestId = int | str
+
+
+class EmptyParams(ParamsModel):
+    """``{}``: no params (an absent ``params`` member is accepted too)."""
+
+
+class EmptyResult(ResultModel):
+    """``{}``."""
+
+
+class GenerateParams(ParamsModel):
+    """Params of ``model:generate`` and ``model:stream``."""
+
+    request: ModelRequest
+    selection: ModelSelection | None = None
+    response_format: ResponseFormat | None = None
+
+
+class ListModelsParams(ParamsModel):
+    provider: str | None = Field(default=None, min_length=1)
+    refresh: bool = False
+
+
+class ListModelsResult(ResultModel):
+    models: list[ModelInfo]
+
+
+class SetConfigParams(ParamsModel):
+    """A JSON merge patch (RFC 7386) over the stored ``ModelConfig``."""
+
+    config: dict[str, Any]
+
+
+class ProviderRateLimit(ResultModel):
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+    reset_requests_ms: int | None = None
+    reset_tokens_ms: int | None = None
+    paused_until_ms: int | None = Field(
+        default=None, description="Milliseconds until a provider-imposed pause (Retry-After) ends."
+    )
+
+
+class ProviderHealth(ResultModel):
+    available: bool
+    enabled: bool
+    local: bool
+    last_error: str | None = None
+    latency_ms_p50: float | None = Field(default=None, alias="latencyMsP50")
+    error_rate: float | None = None
+    rate_limit: ProviderRateLimit | None = None
+
+
+class HealthResult(ResultModel):
+    providers: dict[str, ProviderHealth]
+
+
+class ReadyParams(ResultModel):
+    """``sidecar:ready``, the first line on stdout."""
+
+    protocol_version: int
+    version: str
+    channels: list[str]
+    pid: int
+
+
+class StreamChunkParams(ResultModel):
+    """``model:stream-chunk``."""
+
+    request_id: RequestId
+    seq: int
+    chunk: StreamingChunk
+
+
+class BudgetAlertParams(ResultModel):
+    """``model:budget-alert``."""
+
+    period: str
+    spent_usd: float
+    limit_usd: float
+    threshold: float
+
+
+class CancelRequestParams(ParamsModel):
+    """``$/cancelRequest`` (host → sidecar)."""
+
+    id: RequestId
