@@ -52,7 +52,7 @@ class RequestContext:
     method: str
     send: Send
     #: Text already streamed to the host; sent as ``data.partialContent`` on failure.
-    partial_content: str | None = None
+    partial: list[str] | None = None
     #: Why the request was cancelled ("host" or "shutdown"), when it was.
     cancel_reason: str | None = None
 
@@ -86,6 +86,8 @@ class Dispatcher:
     send: Send
     accepting: bool = True
     inflight: dict[RequestId, _InFlight] = field(default_factory=dict)
+    #: Every request task not yet finished, answered or not (shutdown waits for them).
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def handle_line(self, item: bytes | Oversized) -> None:
         """Handle one inbound line (or the marker of a discarded oversized one)."""
@@ -151,6 +153,8 @@ class Dispatcher:
             self._run(channel, params, ctx), name=f"request-{method}-{msg_id}"
         )
         self.inflight[msg_id] = _InFlight(task, ctx)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def _notification(self, method: str, params: Any) -> None:
         if method == CANCEL_METHOD:
@@ -181,6 +185,13 @@ class Dispatcher:
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
 
+    async def wait_idle(self, timeout: float) -> None:
+        """Wait until every request task has sent its answer (bounded by ``timeout``)."""
+        current = asyncio.current_task()
+        pending = [t for t in self.tasks if t is not current]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
     async def _run(self, channel: Channel, params: dict[str, Any], ctx: RequestContext) -> None:
         try:
             try:
@@ -193,8 +204,8 @@ class Dispatcher:
         except asyncio.CancelledError:
             if ctx.cancel_reason is None:
                 raise  # not ours: the loop itself is going away
-            reason = "cancelled by the host" if ctx.cancel_reason == "host" else "the sidecar is shutting down"
-            await self._finish_error(ctx, RequestCancelled(f"request {reason}"))
+            reason = "by the host" if ctx.cancel_reason == "host" else "because the sidecar is shutting down"
+            await self._finish_error(ctx, RequestCancelled(f"request cancelled {reason}"))
             return
         except SidecarError as exc:
             await self._finish_error(ctx, exc)
@@ -217,8 +228,8 @@ class Dispatcher:
 
     async def _finish_error(self, ctx: RequestContext, exc: SidecarError) -> None:
         self.inflight.pop(ctx.request_id, None)
-        if ctx.partial_content is not None and "partialContent" not in exc.extra:
-            exc.extra["partialContent"] = ctx.partial_content
+        if ctx.partial is not None and "partialContent" not in exc.extra:
+            exc.extra["partialContent"] = "".join(ctx.partial)
         await self._error(ctx.request_id, exc)
 
     async def _error(self, request_id: RequestId | None, exc: SidecarError) -> None:

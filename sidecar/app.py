@@ -1,0 +1,158 @@
+"""Wiring and lifecycle: build every service, serve the stdio loop, shut down in time.
+
+Shutdown comes from ``sidecar:shutdown``, stdin EOF or SIGTERM (SIGINT/CTRL_BREAK on
+Windows). The sidecar then stops accepting requests, cancels the ones in flight (each
+answered ``RequestCancelled``), closes provider connections, flushes stdout and exits 0,
+all within :data:`SHUTDOWN_BUDGET_S`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import structlog
+
+from sidecar import PROTOCOL_VERSION, __version__
+from sidecar.core.config import ConfigManager
+from sidecar.core.pool import ProviderPool
+from sidecar.core.registry import Catalog
+from sidecar.core.router import Router
+from sidecar.core.stats import StatsBook
+from sidecar.errors import InvalidParams
+from sidecar.providers import create_provider
+from sidecar.providers.http import HttpClientFactory
+from sidecar.secrets import Redactor
+from sidecar.transport.dispatcher import Dispatcher, RequestId
+from sidecar.transport.stdio import EOF, LineReader, LineWriter
+from sidecar.wire.methods import GenerateParams
+
+__all__ = ["SHUTDOWN_BUDGET_S", "Services", "serve"]
+
+log = structlog.get_logger("sidecar.app")
+
+#: The protocol allows 2 s from the shutdown signal to exit; keep a margin.
+SHUTDOWN_BUDGET_S = 1.5
+
+
+@dataclass
+class Services:
+    """Everything the channels use, built once at start-up."""
+
+    config: ConfigManager
+    pool: ProviderPool
+    router: Router
+    stats: StatsBook
+    catalog: Catalog
+    dispatcher: Dispatcher | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def build(cls, data_dir: Path, env: Mapping[str, str], redactor: Redactor,
+              http: HttpClientFactory | None = None) -> Services:
+        config = ConfigManager(data_dir, env, redactor)
+        config.load()
+        pool = ProviderPool(create_provider, http or HttpClientFactory())
+        pool.configure(config.provider_settings())
+        config.on_change(lambda _cfg: pool.configure(config.provider_settings()))
+        stats = StatsBook()
+        catalog = Catalog.load()
+        router = Router(pool, lambda: config.config, stats, catalog)
+        return cls(config=config, pool=pool, router=router, stats=stats, catalog=catalog)
+
+    def check_response_format(self, params: GenerateParams) -> None:
+        """Refuse ``responseFormat`` until structured output is enforced (never a silent success)."""
+        if params.response_format is not None:
+            raise InvalidParams(
+                "responseFormat is not supported by this version of the sidecar",
+                errors=[{"path": "/responseFormat", "message": "not supported yet"}],
+            )
+
+    async def begin_shutdown(self, *, keep: RequestId | None = None) -> None:
+        """Stop accepting, cancel in-flight requests (answered), then signal the loop."""
+        dispatcher = self.dispatcher
+        if dispatcher is not None:
+            dispatcher.accepting = False
+            await dispatcher.cancel_all(reason="shutdown", timeout=SHUTDOWN_BUDGET_S / 2, keep=keep)
+        asyncio.get_running_loop().call_soon(self.stop.set)
+
+
+async def serve(
+    wire_in: BinaryIO,
+    wire_out: BinaryIO,
+    *,
+    data_dir: Path,
+    max_message_bytes: int,
+    redactor: Redactor,
+    env: Mapping[str, str],
+) -> None:
+    """Run the sidecar until shutdown; returns when everything has been answered."""
+    from sidecar.channels import build_channels
+
+    loop = asyncio.get_running_loop()
+    services = Services.build(data_dir, env, redactor)
+    writer = LineWriter(wire_out, scrub=redactor.scrub_bytes, on_broken_pipe=services.stop.set)
+    writer.start()
+    channels = build_channels(services)
+    dispatcher = Dispatcher(channels=channels, send=writer.send)
+    services.dispatcher = dispatcher
+    await writer.send({
+        "jsonrpc": "2.0",
+        "method": "sidecar:ready",
+        "params": {
+            "protocolVersion": PROTOCOL_VERSION,
+            "version": __version__,
+            "channels": sorted(channels),
+            "pid": os.getpid(),
+        },
+    })
+    log.info("ready", version=__version__, data_dir=str(data_dir), pid=os.getpid())
+    reader = LineReader(wire_in, loop, max_line_bytes=max_message_bytes)
+    reader.start()
+    _install_signal_handlers(loop, services.stop)
+
+    stop_wait = loop.create_task(services.stop.wait())
+    reason = "shutdown"
+    try:
+        while True:
+            get = loop.create_task(reader.inbox.get())
+            done, _ = await asyncio.wait({get, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if get not in done:
+                get.cancel()
+                break
+            item = get.result()
+            if item is EOF:
+                reason = "eof"
+                break
+            assert not isinstance(item, type(EOF))
+            await dispatcher.handle_line(item)
+    finally:
+        log.info("shutting_down", reason=reason, in_flight=len(dispatcher.inflight))
+        dispatcher.accepting = False
+        await dispatcher.cancel_all(reason="shutdown", timeout=SHUTDOWN_BUDGET_S / 2)
+        await dispatcher.wait_idle(timeout=0.3)
+        try:
+            await asyncio.wait_for(services.pool.aclose(), 0.3)
+        except TimeoutError:
+            log.warning("provider_close_timeout")
+        await writer.drain_and_close(timeout=0.5)
+        stop_wait.cancel()
+
+
+def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    if sys.platform == "win32":  # pragma: no cover - no add_signal_handler on Windows
+        def handler(_signum: int, _frame: object) -> None:
+            loop.call_soon_threadsafe(stop.set)
+
+        signal.signal(signal.SIGINT, handler)
+        if hasattr(signal, "SIGBREAK"):
+            signal.signal(signal.SIGBREAK, handler)
+        return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)

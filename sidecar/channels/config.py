@@ -1,0 +1,28 @@
+"""``model:get-config`` and ``model:set-config``: previews only, never a stored key."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sidecar.transport.dispatcher import Channel, RequestContext
+from sidecar.wire.methods import EmptyParams, SetConfigParams
+
+if TYPE_CHECKING:
+    from sidecar.app import Services
+
+__all__ = ["channels"]
+
+
+def channels(services: Services) -> list[Channel]:
+    manager = services.config
+
+    async def get_config(_params: EmptyParams, _ctx: RequestContext) -> dict[str, Any]:
+        return manager.preview()
+
+    async def set_config(params: SetConfigParams, _ctx: RequestContext) -> dict[str, Any]:
+        return await manager.patch(params.config)
+
+    return [
+        Channel("model:get-config", EmptyParams, get_config),
+        Channel("model:set-config", SetConfigParams, set_config),
+    ]

@@ -1,0 +1,128 @@
+"""``model:generate`` and ``model:stream``: one decision, one routed call, one response."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from sidecar.core.router import Outcome
+from sidecar.errors import SidecarError
+from sidecar.transport.dispatcher import Channel, RequestContext
+from sidecar.wire.methods import GenerateParams
+from sidecar.wire.model import Attempt, ModelResponse, ResponseMetadata, UsageInfo
+
+if TYPE_CHECKING:
+    from sidecar.app import Services
+
+__all__ = ["build_response", "channels"]
+
+log = structlog.get_logger("sidecar.requests")
+
+STREAM_CHUNK = "model:stream-chunk"
+
+
+def build_response(outcome: Outcome, parsed: Any = None) -> ModelResponse:
+    """The wire response of a successful routed call."""
+    completion = outcome.completion
+    usage = completion.usage
+    return ModelResponse(
+        content=completion.content,
+        model=completion.model,
+        usage=UsageInfo(
+            promptTokens=usage.prompt_tokens,
+            completionTokens=usage.completion_tokens,
+            totalTokens=usage.total_tokens,
+        ) if usage else None,
+        finishReason=completion.finish_reason,
+        parsed=parsed,
+        metadata=ResponseMetadata(
+            provider=outcome.candidate.provider,
+            latencyMs=round(outcome.latency_ms, 2),
+            timeToFirstTokenMs=None if outcome.ttft_ms is None else round(outcome.ttft_ms, 2),
+            costUsd=round(outcome.cost_usd, 8),
+            attempts=[Attempt.model_validate(a) for a in outcome.attempts],
+            taskType=outcome.decision.task_type,
+            selectionReasons=list(outcome.decision.reasons),
+        ),
+    )
+
+
+@contextmanager
+def _request_log(method: str, ctx: RequestContext, started: float) -> Iterator[list[Outcome]]:
+    """Log one event per request: provider, model, latency, attempts and outcome."""
+    done: list[Outcome] = []
+    fields: dict[str, Any] = {"method": method, "request_id": ctx.request_id}
+    try:
+        yield done
+    except SidecarError as exc:
+        log.info("request", **fields, outcome=exc.type, provider=exc.provider, model=exc.model_id,
+                 attempts=len(exc.attempts or []), latency_ms=_ms_since(started), error=exc.message)
+        raise
+    except asyncio.CancelledError:
+        log.info("request", **fields, outcome="cancelled", latency_ms=_ms_since(started))
+        raise
+    if done:
+        outcome = done[0]
+        log.info("request", **fields, outcome="ok", provider=outcome.candidate.provider,
+                 model=outcome.completion.model, latency_ms=round(outcome.latency_ms, 2),
+                 attempts=len(outcome.attempts))
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 2)
+
+
+def channels(services: Services) -> list[Channel]:
+    router = services.router
+
+    async def generate(params: GenerateParams, ctx: RequestContext) -> ModelResponse:
+        with _request_log("model:generate", ctx, time.monotonic()) as done:
+            services.check_response_format(params)
+            decision = router.select_provider(params.request, params.selection)
+            outcome = await router.generate(params.request, decision)
+            done.append(outcome)
+        return build_response(outcome)
+
+    async def stream(params: GenerateParams, ctx: RequestContext) -> ModelResponse:
+        started = time.monotonic()
+        services.check_response_format(params)
+        decision = router.select_provider(params.request, params.selection)
+        seq = 0
+        ctx.partial = []
+
+        async def sink(content: str, model: str | None, *, restart: bool = False) -> None:
+            nonlocal seq
+            chunk: dict[str, Any] = {"content": content, "done": False}
+            if model:
+                chunk["model"] = model
+            if restart:
+                chunk["restart"] = True
+                ctx.partial = []
+            else:
+                assert ctx.partial is not None
+                ctx.partial.append(content)
+            await ctx.notify(STREAM_CHUNK, {"requestId": ctx.request_id, "seq": seq, "chunk": chunk})
+            seq += 1
+
+        with _request_log("model:stream", ctx, started) as done:
+            outcome = await router.stream(params.request, decision, sink)
+            done.append(outcome)
+        await ctx.notify(
+            STREAM_CHUNK,
+            {
+                "requestId": ctx.request_id,
+                "seq": seq,
+                "chunk": {"content": "", "done": True, "model": outcome.completion.model},
+            },
+        )
+        return build_response(outcome)
+
+    return [
+        Channel("model:generate", GenerateParams, generate),
+        Channel("model:stream", GenerateParams, stream),
+    ]

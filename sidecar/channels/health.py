@@ -1,0 +1,59 @@
+"""``model:health``: per provider, reachable or not, why, how fast, and its limits."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from sidecar.providers.base import Provider
+from sidecar.transport.dispatcher import Channel, RequestContext
+from sidecar.wire.methods import EmptyParams, HealthResult, ProviderHealth, ProviderRateLimit
+
+if TYPE_CHECKING:
+    from sidecar.app import Services
+
+__all__ = ["channels"]
+
+PROBE_TIMEOUT_S = 3.0
+
+
+def channels(services: Services) -> list[Channel]:
+    async def probe(provider: Provider) -> tuple[bool, str | None]:
+        if provider.settings.kind in ("openai", "anthropic") and not provider.settings.api_key:
+            return False, "no API key configured"
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                ok = await provider.is_available()
+        except TimeoutError:
+            return False, f"no answer within {PROBE_TIMEOUT_S:.0f} s"
+        return ok, None if ok else f"not reachable at {provider.settings.base_url}"
+
+    async def health(_params: EmptyParams, _ctx: RequestContext) -> HealthResult:
+        enabled = services.pool.settings()
+        providers = [p for name in enabled if (p := services.pool.get(name)) is not None]
+        probes = await asyncio.gather(*(probe(p) for p in providers))
+        result: dict[str, ProviderHealth] = {}
+        for provider, (available, problem) in zip(providers, probes, strict=True):
+            stats = services.stats.get(provider.name)
+            snapshot = provider.last_rate_limit
+            result[provider.name] = ProviderHealth(
+                available=available,
+                enabled=True,
+                local=provider.settings.local,
+                lastError=problem or stats.last_error,
+                latencyMsP50=stats.latency_p50(),
+                errorRate=stats.error_rate(),
+                rateLimit=ProviderRateLimit(
+                    remainingRequests=snapshot.remaining_requests,
+                    remainingTokens=snapshot.remaining_tokens,
+                    resetRequestsMs=snapshot.reset_requests_ms,
+                    resetTokensMs=snapshot.reset_tokens_ms,
+                ) if snapshot else None,
+            )
+        for name in services.config.config.provider_names():
+            if name not in result:
+                result[name] = ProviderHealth(available=False, enabled=False, local=False,
+                                              lastError="disabled in config")
+        return HealthResult(providers=result)
+
+    return [Channel("model:health", EmptyParams, health)]

@@ -1,0 +1,88 @@
+"""Command line: flags, stdio claim, logging, and the run of the event loop.
+
+``model-sidecar [--data-dir DIR] [--log-level LEVEL] [--max-message-bytes N]``;
+``--version`` prints the version and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import faulthandler
+import multiprocessing
+import os
+import sys
+from pathlib import Path
+
+from sidecar import __version__
+
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "main", "parse_args", "resolve_data_dir"]
+
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+APP_NAME = "model-sidecar"
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1024:
+        raise argparse.ArgumentTypeError("must be at least 1024")
+    return number
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=APP_NAME,
+        description="Model sidecar: newline-delimited JSON-RPC on stdin/stdout (see docs/protocol.md).",
+    )
+    parser.add_argument("--data-dir", type=Path, help="config.json and usage ledger location")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    parser.add_argument(
+        "--max-message-bytes", type=_positive_int, default=DEFAULT_MAX_MESSAGE_BYTES,
+        help="longest accepted input line (default 16 MiB)",
+    )
+    parser.add_argument("--version", action="version", version=f"{APP_NAME} {__version__}")
+    return parser.parse_args(argv)
+
+
+def resolve_data_dir(flag: Path | None) -> Path:
+    """``--data-dir``, else ``MODEL_SIDECAR_DATA_DIR``, else the platform's user data dir."""
+    if flag is not None:
+        return flag.expanduser().resolve()
+    env = os.environ.get("MODEL_SIDECAR_DATA_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def main(argv: list[str] | None = None) -> None:
+    multiprocessing.freeze_support()  # a frozen binary must not re-run itself as a worker
+    args = parse_args(argv)
+    # Claim the protocol pipes before anything else can print: from here on fd 1 is stderr.
+    from sidecar.transport.stdio import claim_stdio
+
+    wire_in, wire_out = claim_stdio()
+    faulthandler.enable(file=sys.stderr)
+
+    from sidecar.app import serve
+    from sidecar.logs import configure_logging
+    from sidecar.secrets import Redactor
+
+    redactor = Redactor()
+    configure_logging(args.log_level, redactor)
+    data_dir = resolve_data_dir(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        asyncio.run(serve(
+            wire_in, wire_out,
+            data_dir=data_dir,
+            max_message_bytes=args.max_message_bytes,
+            redactor=redactor,
+            env=os.environ,
+        ))
+    except KeyboardInterrupt:  # pragma: no cover - SIGINT before the handler was installed
+        pass
+    sys.stderr.flush()
+    # The stdin reader thread may sit in a blocking read: leave without joining it.
+    os._exit(0)
