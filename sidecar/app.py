@@ -120,13 +120,15 @@ async def serve(
     stop_wait = loop.create_task(services.stop.wait())
     reason = "shutdown"
     try:
-        while True:
+        while not services.stop.is_set():
             get = loop.create_task(reader.inbox.get())
-            done, _ = await asyncio.wait({get, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-            if get not in done:
+            await asyncio.wait({get, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if not get.done():
                 get.cancel()
-                break
-            item = get.result()
+            try:
+                item = await get
+            except asyncio.CancelledError:
+                break  # stop was set while waiting; nothing was taken from the inbox
             if item is EOF:
                 reason = "eof"
                 break
@@ -135,6 +137,14 @@ async def serve(
     finally:
         log.info("shutting_down", reason=reason, in_flight=len(dispatcher.inflight))
         dispatcher.accepting = False
+        # Lines already read are still answered (requests with RequestCancelled); give
+        # the reader a moment to hand over what the host wrote just before.
+        await asyncio.sleep(0.02)
+        while not reader.inbox.empty():
+            pending = reader.inbox.get_nowait()
+            if pending is not EOF:
+                assert not isinstance(pending, type(EOF))
+                await dispatcher.handle_line(pending)
         await dispatcher.cancel_all(reason="shutdown", timeout=SHUTDOWN_BUDGET_S / 2)
         await dispatcher.wait_idle(timeout=0.3)
         try:

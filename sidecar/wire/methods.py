@@ -113,3 +113,22 @@ class CancelRequestParams(ParamsModel):
     """``$/cancelRequest`` (host → sidecar)."""
 
     id: RequestId
+
+
+class ValidationIssue(ResultModel):
+    path: str = Field(description="JSON pointer to the offending field ('' for the whole object).")
+    message: str
+
+
+class ErrorData(ResultModel):
+    """``error.data`` of every error the sidecar sends."""
+
+    type: str
+    retryable: bool
+    provider: str | None = None
+    model_id: str | None = None
+    status: int | None = Field(default=None, description="Upstream HTTP status, when there was one.")
+    retry_after_ms: int | None = None
+    attempts: list[dict[str, Any]] | None = None
+    errors: list[ValidationIssue] | None = Field(default=None, description="InvalidParams only.")
+    partial_content: str | None = Field(default=None, description="Text already streamed before a failure.")

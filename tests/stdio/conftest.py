@@ -1,0 +1,46 @@
+"""Fixtures that spawn the sidecar as a subprocess, the way a host does."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.stdio.harness import SidecarProcess
+from tests.stdio.schemas import assert_wire_valid
+
+#: Fake keys used in stdio tests; any of them on stdout/stderr fails the test.
+OPENAI_KEY = "sk-test-OPENAIKEY0123456789abcdef"
+ANTHROPIC_KEY = "sk-ant-test-ANTHROPICKEY0123456789"
+CUSTOM_KEY = "local-secret-key-0123456789XYZ"
+ALL_KEYS = (OPENAI_KEY, ANTHROPIC_KEY, CUSTOM_KEY)
+
+Spawn = Callable[..., SidecarProcess]
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
+    """``spawn(config=None, env=None, args=())`` → a running sidecar; checked at teardown."""
+    started: list[SidecarProcess] = []
+
+    def _spawn(config: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+               args: tuple[str, ...] = (), data_dir: Path | None = None) -> SidecarProcess:
+        directory = data_dir or tmp_path / f"data{len(started)}"
+        directory.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            (directory / "config.json").write_text(json.dumps(config))
+        process = SidecarProcess(directory, env=env, args=args, secrets=ALL_KEYS)
+        started.append(process)
+        return process
+
+    yield _spawn
+    for process in started:
+        if process.proc.poll() is None:
+            code = process.close()
+            assert code == 0, process.stderr.decode(errors="replace")[-3000:]
+        process.assert_clean()
+        for line in process.raw_lines:
+            assert_wire_valid(json.loads(line))
