@@ -58,7 +58,8 @@ class Services:
               http: HttpClientFactory | None = None) -> Services:
         config = ConfigManager(data_dir, env, redactor)
         config.load()
-        pool = ProviderPool(create_provider, http or HttpClientFactory())
+        deny_remote = env.get("MODEL_SIDECAR_DENY_REMOTE", "") not in ("", "0")
+        pool = ProviderPool(create_provider, http or HttpClientFactory(deny_remote=deny_remote))
         pool.configure(config.provider_settings())
         config.on_change(lambda _cfg: pool.configure(config.provider_settings()))
         stats = StatsBook()

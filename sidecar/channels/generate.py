@@ -13,17 +13,26 @@ import structlog
 from sidecar.core.router import Outcome
 from sidecar.errors import SidecarError
 from sidecar.transport.dispatcher import Channel, RequestContext
+from sidecar.wire.base import dump
 from sidecar.wire.methods import GenerateParams
 from sidecar.wire.model import Attempt, ModelResponse, ResponseMetadata, UsageInfo
 
 if TYPE_CHECKING:
     from sidecar.app import Services
 
-__all__ = ["build_response", "channels"]
+__all__ = ["build_response", "channels", "wire_response"]
 
 log = structlog.get_logger("sidecar.requests")
 
 STREAM_CHUNK = "model:stream-chunk"
+
+
+def wire_response(response: ModelResponse) -> dict[str, Any]:
+    """The response as sent: absent optionals are left out, but ``metadata.taskType``
+    is part of every response (``null`` until a task type is known)."""
+    payload = dump(response)
+    payload["metadata"].setdefault("taskType", None)
+    return payload
 
 
 def build_response(outcome: Outcome, parsed: Any = None) -> ModelResponse:
@@ -80,15 +89,15 @@ def _ms_since(started: float) -> float:
 def channels(services: Services) -> list[Channel]:
     router = services.router
 
-    async def generate(params: GenerateParams, ctx: RequestContext) -> ModelResponse:
+    async def generate(params: GenerateParams, ctx: RequestContext) -> dict[str, Any]:
         with _request_log("model:generate", ctx, time.monotonic()) as done:
             services.check_response_format(params)
             decision = router.select_provider(params.request, params.selection)
             outcome = await router.generate(params.request, decision)
             done.append(outcome)
-        return build_response(outcome)
+        return wire_response(build_response(outcome))
 
-    async def stream(params: GenerateParams, ctx: RequestContext) -> ModelResponse:
+    async def stream(params: GenerateParams, ctx: RequestContext) -> dict[str, Any]:
         started = time.monotonic()
         services.check_response_format(params)
         decision = router.select_provider(params.request, params.selection)
@@ -120,7 +129,7 @@ def channels(services: Services) -> list[Channel]:
                 "chunk": {"content": "", "done": True, "model": outcome.completion.model},
             },
         )
-        return build_response(outcome)
+        return wire_response(build_response(outcome))
 
     return [
         Channel("model:generate", GenerateParams, generate),

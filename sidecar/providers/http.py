@@ -72,12 +72,23 @@ class HttpClientFactory:
     loopback servers.
     """
 
-    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None, *, deny_remote: bool = False) -> None:
         self._transport = transport
+        #: Refuse every non-loopback request before it connects (``MODEL_SIDECAR_DENY_REMOTE``):
+        #: the test suite runs with it, so a routing bug can never reach the internet.
+        self.deny_remote = deny_remote
+
+    async def _guard(self, request: httpx.Request) -> None:
+        if not is_loopback_url(str(request.url)):
+            raise httpx.ConnectError(
+                f"remote connections are disabled (MODEL_SIDECAR_DENY_REMOTE): {request.url.host}",
+                request=request,
+            )
 
     def build(self, settings: ProviderSettings) -> httpx.AsyncClient:
         timeout_s = (settings.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
         return httpx.AsyncClient(
+            event_hooks={"request": [self._guard]} if self.deny_remote else None,
             base_url=settings.base_url.rstrip("/"),
             timeout=httpx.Timeout(timeout_s, connect=min(DEFAULT_CONNECT_TIMEOUT_S, timeout_s)),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50, keepalive_expiry=30),
@@ -106,6 +117,11 @@ def map_http_errors(provider: str, model: str | None) -> Iterator[None]:
         raise NetworkError(
             f"{provider}: connection broken ({_reason(exc)})", provider=provider, model_id=model
         ) from exc
+    # httpx_sse.SSEError subclasses httpx.TransportError: it must be caught first.
+    except httpx_sse.SSEError as exc:
+        raise ModelError(
+            f"{provider}: expected an event stream ({exc})", provider=provider, model_id=model
+        ) from exc
     except httpx.TransportError as exc:
         raise NetworkError(
             f"{provider}: transport failure ({_reason(exc)})", provider=provider, model_id=model
@@ -113,10 +129,6 @@ def map_http_errors(provider: str, model: str | None) -> Iterator[None]:
     except httpx.DecodingError as exc:
         raise ModelError(
             f"{provider}: undecodable response body", provider=provider, model_id=model
-        ) from exc
-    except httpx_sse.SSEError as exc:
-        raise ModelError(
-            f"{provider}: expected an event stream ({exc})", provider=provider, model_id=model
         ) from exc
 
 

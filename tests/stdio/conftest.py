@@ -44,3 +44,44 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
         process.assert_clean()
         for line in process.raw_lines:
             assert_wire_valid(json.loads(line))
+
+
+@pytest.fixture
+def fakes() -> Iterator[dict[str, Any]]:
+    """One started fake server per wire protocol, keyed by provider name."""
+    from tests.fakes import FakeServer
+
+    servers = {
+        "openai": FakeServer("openai", api_key=OPENAI_KEY).start(),
+        "anthropic": FakeServer("anthropic", api_key=ANTHROPIC_KEY).start(),
+        "ollama": FakeServer("ollama").start(),
+        "local-llm": FakeServer("llamacpp", api_key=CUSTOM_KEY).start(),
+    }
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+def fake_config(fakes: dict[str, Any], **top: Any) -> dict[str, Any]:
+    """A config.json pointing every provider at its fake, with fast retries."""
+    fast = {"rateLimit": {"maxRetries": 1}}
+    config: dict[str, Any] = {
+        "providers": {
+            "openai": {"baseURL": fakes["openai"].base_url, "apiKey": OPENAI_KEY, **fast},
+            "anthropic": {"baseURL": fakes["anthropic"].base_url, "apiKey": ANTHROPIC_KEY, **fast},
+            "ollama": {"baseURL": fakes["ollama"].base_url, **fast},
+            "custom": {
+                "local-llm": {
+                    "baseURL": fakes["local-llm"].base_url,
+                    "apiKey": CUSTOM_KEY,
+                    "defaultModel": "SmolLM2-135M-Instruct.Q4_1.gguf",
+                    "headers": {"X-Team": "desk"},
+                    **fast,
+                }
+            },
+        },
+        "defaultProvider": "openai",
+        "fallbackChain": ["anthropic", "ollama", "local-llm"],
+    }
+    config.update(top)
+    return config

@@ -32,6 +32,8 @@ def sidecar_command() -> list[str]:
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _KEY_VARS}
+    # Every spawned sidecar refuses non-loopback connections: tests never leave the machine.
+    env["MODEL_SIDECAR_DENY_REMOTE"] = "1"
     env.update(extra or {})
     return env
 
