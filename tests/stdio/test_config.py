@@ -1,0 +1,113 @@
+"""model:get-config / model:set-config through stdio: previews, merge patch, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.stdio.conftest import ANTHROPIC_KEY, OPENAI_KEY, Spawn
+from tests.stdio.schemas import assert_wire_valid
+
+pytestmark = pytest.mark.stdio
+
+
+def stored(sidecar: Any) -> dict[str, Any]:
+    return json.loads((sidecar.data_dir / "config.json").read_text())
+
+
+def test_defaults_work_with_no_file(spawn: Spawn) -> None:
+    sidecar = spawn()
+    response = sidecar.call("model:get-config")
+    assert_wire_valid(response, "model:get-config")
+    config = response["result"]
+    assert config["providers"]["ollama"]["baseURL"] == "http://127.0.0.1:11434"
+    assert config["providers"]["openai"]["baseURL"] == "https://api.openai.com/v1"
+    assert config["providers"]["anthropic"]["baseURL"] == "https://api.anthropic.com"
+    assert "apiKey" not in config["providers"]["openai"]
+    assert not (sidecar.data_dir / "config.json").exists()
+
+
+def test_environment_keys_show_as_previews_only(spawn: Spawn) -> None:
+    sidecar = spawn(env={"OPENAI_API_KEY": OPENAI_KEY, "OLLAMA_HOST": "0.0.0.0:11500"})
+    config = sidecar.result("model:get-config")
+    assert config["providers"]["openai"]["apiKey"] == "sk-\u2026" + OPENAI_KEY[-4:]
+    assert config["providers"]["ollama"]["baseURL"] == "http://127.0.0.1:11500"
+
+
+def test_set_config_patches_validates_and_writes_0600(spawn: Spawn) -> None:
+    sidecar = spawn()
+    patch = {"providers": {"anthropic": {"apiKey": ANTHROPIC_KEY},
+                           "custom": {"lm-studio": {"baseURL": "http://127.0.0.1:1234/v1",
+                                                    "defaultModel": "qwen2.5-coder"}}},
+             "fallbackChain": ["lm-studio", "anthropic"], "budget": {"dailyLimit": 5}}
+    response = sidecar.call("model:set-config", {"config": patch})
+    assert_wire_valid(response, "model:set-config")
+    result = response["result"]
+    assert result["providers"]["anthropic"]["apiKey"] == "sk-\u2026" + ANTHROPIC_KEY[-4:]
+    assert result["providers"]["custom"]["lm-studio"]["defaultModel"] == "qwen2.5-coder"
+    assert result["budget"]["dailyLimit"] == 5
+    path: Path = sidecar.data_dir / "config.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stored(sidecar)["providers"]["anthropic"]["apiKey"] == ANTHROPIC_KEY
+    assert [p.name for p in sidecar.data_dir.iterdir()] == ["config.json"]  # no temp file left
+    # Sending the redacted preview back keeps the stored key.
+    sidecar.result("model:set-config", {"config": {"providers": result["providers"]}})
+    assert stored(sidecar)["providers"]["anthropic"]["apiKey"] == ANTHROPIC_KEY
+    # null deletes (RFC 7386).
+    after = sidecar.result("model:set-config", {"config": {"providers": {"anthropic": {"apiKey": None}},
+                                                           "budget": None}})
+    assert "apiKey" not in after["providers"]["anthropic"]
+    assert "apiKey" not in stored(sidecar)["providers"]["anthropic"]
+    assert "budget" not in stored(sidecar)
+
+
+@pytest.mark.parametrize(
+    ("patch", "path"),
+    [
+        ({"defaultProvider": "nope"}, "/config"),
+        ({"providers": {"openai": {"baseURL": "ftp://x"}}}, "/config/providers/openai/baseURL"),
+        ({"providers": {"openai": {"timeoutMs": 5}}}, "/config/providers/openai/timeoutMs"),
+        ({"budget": {"alertThreshold": 2}}, "/config/budget/alertThreshold"),
+        ({"fallbackChain": ["openai", "ghost"]}, "/config"),
+        ({"providers": {"custom": {"x": {"baseURL": "http://127.0.0.1:1/v1"}}}},
+         "/config/providers/custom/x/defaultModel"),
+        ({"provdiers": {}}, "/config/provdiers"),
+    ],
+)
+def test_bad_patches_change_nothing(spawn: Spawn, patch: dict[str, Any], path: str) -> None:
+    sidecar = spawn({"budget": {"dailyLimit": 1}})
+    before = (sidecar.data_dir / "config.json").read_bytes()
+    response = sidecar.call("model:set-config", {"config": patch})
+    assert response["error"]["data"]["type"] == "InvalidParams", response
+    assert path in [e["path"] for e in response["error"]["data"]["errors"]]
+    assert (sidecar.data_dir / "config.json").read_bytes() == before
+    assert sidecar.result("model:get-config")["budget"]["dailyLimit"] == 1
+
+
+def test_a_corrupt_config_file_does_not_stop_the_sidecar(spawn: Spawn, tmp_path: Path) -> None:
+    data_dir = tmp_path / "broken"
+    data_dir.mkdir()
+    (data_dir / "config.json").write_text("{ not json")
+    (data_dir / "config.json.tmp-999").write_text("half-written")
+    sidecar = spawn(data_dir=data_dir)
+    assert sidecar.result("model:get-config")["defaultProvider"] == "ollama"
+    assert not (data_dir / "config.json.tmp-999").exists()
+    sidecar.result("model:set-config", {"config": {"defaultProvider": "anthropic"}})
+    assert json.loads((data_dir / "config.json").read_text()) == {"defaultProvider": "anthropic"}
+    assert sidecar.close() == 0
+    assert b"config_invalid" in bytes(sidecar.stderr)
+
+
+def test_keys_never_leave_in_logs_at_debug_level(spawn: Spawn, fakes: dict[str, Any]) -> None:
+    from tests.stdio.conftest import fake_config
+
+    sidecar = spawn(fake_config(fakes), args=("--log-level", "debug"))
+    sidecar.result("model:generate", {"request": {"prompt": "hi"}})
+    sidecar.result("model:health")
+    assert sidecar.close() == 0
+    sidecar.assert_clean()  # scans stdout and stderr for every key in use
+    assert b'"level":"debug"' in bytes(sidecar.stderr) or b"request" in bytes(sidecar.stderr)

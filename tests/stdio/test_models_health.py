@@ -1,0 +1,68 @@
+"""model:list-models and model:health through stdio, with providers up and down."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.stdio.conftest import Spawn, fake_config
+from tests.stdio.schemas import assert_wire_valid
+
+pytestmark = pytest.mark.stdio
+
+
+def test_list_models_merges_every_provider(spawn: Spawn, fakes: dict[str, Any]) -> None:
+    sidecar = spawn(fake_config(fakes))
+    response = sidecar.call("model:list-models", {})
+    assert_wire_valid(response, "model:list-models")
+    models = response["result"]["models"]
+    by_provider: dict[str, list[dict[str, Any]]] = {}
+    for model in models:
+        by_provider.setdefault(model["provider"], []).append(model)
+    assert set(by_provider) == {"openai", "anthropic", "ollama", "local-llm"}
+    assert all(m["available"] for m in models)
+    ollama = {m["id"]: m for m in by_provider["ollama"]}
+    assert "llama3.2:latest" in ollama and "local" in ollama["llama3.2:latest"]["capabilities"]
+    llama = by_provider["local-llm"][0]
+    assert llama["contextWindow"] == 8192  # from the server's n_ctx_train
+    haiku = next(m for m in by_provider["anthropic"] if m["id"] == "claude-3-5-haiku-20241022")
+    assert haiku["contextWindow"] == 200000
+    assert haiku["costPer1kTokens"] == {"input": 0.0, "output": 0.0}  # loopback: local, free
+
+
+def test_an_unreachable_provider_is_marked_not_failed(spawn: Spawn, fakes: dict[str, Any]) -> None:
+    sidecar = spawn(fake_config(fakes))
+    fakes["anthropic"].stop()
+    result = sidecar.result("model:list-models", {"refresh": True})
+    anthropic = [m for m in result["models"] if m["provider"] == "anthropic"]
+    assert anthropic and not any(m["available"] for m in anthropic)
+    assert any(m["available"] for m in result["models"] if m["provider"] == "openai")
+    only = sidecar.result("model:list-models", {"provider": "ollama"})
+    assert {m["provider"] for m in only["models"]} == {"ollama"}
+    unknown = sidecar.call("model:list-models", {"provider": "ghost"})
+    assert unknown["error"]["data"]["type"] == "InvalidParams"
+
+
+def test_health_reports_availability_latency_and_limits(spawn: Spawn, fakes: dict[str, Any]) -> None:
+    sidecar = spawn(fake_config(fakes))
+    sidecar.result("model:generate", {"request": {"prompt": "hi"}, "selection": {"provider": "openai"}})
+    fakes["ollama"].stop()
+    response = sidecar.call("model:health")
+    assert_wire_valid(response, "model:health")
+    health = response["result"]["providers"]
+    assert health["openai"]["available"] is True
+    assert health["openai"]["latencyMsP50"] > 0
+    # The probe itself (GET /models) brings fresher headers than the earlier chat reply.
+    limits = health["openai"]["rateLimit"]
+    assert isinstance(limits["remainingRequests"], int) and isinstance(limits["resetRequestsMs"], int)
+    assert health["ollama"]["available"] is False and health["ollama"]["lastError"]
+    assert health["local-llm"]["available"] is True and health["local-llm"]["local"] is True
+
+
+def test_health_without_keys_says_why(spawn: Spawn) -> None:
+    sidecar = spawn({"providers": {"ollama": {"baseURL": "http://127.0.0.1:9"}}})
+    health = sidecar.result("model:health")["providers"]
+    assert health["openai"] == {"available": False, "enabled": True, "local": False,
+                                "lastError": "no API key configured"}
+    assert health["ollama"]["available"] is False
