@@ -55,6 +55,8 @@ class RequestContext:
     partial: list[str] | None = None
     #: Why the request was cancelled ("host" or "shutdown"), when it was.
     cancel_reason: str | None = None
+    #: Set once the response went to the writer: never a second one.
+    answered: bool = False
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:
         await self.send({"jsonrpc": "2.0", "method": method, "params": params})
@@ -153,8 +155,20 @@ class Dispatcher:
             self._run(channel, params, ctx), name=f"request-{method}-{msg_id}"
         )
         self.inflight[msg_id] = _InFlight(task, ctx)
+        self._track(task)
+        task.add_done_callback(lambda _t: self._ensure_answered(ctx))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def _ensure_answered(self, ctx: RequestContext) -> None:
+        # A task cancelled before its first step never runs _run's handlers: answer it
+        # here, so every request still gets exactly one response.
+        if not ctx.answered:
+            self._track(asyncio.get_running_loop().create_task(
+                self._finish_error(ctx, RequestCancelled("request cancelled before it started"))
+            ))
 
     async def _notification(self, method: str, params: Any) -> None:
         if method == CANCEL_METHOD:
@@ -224,9 +238,13 @@ class Dispatcher:
             result, pydantic.BaseModel
         ) else result
         self.inflight.pop(ctx.request_id, None)
+        ctx.answered = True
         await self.send({"jsonrpc": "2.0", "id": ctx.request_id, "result": payload})
 
     async def _finish_error(self, ctx: RequestContext, exc: SidecarError) -> None:
+        if ctx.answered:
+            return
+        ctx.answered = True
         self.inflight.pop(ctx.request_id, None)
         if ctx.partial is not None and "partialContent" not in exc.extra:
             exc.extra["partialContent"] = "".join(ctx.partial)
