@@ -30,7 +30,7 @@ from sidecar.providers import create_provider
 from sidecar.providers.http import HttpClientFactory
 from sidecar.secrets import Redactor
 from sidecar.transport.dispatcher import Dispatcher, RequestId
-from sidecar.transport.stdio import EOF, LineReader, LineWriter
+from sidecar.transport.stdio import EndOfInput, LineReader, LineWriter
 from sidecar.wire.methods import GenerateParams
 
 __all__ = ["SHUTDOWN_BUDGET_S", "Services", "serve"]
@@ -130,10 +130,9 @@ async def serve(
                 item = await get
             except asyncio.CancelledError:
                 break  # stop was set while waiting; nothing was taken from the inbox
-            if item is EOF:
+            if isinstance(item, EndOfInput):
                 reason = "eof"
                 break
-            assert not isinstance(item, type(EOF))
             await dispatcher.handle_line(item)
     finally:
         log.info("shutting_down", reason=reason, in_flight=len(dispatcher.inflight))
@@ -143,8 +142,7 @@ async def serve(
         await asyncio.sleep(0.02)
         while not reader.inbox.empty():
             pending = reader.inbox.get_nowait()
-            if pending is not EOF:
-                assert not isinstance(pending, type(EOF))
+            if not isinstance(pending, EndOfInput):
                 await dispatcher.handle_line(pending)
         await dispatcher.cancel_all(reason="shutdown", timeout=SHUTDOWN_BUDGET_S / 2)
         await dispatcher.wait_idle(timeout=0.3)

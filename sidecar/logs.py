@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import orjson
@@ -16,7 +17,7 @@ __all__ = ["LEVELS", "configure_logging"]
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def _json_renderer(_logger: Any, _name: str, event: dict[str, Any]) -> str:
+def _json_renderer(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
     return orjson.dumps(event, default=repr).decode("utf-8")
 
 
@@ -24,8 +25,8 @@ def configure_logging(level: str, redactor: Redactor, stream: TextIO | None = No
     """Route structlog and stdlib logging to ``stream`` (stderr) as JSON lines."""
     out = stream or sys.stderr
 
-    def redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-        scrubbed: dict[str, Any] = redactor.scrub(event, shapes=True)
+    def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+        scrubbed: dict[str, Any] = redactor.scrub(dict(event), shapes=True)
         return scrubbed
 
     structlog.configure(

@@ -186,9 +186,9 @@ class Router:
         sel = selection or ModelSelection(
             priority=cfg.selection.priority,
             fallback=cfg.selection.fallback,
-            fallbackMidStream=cfg.selection.fallback_mid_stream,
-            localOnly=cfg.selection.local_only,
-            maxCostUsd=cfg.selection.max_cost_usd,
+            fallback_mid_stream=cfg.selection.fallback_mid_stream,
+            local_only=cfg.selection.local_only,
+            max_cost_usd=cfg.selection.max_cost_usd,
         )
         local_only = sel.local_only or (selection is None and cfg.selection.local_only)
         enabled = self.pool.settings()

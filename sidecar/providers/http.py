@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -234,7 +234,7 @@ def parse_retry_after_ms(headers: Mapping[str, str], now: float | None = None) -
         except (TypeError, ValueError):
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
+            when = when.replace(tzinfo=UTC)
         seconds = when.timestamp() - (time.time() if now is None else now)
     return max(0, int(seconds * 1000))
 
@@ -258,7 +258,7 @@ def _rfc3339_to_ms(value: str, now: float | None) -> int | None:
     except ValueError:
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return max(0, int((when.timestamp() - (time.time() if now is None else now)) * 1000))
 
 

@@ -25,6 +25,7 @@ import orjson
 
 __all__ = [
     "EOF",
+    "EndOfInput",
     "LineReader",
     "LineWriter",
     "Oversized",
@@ -42,15 +43,17 @@ class Oversized:
     size: int
 
 
-class _Eof:
+class EndOfInput:
+    """The type of :data:`EOF`."""
+
     def __repr__(self) -> str:
         return "EOF"
 
 
 #: Sentinel put on the inbox when stdin reaches end of file.
-EOF = _Eof()
+EOF = EndOfInput()
 
-InboxItem = bytes | Oversized | _Eof
+InboxItem = bytes | Oversized | EndOfInput
 
 
 def claim_stdio() -> tuple[BinaryIO, BinaryIO]:
@@ -78,8 +81,8 @@ def _redirect_windows_std_handles() -> None:  # pragma: no cover
     import msvcrt
 
     kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
-    kernel32.SetStdHandle(-10, msvcrt.get_osfhandle(0))
-    kernel32.SetStdHandle(-11, msvcrt.get_osfhandle(1))
+    kernel32.SetStdHandle(-10, msvcrt.get_osfhandle(0))  # type: ignore[attr-defined]
+    kernel32.SetStdHandle(-11, msvcrt.get_osfhandle(1))  # type: ignore[attr-defined]
 
 
 def _escape_line_separators(data: bytes) -> bytes:

@@ -59,12 +59,12 @@ class CustomProviderEntry(ProviderEntry):
 
 class ProvidersConfig(ParamsModel):
     openai: ProviderEntry = ProviderEntry(
-        baseURL="https://api.openai.com/v1", defaultModel="gpt-4o-mini"
+        base_url="https://api.openai.com/v1", default_model="gpt-4o-mini"
     )
     anthropic: ProviderEntry = ProviderEntry(
-        baseURL="https://api.anthropic.com", defaultModel="claude-haiku-4-5"
+        base_url="https://api.anthropic.com", default_model="claude-haiku-4-5"
     )
-    ollama: ProviderEntry = ProviderEntry(baseURL="http://127.0.0.1:11434", defaultModel="llama3.2")
+    ollama: ProviderEntry = ProviderEntry(base_url="http://127.0.0.1:11434", default_model="llama3.2")
     custom: dict[str, CustomProviderEntry] = Field(default_factory=dict)
 
     @field_validator("custom")

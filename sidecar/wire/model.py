@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, JsonValue, model_validator
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 
-class TaskType(str, Enum):
+class TaskType(StrEnum):
     """The seven task types of the seed; ``request.taskType`` overrides the classifier."""
 
     code_generation = "code_generation"
@@ -43,14 +43,14 @@ class TaskType(str, Enum):
     documentation = "documentation"
 
 
-class Priority(str, Enum):
+class Priority(StrEnum):
     speed = "speed"
     quality = "quality"
     cost = "cost"
     balanced = "balanced"
 
 
-class Capability(str, Enum):
+class Capability(StrEnum):
     chat = "chat"
     streaming = "streaming"
     json_mode = "json_mode"

@@ -194,7 +194,7 @@ def test_concurrent_requests_each_get_one_answer(spawn: Spawn, fakes: dict[str, 
     ids = [sidecar.start("model:generate", gen("openai")) for _ in range(30)]
     answers = {i: sidecar.response(i) for i in ids}
     assert all("result" in a for a in answers.values())
-    assert time.monotonic() - started < 3  # served concurrently, not 30 × 0.2 s
+    assert time.monotonic() - started < 3  # served concurrently, not 30 x 0.2 s
 
 
 def test_local_only_never_contacts_remote_providers(spawn: Spawn, fakes: dict[str, Any]) -> None:

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up, then run a host session: spawn the sidecar and stream one answer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python scripts/host_demo.py "$@"

@@ -1,0 +1,365 @@
+"""Anthropic Messages API: ``POST /v1/messages`` and its SSE event stream.
+
+One body builder and one stop-reason/usage mapping serve both the streaming and the
+non-streaming path (wire-reference §2). The base URL has no ``/v1`` suffix, as the
+official SDK writes it (``https://api.anthropic.com``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import orjson
+
+from sidecar.errors import (
+    AuthenticationError,
+    ModelError,
+    NetworkError,
+    ProviderError,
+    RateLimitError,
+    SidecarError,
+)
+from sidecar.providers.base import (
+    Completion,
+    FinishReason,
+    Provider,
+    ProviderModel,
+    ProviderRequest,
+    StreamDelta,
+    Usage,
+)
+from sidecar.providers.http import (
+    aiter_sse,
+    error_from_status,
+    loads_body,
+    map_http_errors,
+    parse_rate_limit,
+)
+
+__all__ = [
+    "ANTHROPIC_VERSION",
+    "DEFAULT_MAX_TOKENS",
+    "AnthropicProvider",
+    "build_messages_body",
+    "map_stop_reason",
+    "map_usage",
+]
+
+ANTHROPIC_VERSION = "2023-06-01"
+#: ``max_tokens`` is required by the Messages API (§2.2); used when the request sets none.
+DEFAULT_MAX_TOKENS = 4096
+
+_MESSAGES_PATH = "/v1/messages"
+_MODELS_PATH = "/v1/models"
+#: Guard against a listing whose cursor never advances.
+_MAX_MODEL_PAGES = 50
+
+# wire-reference §2.3 (SDK types/stop_reason.py).
+_STOP_REASONS: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+_PROMPT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+# Mid-stream `event: error` types (§2.4, §2.5).
+_TRANSIENT_TYPES = {"overloaded_error", "api_error", "timeout_error"}
+_REQUEST_PROBLEM_TYPES = {"invalid_request_error", "not_found_error", "request_too_large"}
+
+
+def build_messages_body(request: ProviderRequest, *, stream: bool) -> dict[str, Any]:
+    """The Messages API body for ``request``; only the fields that are set."""
+    # There is no system role (§2.2): `system` is its own field, and system-role turns
+    # are folded into it in order.
+    system_parts = [request.system] if request.system else []
+    messages: list[dict[str, str]] = []
+    for message in request.messages:
+        if message.role == "system":
+            system_parts.append(message.content)
+        else:
+            messages.append({"role": message.role, "content": message.content})
+    body: dict[str, Any] = {
+        "model": request.model,
+        "max_tokens": request.max_tokens if request.max_tokens is not None else DEFAULT_MAX_TOKENS,
+        "messages": messages,
+    }
+    if system_parts:
+        body["system"] = "\n\n".join(system_parts)
+    if request.temperature is not None:
+        # The contract allows 0-2 (OpenAI's range); Anthropic accepts 0-1 (§2.2).
+        body["temperature"] = min(max(request.temperature, 0.0), 1.0)
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.stop:
+        body["stop_sequences"] = list(request.stop)
+    # frequency_penalty / presence_penalty do not exist in the Messages API (§2.2):
+    # they are dropped rather than sent and refused.
+    if stream:
+        body["stream"] = True
+    if request.native_format:
+        body.update(request.native_format)
+    return body
+
+
+def map_stop_reason(value: object) -> FinishReason | None:
+    """The portable finish reason for an Anthropic ``stop_reason`` (None if unknown)."""
+    return _STOP_REASONS.get(value) if isinstance(value, str) else None
+
+
+def map_usage(fields: Mapping[str, Any]) -> Usage:
+    """Prompt tokens include cache writes and reads (they are billed input), §2.3."""
+    return Usage(
+        prompt_tokens=sum(_count(fields.get(name)) for name in _PROMPT_FIELDS),
+        completion_tokens=_count(fields.get("output_tokens")),
+    )
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _text_or(value: object, default: str) -> str:
+    return value if isinstance(value, str) and value else default
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "[redacted]") if secret and secret in text else text
+
+
+@contextmanager
+def _redacting(secret: str | None) -> Iterator[None]:
+    """Strip the API key from any error leaving the provider (a proxy could echo it)."""
+    try:
+        yield
+    except SidecarError as exc:
+        if secret:
+            exc.message = _redact(exc.message, secret)
+            exc.args = (exc.message,)
+            for key, value in list(exc.extra.items()):
+                if isinstance(value, str):
+                    exc.extra[key] = _redact(value, secret)
+        raise
+
+
+class AnthropicProvider(Provider):
+    """Claude models through the Messages API."""
+
+    kind: ClassVar[str] = "anthropic"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"chat", "streaming", "tools"})
+    key_env_var: ClassVar[str | None] = "ANTHROPIC_API_KEY"
+
+    def _headers(self, model: str | None) -> dict[str, str]:
+        key = self.settings.api_key
+        if not key:
+            raise AuthenticationError(
+                f"{self.name}: no API key; set {self.key_env_var} or providers.anthropic.apiKey",
+                provider=self.name,
+                model_id=model,
+                retryable=False,
+            )
+        headers = {
+            "x-api-key": key,
+            "anthropic-version": ANTHROPIC_VERSION,
+            "content-type": "application/json",
+        }
+        headers.update(self.settings.headers)
+        return headers
+
+    def _raise_for_status(
+        self, status: int, headers: Mapping[str, str], body: bytes, model: str | None
+    ) -> None:
+        if status >= 400:
+            raise error_from_status(status, headers, body, provider=self.name, model=model)
+
+    async def generate(self, request: ProviderRequest) -> Completion:
+        with _redacting(self.settings.api_key):
+            headers = self._headers(request.model)
+            body = build_messages_body(request, stream=False)
+            with map_http_errors(self.name, request.model):
+                response = await self.client.post(_MESSAGES_PATH, content=orjson.dumps(body), headers=headers)
+            self.last_rate_limit = parse_rate_limit(response.headers)
+            self._raise_for_status(response.status_code, response.headers, response.content, request.model)
+            data = loads_body(response.content, provider=self.name, model=request.model)
+            if not isinstance(data, dict) or not isinstance(data.get("content"), list):
+                raise ModelError(
+                    f"{self.name}: response has no content blocks",
+                    provider=self.name,
+                    model_id=request.model,
+                )
+            # Only text blocks are content; tool_use/thinking blocks are not (§2.3).
+            text = "".join(
+                block["text"]
+                for block in data["content"]
+                if isinstance(block, dict)
+                and block.get("type") == "text"
+                and isinstance(block.get("text"), str)
+            )
+            usage = data.get("usage")
+            return Completion(
+                content=text,
+                model=_text_or(data.get("model"), request.model),
+                finish_reason=map_stop_reason(data.get("stop_reason")),
+                usage=map_usage(usage) if isinstance(usage, dict) else None,
+            )
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamDelta]:
+        with _redacting(self.settings.api_key):
+            headers = self._headers(request.model)
+            body = build_messages_body(request, stream=True)
+            model = request.model
+            finish: FinishReason | None = None
+            usage_fields: dict[str, Any] = {}
+            done = False
+            with map_http_errors(self.name, request.model):
+                # Opened inside the generator: aclose() or cancelling the consumer exits
+                # this block, which closes the upstream connection.
+                async with self.client.stream(
+                    "POST", _MESSAGES_PATH, content=orjson.dumps(body), headers=headers
+                ) as response:
+                    self.last_rate_limit = parse_rate_limit(response.headers)
+                    if response.is_error:
+                        await response.aread()
+                        self._raise_for_status(
+                            response.status_code, response.headers, response.content, request.model
+                        )
+                    async for event in aiter_sse(response):
+                        if event.event == "ping" or not event.data:
+                            continue
+                        # Every payload is parsed, so a garbled line is a ModelError even
+                        # when its event is one we would ignore.
+                        data = loads_body(event.data, provider=self.name, model=request.model)
+                        if not isinstance(data, dict):
+                            raise ModelError(
+                                f"{self.name}: unexpected stream payload",
+                                provider=self.name,
+                                model_id=request.model,
+                            )
+                        # Without an `event:` line httpx-sse reports "message"; the payload's
+                        # own `type` names the event then (it always repeats it, §2.4).
+                        name = event.event
+                        if name == "message" and isinstance(data.get("type"), str):
+                            name = data["type"]
+                        if name == "message_stop":
+                            done = True
+                            break
+                        if name == "error":
+                            raise self._stream_error(data.get("error"), request.model)
+                        if name == "message_start":
+                            message = data.get("message")
+                            if isinstance(message, dict):
+                                model = _text_or(message.get("model"), model)
+                                if isinstance(message.get("usage"), dict):
+                                    usage_fields.update(message["usage"])
+                        elif name == "message_delta":
+                            delta = data.get("delta")
+                            if isinstance(delta, dict):
+                                finish = map_stop_reason(delta.get("stop_reason")) or finish
+                            # message_delta usage is cumulative: newest value wins (§2.4).
+                            if isinstance(data.get("usage"), dict):
+                                usage_fields.update(data["usage"])
+                        elif name == "content_block_delta":
+                            delta = data.get("delta")
+                            # Only text_delta is content; input_json/thinking deltas are not.
+                            if isinstance(delta, dict) and delta.get("type") == "text_delta":
+                                text = delta.get("text")
+                                if isinstance(text, str) and text:
+                                    yield StreamDelta(content=text, model=model)
+                        # content_block_start/stop and unknown event types are ignored (§2.4).
+            if not done:
+                raise NetworkError(
+                    f"{self.name}: stream ended early (no message_stop)",
+                    provider=self.name,
+                    model_id=request.model,
+                )
+            yield StreamDelta(
+                model=model,
+                finish_reason=finish,
+                usage=map_usage(usage_fields) if usage_fields else None,
+            )
+
+    def _stream_error(self, error: object, model: str) -> ProviderError:
+        """Map an ``event: error`` payload sent after HTTP 200 (§2.4)."""
+        err = error if isinstance(error, dict) else {}
+        err_type = err.get("type") if isinstance(err.get("type"), str) else ""
+        message = err.get("message") if isinstance(err.get("message"), str) else None
+        text = f"{self.name}: {message or 'error in stream'}"
+        ctx: dict[str, Any] = {"provider": self.name, "model_id": model}
+        if err_type:
+            ctx["extra"] = {"providerType": err_type}
+        if err_type == "rate_limit_error":
+            return RateLimitError(text, **ctx)
+        if err_type in ("authentication_error", "permission_error", "billing_error"):
+            return AuthenticationError(text, retryable=False, **ctx)
+        if err_type in _TRANSIENT_TYPES:
+            return ModelError(text, retryable=True, **ctx)
+        return ModelError(text, retryable=err_type not in _REQUEST_PROBLEM_TYPES, **ctx)
+
+    async def list_models(self) -> list[ProviderModel]:
+        with _redacting(self.settings.api_key):
+            headers = self._headers(None)
+            models: list[ProviderModel] = []
+            after: str | None = None
+            for _ in range(_MAX_MODEL_PAGES):
+                params: dict[str, str | int] = {"limit": 1000}
+                if after:
+                    params["after_id"] = after
+                with map_http_errors(self.name, None):
+                    response = await self.client.get(_MODELS_PATH, params=params, headers=headers)
+                self.last_rate_limit = parse_rate_limit(response.headers)
+                self._raise_for_status(response.status_code, response.headers, response.content, None)
+                page = loads_body(response.content, provider=self.name, model=None)
+                entries = page.get("data") if isinstance(page, dict) else None
+                if not isinstance(entries, list):
+                    raise ModelError(f"{self.name}: model list has no data array", provider=self.name)
+                models.extend(
+                    self._model(entry)
+                    for entry in entries
+                    if isinstance(entry, dict) and isinstance(entry.get("id"), str)
+                )
+                last_id = page.get("last_id")
+                if not page.get("has_more") or not isinstance(last_id, str) or last_id == after:
+                    break
+                after = last_id
+            return models
+
+    def _model(self, entry: dict[str, Any]) -> ProviderModel:
+        capabilities = set(self.capabilities)
+        # 2026 listings describe capabilities as {"name": {"supported": bool}} (§2.7).
+        reported = entry.get("capabilities")
+        if isinstance(reported, dict):
+            for name, ours in (
+                ("image_input", "vision"),
+                ("structured_outputs", "json_schema"),
+                ("thinking", "reasoning"),
+            ):
+                flag = reported.get(name)
+                if isinstance(flag, dict) and flag.get("supported") is True:
+                    capabilities.add(ours)
+        context = entry.get("max_input_tokens")
+        output = entry.get("max_tokens")
+        display = entry.get("display_name")
+        return ProviderModel(
+            id=entry["id"],
+            provider=self.name,
+            context_window=context if isinstance(context, int) and context > 0 else None,
+            max_output_tokens=output if isinstance(output, int) and output > 0 else None,
+            capabilities=frozenset(capabilities),
+            display_name=display if isinstance(display, str) else None,
+        )
+
+    async def is_available(self) -> bool:
+        """One ``GET /v1/models?limit=1`` answers 2xx."""
+        try:
+            headers = self._headers(None)
+            with map_http_errors(self.name, None):
+                response = await self.client.get(_MODELS_PATH, params={"limit": 1}, headers=headers)
+        except SidecarError:
+            return False
+        self.last_rate_limit = parse_rate_limit(response.headers)
+        return response.is_success

@@ -1,0 +1,318 @@
+"""Ollama's native API: ``POST /api/chat`` (NDJSON stream), ``/api/tags``, ``/api/show``.
+
+The native API is used rather than Ollama's ``/v1`` because only it can set the context
+size (``options.num_ctx``, wire-reference §3.1, §3.5). One body builder and one
+done-reason/usage mapping serve both the streaming and the non-streaming path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import orjson
+
+from sidecar.errors import ModelError, NetworkError, SidecarError
+from sidecar.providers.base import (
+    Completion,
+    FinishReason,
+    Provider,
+    ProviderModel,
+    ProviderRequest,
+    StreamDelta,
+    Usage,
+)
+from sidecar.providers.http import (
+    aiter_ndjson,
+    error_from_status,
+    loads_body,
+    map_http_errors,
+    parse_rate_limit,
+)
+
+__all__ = ["OllamaProvider", "build_chat_body", "map_done_reason", "map_usage"]
+
+_CHAT_PATH = "/api/chat"
+_TAGS_PATH = "/api/tags"
+_SHOW_PATH = "/api/show"
+
+# wire-reference §3.1: `load`/`unload` are not generation endings and map to None.
+_DONE_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
+# /api/show `capabilities` entries that name a contract capability (§3.4).
+_SHOW_CAPABILITIES = {"tools": "tools", "vision": "vision", "thinking": "reasoning"}
+
+
+def build_chat_body(request: ProviderRequest, *, stream: bool) -> dict[str, Any]:
+    """The ``/api/chat`` body for ``request``; sampling goes into ``options``."""
+    messages: list[dict[str, str]] = []
+    if request.system:
+        messages.append({"role": "system", "content": request.system})
+    messages.extend({"role": m.role, "content": m.content} for m in request.messages)
+    options: dict[str, Any] = {}
+    for name, value in (
+        ("temperature", request.temperature),
+        ("top_p", request.top_p),
+        ("num_predict", request.max_tokens),
+        ("frequency_penalty", request.frequency_penalty),
+        ("presence_penalty", request.presence_penalty),
+        ("num_ctx", request.context_window),
+    ):
+        if value is not None:
+            options[name] = value
+    if request.stop:
+        options["stop"] = list(request.stop)
+    # Always explicit: Ollama streams unless told `"stream": false` (§3).
+    body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": stream}
+    if options:
+        body["options"] = options
+    if request.native_format:
+        extra = dict(request.native_format)
+        # A native `options` object adds to ours instead of replacing it.
+        if isinstance(extra.get("options"), dict):
+            body["options"] = {**options, **extra.pop("options")}
+        body.update(extra)
+    return body
+
+
+def map_done_reason(value: object) -> FinishReason | None:
+    """The portable finish reason for Ollama's ``done_reason`` (None if unknown)."""
+    return _DONE_REASONS.get(value) if isinstance(value, str) else None
+
+
+def map_usage(final: Mapping[str, Any]) -> Usage:
+    """Counts of the ``done: true`` object; omitted when zero (``omitempty``, §3)."""
+    return Usage(
+        prompt_tokens=_count(final.get("prompt_eval_count")),
+        completion_tokens=_count(final.get("eval_count")),
+    )
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _message_text(data: Mapping[str, Any]) -> str:
+    message = data.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    return content if isinstance(content, str) else ""
+
+
+def _text_or(value: object, default: str) -> str:
+    return value if isinstance(value, str) and value else default
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "[redacted]") if secret and secret in text else text
+
+
+@contextmanager
+def _redacting(secret: str | None) -> Iterator[None]:
+    """Strip a configured key (Ollama behind an auth proxy) from any error we raise."""
+    try:
+        yield
+    except SidecarError as exc:
+        if secret:
+            exc.message = _redact(exc.message, secret)
+            exc.args = (exc.message,)
+            for key, value in list(exc.extra.items()):
+                if isinstance(value, str):
+                    exc.extra[key] = _redact(value, secret)
+        raise
+
+
+class OllamaProvider(Provider):
+    """A local (or remote) Ollama server; no key unless one is configured for a proxy."""
+
+    kind: ClassVar[str] = "ollama"
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {"chat", "streaming", "json_mode", "json_schema", "local"}
+    )
+    key_env_var: ClassVar[str | None] = None
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"content-type": "application/json"}
+        if self.settings.api_key:
+            headers["authorization"] = f"Bearer {self.settings.api_key}"
+        headers.update(self.settings.headers)
+        return headers
+
+    def _error_line(self, data: object, model: str | None) -> ModelError | None:
+        """A ``{"error": "..."}`` object (mid-stream it comes with HTTP 200, §3.3)."""
+        if isinstance(data, dict) and "error" in data:
+            message = data["error"] if isinstance(data["error"], str) else "error in response"
+            return ModelError(f"{self.name}: {message}", provider=self.name, model_id=model)
+        return None
+
+    async def generate(self, request: ProviderRequest) -> Completion:
+        with _redacting(self.settings.api_key):
+            body = build_chat_body(request, stream=False)
+            with map_http_errors(self.name, request.model):
+                response = await self.client.post(
+                    _CHAT_PATH, content=orjson.dumps(body), headers=self._headers()
+                )
+            self.last_rate_limit = parse_rate_limit(response.headers)
+            if response.is_error:
+                raise error_from_status(
+                    response.status_code,
+                    response.headers,
+                    response.content,
+                    provider=self.name,
+                    model=request.model,
+                )
+            data = loads_body(response.content, provider=self.name, model=request.model)
+            error = self._error_line(data, request.model)
+            if error is not None:
+                raise error
+            if not isinstance(data, dict) or not isinstance(data.get("message"), dict):
+                raise ModelError(
+                    f"{self.name}: response has no message",
+                    provider=self.name,
+                    model_id=request.model,
+                )
+            return Completion(
+                content=_message_text(data),
+                model=_text_or(data.get("model"), request.model),
+                finish_reason=map_done_reason(data.get("done_reason")),
+                usage=map_usage(data),
+            )
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamDelta]:
+        with _redacting(self.settings.api_key):
+            body = build_chat_body(request, stream=True)
+            model = request.model
+            final: dict[str, Any] | None = None
+            with map_http_errors(self.name, request.model):
+                # Opened inside the generator: aclose() or cancelling the consumer exits
+                # this block, which closes the upstream connection.
+                async with self.client.stream(
+                    "POST", _CHAT_PATH, content=orjson.dumps(body), headers=self._headers()
+                ) as response:
+                    self.last_rate_limit = parse_rate_limit(response.headers)
+                    if response.is_error:
+                        await response.aread()
+                        raise error_from_status(
+                            response.status_code,
+                            response.headers,
+                            response.content,
+                            provider=self.name,
+                            model=request.model,
+                        )
+                    # Split on the byte \n only: U+2028/U+2029 stay inside a line (§3).
+                    async for line in aiter_ndjson(response):
+                        data = loads_body(line, provider=self.name, model=request.model)
+                        error = self._error_line(data, request.model)
+                        if error is not None:
+                            raise error
+                        if not isinstance(data, dict) or "done" not in data:
+                            # Every /api/chat line carries `done` (§3.1); anything else is garbage.
+                            raise ModelError(
+                                f"{self.name}: unexpected stream line",
+                                provider=self.name,
+                                model_id=request.model,
+                            )
+                        model = _text_or(data.get("model"), model)
+                        if data.get("done") is True:
+                            final = data
+                            break
+                        text = _message_text(data)
+                        if text:
+                            yield StreamDelta(content=text, model=model)
+            if final is None:
+                raise NetworkError(
+                    f"{self.name}: stream ended early (no done: true)",
+                    provider=self.name,
+                    model_id=request.model,
+                )
+            # The done object may still carry a last piece of text (§3.1 examples).
+            yield StreamDelta(
+                content=_message_text(final),
+                model=model,
+                finish_reason=map_done_reason(final.get("done_reason")),
+                usage=map_usage(final),
+            )
+
+    async def list_models(self) -> list[ProviderModel]:
+        with _redacting(self.settings.api_key):
+            with map_http_errors(self.name, None):
+                response = await self.client.get(_TAGS_PATH, headers=self._headers())
+            self.last_rate_limit = parse_rate_limit(response.headers)
+            if response.is_error:
+                raise error_from_status(
+                    response.status_code,
+                    response.headers,
+                    response.content,
+                    provider=self.name,
+                    model=None,
+                )
+            data = loads_body(response.content, provider=self.name, model=None)
+            entries = data.get("models") if isinstance(data, dict) else None
+            if not isinstance(entries, list):
+                raise ModelError(f"{self.name}: model list has no models array", provider=self.name)
+            models = []
+            for entry in entries:
+                if not isinstance(entry, dict):
+                    continue
+                model_id = entry.get("model") or entry.get("name")
+                if not isinstance(model_id, str) or not model_id:
+                    continue
+                models.append(
+                    ProviderModel(
+                        id=model_id,
+                        provider=self.name,
+                        capabilities=self._capabilities(entry.get("capabilities")),
+                    )
+                )
+            return models
+
+    def _capabilities(self, reported: object) -> frozenset[str]:
+        extra = (
+            {_SHOW_CAPABILITIES[c] for c in reported if isinstance(c, str) and c in _SHOW_CAPABILITIES}
+            if isinstance(reported, list)
+            else set()
+        )
+        return self.capabilities | extra
+
+    async def get_model_info(self, model_id: str) -> ProviderModel | None:
+        """``POST /api/show``: trained context length and capabilities; None if unknown."""
+        with _redacting(self.settings.api_key):
+            with map_http_errors(self.name, model_id):
+                response = await self.client.post(
+                    _SHOW_PATH, content=orjson.dumps({"model": model_id}), headers=self._headers()
+                )
+            self.last_rate_limit = parse_rate_limit(response.headers)
+            if response.status_code == 404:
+                return None
+            if response.is_error:
+                raise error_from_status(
+                    response.status_code,
+                    response.headers,
+                    response.content,
+                    provider=self.name,
+                    model=model_id,
+                )
+            data = loads_body(response.content, provider=self.name, model=model_id)
+            if not isinstance(data, dict):
+                raise ModelError(f"{self.name}: unexpected /api/show answer", provider=self.name)
+            info = data.get("model_info")
+            context: object = None
+            if isinstance(info, dict):
+                # The key is "<general.architecture>.context_length", e.g. llama.context_length.
+                arch = info.get("general.architecture")
+                context = info.get(f"{arch}.context_length") if isinstance(arch, str) else None
+            return ProviderModel(
+                id=model_id,
+                provider=self.name,
+                context_window=context if isinstance(context, int) and context > 0 else None,
+                capabilities=self._capabilities(data.get("capabilities")),
+            )
+
+    async def is_available(self) -> bool:
+        """``GET /`` answers 200 "Ollama is running" (§3)."""
+        try:
+            with map_http_errors(self.name, None):
+                response = await self.client.get("/", headers=self._headers())
+        except SidecarError:
+            return False
+        self.last_rate_limit = parse_rate_limit(response.headers)
+        return response.status_code == 200

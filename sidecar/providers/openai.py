@@ -1,0 +1,366 @@
+"""OpenAI Chat Completions, for the official API and every OpenAI-compatible server.
+
+``OpenAIProvider`` speaks ``POST /chat/completions`` (wire-reference §1) and serves the
+official API; ``OpenAICompatibleProvider`` is the same wire for custom entries
+(llama.cpp, vLLM, LM Studio, Ollama ``/v1``: wire-reference §3.5, §4), which need no
+key and still want the old ``max_tokens`` name. Both share one body builder and one
+finish-reason/usage mapping so the streaming and non-streaming paths cannot drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import orjson
+
+from sidecar.errors import (
+    AuthenticationError,
+    ModelError,
+    NetworkError,
+    ProviderError,
+    RateLimitError,
+    SidecarError,
+)
+from sidecar.providers.base import (
+    Completion,
+    FinishReason,
+    Provider,
+    ProviderModel,
+    ProviderRequest,
+    StreamDelta,
+    Usage,
+)
+from sidecar.providers.http import (
+    aiter_sse,
+    error_from_status,
+    loads_body,
+    map_http_errors,
+    parse_rate_limit,
+)
+
+__all__ = [
+    "OpenAICompatibleProvider",
+    "OpenAIProvider",
+    "build_chat_body",
+    "is_reasoning_model",
+    "map_finish_reason",
+    "map_usage",
+]
+
+_CHAT_PATH = "/chat/completions"
+_MODELS_PATH = "/models"
+
+_FINISH_REASONS: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "content_filter": "content_filter",
+    "tool_calls": "tool_calls",
+    # Deprecated spelling of tool_calls (wire-reference §1.2, spec finish_reason enum).
+    "function_call": "tool_calls",
+}
+
+# Mid-stream error types that mean "the service is struggling, try again" (§1.6).
+_TRANSIENT_TYPES = {"server_error", "api_error", "overloaded_error", "service_unavailable"}
+_RATE_LIMIT_TYPES = {"rate_limit_error", "rate_limit_exceeded", "requests", "tokens"}
+_REQUEST_PROBLEM_TYPES = {"invalid_request_error", "not_found_error"}
+
+
+def is_reasoning_model(model: str) -> bool:
+    """Whether ``model`` is an OpenAI reasoning model (o-series, gpt-5 family minus ``-chat``)."""
+    model = model.lower()
+    if model.startswith("gpt-5"):
+        return "-chat" not in model
+    return model.startswith(("o1", "o3", "o4"))
+
+
+def _rejects_stop(model: str) -> bool:
+    # wire-reference §1.2: `stop` is "not supported by o3/o4-mini".
+    model = model.lower()
+    return model.startswith(("o3", "o4-mini"))
+
+
+def build_chat_body(request: ProviderRequest, *, official: bool, stream: bool) -> dict[str, Any]:
+    """The Chat Completions body for ``request``; only the fields that are set.
+
+    ``official`` selects the official API's dialect: ``max_completion_tokens`` (custom
+    servers such as llama.cpp only know ``max_tokens``) and no sampling parameters for
+    reasoning models.
+    """
+    messages: list[dict[str, str]] = []
+    if request.system:
+        messages.append({"role": "system", "content": request.system})
+    messages.extend({"role": m.role, "content": m.content} for m in request.messages)
+    body: dict[str, Any] = {"model": request.model, "messages": messages}
+
+    # wire-reference §1.2: reasoning models (o-series, gpt-5 family) answer 400
+    # `unsupported_value` to non-default temperature/top_p/penalties, and o3/o4-mini
+    # reject `stop`; OpenAI-compatible servers get whatever was asked.
+    reasoning = official and is_reasoning_model(request.model)
+    if not reasoning:
+        for name, value in (
+            ("temperature", request.temperature),
+            ("top_p", request.top_p),
+            ("frequency_penalty", request.frequency_penalty),
+            ("presence_penalty", request.presence_penalty),
+        ):
+            if value is not None:
+                body[name] = value
+    if request.max_tokens is not None:
+        # §1.2: `max_tokens` is deprecated and refused by o-series/gpt-5 on the official API.
+        body["max_completion_tokens" if official else "max_tokens"] = request.max_tokens
+    if request.stop and not (official and _rejects_stop(request.model)):
+        body["stop"] = list(request.stop)
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    if request.native_format:
+        body.update(request.native_format)
+    return body
+
+
+def map_finish_reason(value: object) -> FinishReason | None:
+    """The portable finish reason for an OpenAI-style ``finish_reason`` (None if unknown)."""
+    return _FINISH_REASONS.get(value) if isinstance(value, str) else None
+
+
+def map_usage(value: object) -> Usage | None:
+    """``usage{prompt_tokens, completion_tokens}`` as :class:`Usage` (None when absent)."""
+    if not isinstance(value, dict):
+        return None
+    return Usage(
+        prompt_tokens=_count(value.get("prompt_tokens")),
+        completion_tokens=_count(value.get("completion_tokens")),
+    )
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _first_choice(data: dict[str, Any]) -> dict[str, Any] | None:
+    choices = data.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        return choices[0]
+    return None
+
+
+def _text_or(value: object, default: str) -> str:
+    return value if isinstance(value, str) and value else default
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "[redacted]") if secret and secret in text else text
+
+
+@contextmanager
+def _redacting(secret: str | None) -> Iterator[None]:
+    """Strip the API key from any error leaving the provider (some servers echo it back)."""
+    try:
+        yield
+    except SidecarError as exc:
+        if secret:
+            exc.message = _redact(exc.message, secret)
+            exc.args = (exc.message,)
+            for key, value in list(exc.extra.items()):
+                if isinstance(value, str):
+                    exc.extra[key] = _redact(value, secret)
+        raise
+
+
+class OpenAIProvider(Provider):
+    """The official OpenAI API (``https://api.openai.com/v1``)."""
+
+    kind: ClassVar[str] = "openai"
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {"chat", "streaming", "json_mode", "json_schema", "tools"}
+    )
+    key_env_var: ClassVar[str | None] = "OPENAI_API_KEY"
+
+    @property
+    def official(self) -> bool:
+        """The official API: its dialect (see :func:`build_chat_body`) and a required key."""
+        return self.kind == "openai" and self.settings.kind != "custom"
+
+    def _headers(self, model: str | None) -> dict[str, str]:
+        key = self.settings.api_key
+        if not key and self.official:
+            raise AuthenticationError(
+                f"{self.name}: no API key; set {self.key_env_var} or providers.{self.kind}.apiKey",
+                provider=self.name,
+                model_id=model,
+                retryable=False,
+            )
+        headers = {"content-type": "application/json"}
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        headers.update(self.settings.headers)
+        return headers
+
+    def _completion(self, data: Any, model: str) -> Completion:
+        choice = _first_choice(data) if isinstance(data, dict) else None
+        if choice is None:
+            raise ModelError(f"{self.name}: response has no choices", provider=self.name, model_id=model)
+        message = choice.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        return Completion(
+            content=content if isinstance(content, str) else "",
+            model=_text_or(data.get("model"), model),
+            finish_reason=map_finish_reason(choice.get("finish_reason")),
+            usage=map_usage(data.get("usage")),
+        )
+
+    async def generate(self, request: ProviderRequest) -> Completion:
+        with _redacting(self.settings.api_key):
+            headers = self._headers(request.model)
+            body = build_chat_body(request, official=self.official, stream=False)
+            with map_http_errors(self.name, request.model):
+                response = await self.client.post(_CHAT_PATH, content=orjson.dumps(body), headers=headers)
+            self.last_rate_limit = parse_rate_limit(response.headers)
+            if response.is_error:
+                raise error_from_status(
+                    response.status_code,
+                    response.headers,
+                    response.content,
+                    provider=self.name,
+                    model=request.model,
+                )
+            data = loads_body(response.content, provider=self.name, model=request.model)
+            # Some compatible servers answer 200 with an error envelope.
+            if isinstance(data, dict) and data.get("error"):
+                raise self._payload_error(data["error"], request.model)
+            return self._completion(data, request.model)
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamDelta]:
+        with _redacting(self.settings.api_key):
+            headers = self._headers(request.model)
+            body = build_chat_body(request, official=self.official, stream=True)
+            model = request.model
+            finish: FinishReason | None = None
+            usage: Usage | None = None
+            done = False
+            with map_http_errors(self.name, request.model):
+                # Opened inside the generator: aclose() or cancelling the consumer exits
+                # this block, which closes the upstream connection.
+                async with self.client.stream(
+                    "POST", _CHAT_PATH, content=orjson.dumps(body), headers=headers
+                ) as response:
+                    self.last_rate_limit = parse_rate_limit(response.headers)
+                    if response.is_error:
+                        await response.aread()
+                        raise error_from_status(
+                            response.status_code,
+                            response.headers,
+                            response.content,
+                            provider=self.name,
+                            model=request.model,
+                        )
+                    async for event in aiter_sse(response):
+                        if not event.data:
+                            continue
+                        if event.data.strip() == "[DONE]":
+                            done = True
+                            break
+                        chunk = loads_body(event.data, provider=self.name, model=request.model)
+                        if not isinstance(chunk, dict):
+                            raise ModelError(
+                                f"{self.name}: unexpected stream payload",
+                                provider=self.name,
+                                model_id=request.model,
+                            )
+                        if chunk.get("error"):
+                            raise self._payload_error(chunk["error"], request.model)
+                        model = _text_or(chunk.get("model"), model)
+                        # The usage chunk has `choices: []` (§1.4); older llama.cpp builds put
+                        # usage on the finish chunk instead (§4.3): take it wherever it is.
+                        usage = map_usage(chunk.get("usage")) or usage
+                        choice = _first_choice(chunk)
+                        if choice is None:
+                            continue
+                        finish = map_finish_reason(choice.get("finish_reason")) or finish
+                        delta = choice.get("delta")
+                        # `content` may be null; llama.cpp's `reasoning_content` is not content.
+                        text = delta.get("content") if isinstance(delta, dict) else None
+                        if isinstance(text, str) and text:
+                            yield StreamDelta(content=text, model=model)
+            if not done:
+                raise NetworkError(
+                    f"{self.name}: stream ended early (no [DONE])",
+                    provider=self.name,
+                    model_id=request.model,
+                )
+            yield StreamDelta(model=model, finish_reason=finish, usage=usage)
+
+    def _payload_error(self, error: object, model: str) -> ProviderError:
+        """Map an ``{"error": ...}`` payload that came with HTTP 200 (§1.4, §1.6)."""
+        if isinstance(error, dict):
+            message = error.get("message") if isinstance(error.get("message"), str) else None
+            err_type = str(error.get("type") or "")
+            code = str(error.get("code") or "")
+        else:
+            message, err_type, code = (error if isinstance(error, str) else None), "", ""
+        text = f"{self.name}: {message or 'error in stream'}"
+        ctx: dict[str, Any] = {"provider": self.name, "model_id": model}
+        if err_type:
+            ctx["extra"] = {"providerType": err_type}
+        if err_type in _RATE_LIMIT_TYPES or code == "rate_limit_exceeded":
+            return RateLimitError(text, **ctx)
+        if err_type in _TRANSIENT_TYPES:
+            return ModelError(text, retryable=True, **ctx)
+        return ModelError(text, retryable=err_type not in _REQUEST_PROBLEM_TYPES, **ctx)
+
+    async def list_models(self) -> list[ProviderModel]:
+        with _redacting(self.settings.api_key):
+            headers = self._headers(None)
+            with map_http_errors(self.name, None):
+                response = await self.client.get(_MODELS_PATH, headers=headers)
+            self.last_rate_limit = parse_rate_limit(response.headers)
+            if response.is_error:
+                raise error_from_status(
+                    response.status_code,
+                    response.headers,
+                    response.content,
+                    provider=self.name,
+                    model=None,
+                )
+            data = loads_body(response.content, provider=self.name, model=None)
+            entries = data.get("data") if isinstance(data, dict) else None
+            if not isinstance(entries, list):
+                raise ModelError(f"{self.name}: model list has no data array", provider=self.name)
+            capabilities = self.capabilities | ({"local"} if self.is_local else set())
+            models = []
+            for entry in entries:
+                if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+                    continue
+                # llama.cpp reports the trained context as meta.n_ctx_train (§4.2).
+                meta = entry.get("meta")
+                n_ctx = meta.get("n_ctx_train") if isinstance(meta, dict) else None
+                models.append(
+                    ProviderModel(
+                        id=entry["id"],
+                        provider=self.name,
+                        context_window=n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None,
+                        capabilities=capabilities,
+                    )
+                )
+            return models
+
+    async def is_available(self) -> bool:
+        """``GET /models`` answers 2xx (llama.cpp's ``/health`` is not under ``/v1``)."""
+        try:
+            headers = self._headers(None)
+            with map_http_errors(self.name, None):
+                response = await self.client.get(_MODELS_PATH, headers=headers)
+        except SidecarError:
+            return False
+        self.last_rate_limit = parse_rate_limit(response.headers)
+        return response.is_success
+
+
+class OpenAICompatibleProvider(OpenAIProvider):
+    """A custom entry: any server speaking Chat Completions; the key is optional."""
+
+    kind: ClassVar[str] = "custom"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"chat", "streaming", "json_mode", "json_schema"})
+    key_env_var: ClassVar[str | None] = None
