@@ -426,7 +426,7 @@ class Router:
                     state.sent_any = True
                     await state.sink(delta.content, model)
         finally:
-            await deltas.aclose()  # type: ignore[attr-defined]
+            await deltas.aclose()
         return Completion(content="".join(parts), model=model, finish_reason=finish, usage=usage)
 
 

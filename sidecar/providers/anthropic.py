@@ -7,8 +7,7 @@ official SDK writes it (``https://api.anthropic.com``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar
 
 import orjson
@@ -32,10 +31,13 @@ from sidecar.providers.base import (
 )
 from sidecar.providers.http import (
     aiter_sse,
+    as_count,
     error_from_status,
     loads_body,
     map_http_errors,
     parse_rate_limit,
+    redact_errors,
+    text_or,
 )
 
 __all__ = [
@@ -115,36 +117,9 @@ def map_stop_reason(value: object) -> FinishReason | None:
 def map_usage(fields: Mapping[str, Any]) -> Usage:
     """Prompt tokens include cache writes and reads (they are billed input), §2.3."""
     return Usage(
-        prompt_tokens=sum(_count(fields.get(name)) for name in _PROMPT_FIELDS),
-        completion_tokens=_count(fields.get("output_tokens")),
+        prompt_tokens=sum(as_count(fields.get(name)) for name in _PROMPT_FIELDS),
+        completion_tokens=as_count(fields.get("output_tokens")),
     )
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _text_or(value: object, default: str) -> str:
-    return value if isinstance(value, str) and value else default
-
-
-def _redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "[redacted]") if secret and secret in text else text
-
-
-@contextmanager
-def _redacting(secret: str | None) -> Iterator[None]:
-    """Strip the API key from any error leaving the provider (a proxy could echo it)."""
-    try:
-        yield
-    except SidecarError as exc:
-        if secret:
-            exc.message = _redact(exc.message, secret)
-            exc.args = (exc.message,)
-            for key, value in list(exc.extra.items()):
-                if isinstance(value, str):
-                    exc.extra[key] = _redact(value, secret)
-        raise
 
 
 class AnthropicProvider(Provider):
@@ -178,7 +153,7 @@ class AnthropicProvider(Provider):
             raise error_from_status(status, headers, body, provider=self.name, model=model)
 
     async def generate(self, request: ProviderRequest) -> Completion:
-        with _redacting(self.settings.api_key):
+        with redact_errors(self.settings.api_key):
             headers = self._headers(request.model)
             body = build_messages_body(request, stream=False)
             with map_http_errors(self.name, request.model):
@@ -203,13 +178,13 @@ class AnthropicProvider(Provider):
             usage = data.get("usage")
             return Completion(
                 content=text,
-                model=_text_or(data.get("model"), request.model),
+                model=text_or(data.get("model"), request.model),
                 finish_reason=map_stop_reason(data.get("stop_reason")),
                 usage=map_usage(usage) if isinstance(usage, dict) else None,
             )
 
-    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamDelta]:
-        with _redacting(self.settings.api_key):
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamDelta, None]:
+        with redact_errors(self.settings.api_key):
             headers = self._headers(request.model)
             body = build_messages_body(request, stream=True)
             model = request.model
@@ -253,7 +228,7 @@ class AnthropicProvider(Provider):
                         if name == "message_start":
                             message = data.get("message")
                             if isinstance(message, dict):
-                                model = _text_or(message.get("model"), model)
+                                model = text_or(message.get("model"), model)
                                 if isinstance(message.get("usage"), dict):
                                     usage_fields.update(message["usage"])
                         elif name == "message_delta":
@@ -301,7 +276,7 @@ class AnthropicProvider(Provider):
         return ModelError(text, retryable=err_type not in _REQUEST_PROBLEM_TYPES, **ctx)
 
     async def list_models(self) -> list[ProviderModel]:
-        with _redacting(self.settings.api_key):
+        with redact_errors(self.settings.api_key):
             headers = self._headers(None)
             models: list[ProviderModel] = []
             after: str | None = None

@@ -9,7 +9,7 @@ model. It never retries, never falls back and never sleeps: that is the router's
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -170,7 +170,7 @@ class Provider(abc.ABC):
         """Send one non-streaming request."""
 
     @abc.abstractmethod
-    def stream(self, request: ProviderRequest) -> AsyncIterator[StreamDelta]:
+    def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamDelta, None]:
         """Send one streaming request and yield its deltas as they arrive."""
 
     @abc.abstractmethod

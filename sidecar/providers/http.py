@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.utils
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import certifi
 import httpx
 import httpx_sse
 import orjson
@@ -28,6 +30,7 @@ from sidecar.errors import (
     NetworkError,
     ProviderError,
     RateLimitError,
+    SidecarError,
     ValidationError,
 )
 from sidecar.providers.base import ProviderSettings, RateLimitSnapshot
@@ -39,6 +42,7 @@ __all__ = [
     "HttpClientFactory",
     "aiter_ndjson",
     "aiter_sse",
+    "as_count",
     "error_from_status",
     "is_loopback_url",
     "loads_body",
@@ -47,6 +51,8 @@ __all__ = [
     "parse_rate_limit",
     "parse_retry_after_ms",
     "read_error_body",
+    "redact_errors",
+    "text_or",
 ]
 
 #: Per-attempt read timeout when the provider entry sets no ``timeoutMs``.
@@ -74,6 +80,7 @@ class HttpClientFactory:
 
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None, *, deny_remote: bool = False) -> None:
         self._transport = transport
+        self._ssl: ssl.SSLContext | None = None
         #: Refuse every non-loopback request before it connects (``MODEL_SIDECAR_DENY_REMOTE``):
         #: the test suite runs with it, so a routing bug can never reach the internet.
         self.deny_remote = deny_remote
@@ -85,9 +92,17 @@ class HttpClientFactory:
                 request=request,
             )
 
+    def _ssl_context(self) -> ssl.SSLContext:
+        # Loading the CA bundle costs ~25 ms: do it once, and only for a TLS provider.
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context(cafile=certifi.where())
+        return self._ssl
+
     def build(self, settings: ProviderSettings) -> httpx.AsyncClient:
         timeout_s = (settings.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
+        tls = settings.base_url.startswith("https://")
         return httpx.AsyncClient(
+            verify=self._ssl_context() if tls else True,
             event_hooks={"request": [self._guard]} if self.deny_remote else None,
             base_url=settings.base_url.rstrip("/"),
             timeout=httpx.Timeout(timeout_s, connect=min(DEFAULT_CONNECT_TIMEOUT_S, timeout_s)),
@@ -132,6 +147,35 @@ def map_http_errors(provider: str, model: str | None) -> Iterator[None]:
         ) from exc
 
 
+@contextmanager
+def redact_errors(secret: str | None) -> Iterator[None]:
+    """Strip the provider's key from any error leaving the block (servers and proxies echo it)."""
+    try:
+        yield
+    except SidecarError as exc:
+        if secret:
+            exc.message = _redact(exc.message, secret)
+            exc.args = (exc.message,)
+            for key, value in list(exc.extra.items()):
+                if isinstance(value, str):
+                    exc.extra[key] = _redact(value, secret)
+        raise
+
+
+def _redact(text: str, secret: str) -> str:
+    return text.replace(secret, "[redacted]") if secret in text else text
+
+
+def as_count(value: object) -> int:
+    """A token count from a provider body: an int, anything else (absent, null) is 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def text_or(value: object, default: str) -> str:
+    """``value`` when it is a non-empty string, else ``default``."""
+    return value if isinstance(value, str) and value else default
+
+
 def _reason(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
@@ -169,7 +213,7 @@ def _as_str(value: object) -> str | None:
 
 _CONTEXT_PATTERNS = re.compile(
     r"context[_ ]length|context window|maximum context|prompt is too long|too many tokens"
-    r"|exceeds the context|input is too long|num_ctx",
+    r"|exceeds the context|input is too long|num_ctx|available context size|exceed_context_size",
     re.IGNORECASE,
 )
 
@@ -209,7 +253,11 @@ def error_from_status(
         return ModelError(text, retryable=False if retryable is None else retryable, **ctx)
     if status >= 500 or status == 409:
         return ModelError(text, retry_after_ms=retry_after, retryable=retryable, **ctx)
-    too_long = code == "context_length_exceeded" or bool(message and _CONTEXT_PATTERNS.search(message))
+    too_long = (
+        code == "context_length_exceeded"
+        or err_type == "exceed_context_size_error"  # llama.cpp server
+        or bool(message and _CONTEXT_PATTERNS.search(message))
+    )
     return ValidationError(text, context_too_long=too_long, retryable=False, **ctx)
 
 

@@ -7,8 +7,7 @@ done-reason/usage mapping serve both the streaming and the non-streaming path.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar
 
 import orjson
@@ -25,10 +24,13 @@ from sidecar.providers.base import (
 )
 from sidecar.providers.http import (
     aiter_ndjson,
+    as_count,
     error_from_status,
     loads_body,
     map_http_errors,
     parse_rate_limit,
+    redact_errors,
+    text_or,
 )
 
 __all__ = ["OllamaProvider", "build_chat_body", "map_done_reason", "map_usage"]
@@ -83,42 +85,15 @@ def map_done_reason(value: object) -> FinishReason | None:
 def map_usage(final: Mapping[str, Any]) -> Usage:
     """Counts of the ``done: true`` object; omitted when zero (``omitempty``, §3)."""
     return Usage(
-        prompt_tokens=_count(final.get("prompt_eval_count")),
-        completion_tokens=_count(final.get("eval_count")),
+        prompt_tokens=as_count(final.get("prompt_eval_count")),
+        completion_tokens=as_count(final.get("eval_count")),
     )
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _message_text(data: Mapping[str, Any]) -> str:
     message = data.get("message")
     content = message.get("content") if isinstance(message, dict) else None
     return content if isinstance(content, str) else ""
-
-
-def _text_or(value: object, default: str) -> str:
-    return value if isinstance(value, str) and value else default
-
-
-def _redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "[redacted]") if secret and secret in text else text
-
-
-@contextmanager
-def _redacting(secret: str | None) -> Iterator[None]:
-    """Strip a configured key (Ollama behind an auth proxy) from any error we raise."""
-    try:
-        yield
-    except SidecarError as exc:
-        if secret:
-            exc.message = _redact(exc.message, secret)
-            exc.args = (exc.message,)
-            for key, value in list(exc.extra.items()):
-                if isinstance(value, str):
-                    exc.extra[key] = _redact(value, secret)
-        raise
 
 
 class OllamaProvider(Provider):
@@ -145,7 +120,7 @@ class OllamaProvider(Provider):
         return None
 
     async def generate(self, request: ProviderRequest) -> Completion:
-        with _redacting(self.settings.api_key):
+        with redact_errors(self.settings.api_key):
             body = build_chat_body(request, stream=False)
             with map_http_errors(self.name, request.model):
                 response = await self.client.post(
@@ -172,13 +147,13 @@ class OllamaProvider(Provider):
                 )
             return Completion(
                 content=_message_text(data),
-                model=_text_or(data.get("model"), request.model),
+                model=text_or(data.get("model"), request.model),
                 finish_reason=map_done_reason(data.get("done_reason")),
                 usage=map_usage(data),
             )
 
-    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamDelta]:
-        with _redacting(self.settings.api_key):
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamDelta, None]:
+        with redact_errors(self.settings.api_key):
             body = build_chat_body(request, stream=True)
             model = request.model
             final: dict[str, Any] | None = None
@@ -211,7 +186,7 @@ class OllamaProvider(Provider):
                                 provider=self.name,
                                 model_id=request.model,
                             )
-                        model = _text_or(data.get("model"), model)
+                        model = text_or(data.get("model"), model)
                         if data.get("done") is True:
                             final = data
                             break
@@ -233,7 +208,7 @@ class OllamaProvider(Provider):
             )
 
     async def list_models(self) -> list[ProviderModel]:
-        with _redacting(self.settings.api_key):
+        with redact_errors(self.settings.api_key):
             with map_http_errors(self.name, None):
                 response = await self.client.get(_TAGS_PATH, headers=self._headers())
             self.last_rate_limit = parse_rate_limit(response.headers)
@@ -275,7 +250,7 @@ class OllamaProvider(Provider):
 
     async def get_model_info(self, model_id: str) -> ProviderModel | None:
         """``POST /api/show``: trained context length and capabilities; None if unknown."""
-        with _redacting(self.settings.api_key):
+        with redact_errors(self.settings.api_key):
             with map_http_errors(self.name, model_id):
                 response = await self.client.post(
                     _SHOW_PATH, content=orjson.dumps({"model": model_id}), headers=self._headers()

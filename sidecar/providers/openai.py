@@ -9,8 +9,7 @@ finish-reason/usage mapping so the streaming and non-streaming paths cannot drif
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
 import orjson
@@ -34,10 +33,13 @@ from sidecar.providers.base import (
 )
 from sidecar.providers.http import (
     aiter_sse,
+    as_count,
     error_from_status,
     loads_body,
     map_http_errors,
     parse_rate_limit,
+    redact_errors,
+    text_or,
 )
 
 __all__ = [
@@ -130,13 +132,9 @@ def map_usage(value: object) -> Usage | None:
     if not isinstance(value, dict):
         return None
     return Usage(
-        prompt_tokens=_count(value.get("prompt_tokens")),
-        completion_tokens=_count(value.get("completion_tokens")),
+        prompt_tokens=as_count(value.get("prompt_tokens")),
+        completion_tokens=as_count(value.get("completion_tokens")),
     )
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _first_choice(data: dict[str, Any]) -> dict[str, Any] | None:
@@ -144,29 +142,6 @@ def _first_choice(data: dict[str, Any]) -> dict[str, Any] | None:
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         return choices[0]
     return None
-
-
-def _text_or(value: object, default: str) -> str:
-    return value if isinstance(value, str) and value else default
-
-
-def _redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "[redacted]") if secret and secret in text else text
-
-
-@contextmanager
-def _redacting(secret: str | None) -> Iterator[None]:
-    """Strip the API key from any error leaving the provider (some servers echo it back)."""
-    try:
-        yield
-    except SidecarError as exc:
-        if secret:
-            exc.message = _redact(exc.message, secret)
-            exc.args = (exc.message,)
-            for key, value in list(exc.extra.items()):
-                if isinstance(value, str):
-                    exc.extra[key] = _redact(value, secret)
-        raise
 
 
 class OpenAIProvider(Provider):
@@ -206,13 +181,13 @@ class OpenAIProvider(Provider):
         content = message.get("content") if isinstance(message, dict) else None
         return Completion(
             content=content if isinstance(content, str) else "",
-            model=_text_or(data.get("model"), model),
+            model=text_or(data.get("model"), model),
             finish_reason=map_finish_reason(choice.get("finish_reason")),
             usage=map_usage(data.get("usage")),
         )
 
     async def generate(self, request: ProviderRequest) -> Completion:
-        with _redacting(self.settings.api_key):
+        with redact_errors(self.settings.api_key):
             headers = self._headers(request.model)
             body = build_chat_body(request, official=self.official, stream=False)
             with map_http_errors(self.name, request.model):
@@ -232,8 +207,8 @@ class OpenAIProvider(Provider):
                 raise self._payload_error(data["error"], request.model)
             return self._completion(data, request.model)
 
-    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamDelta]:
-        with _redacting(self.settings.api_key):
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamDelta, None]:
+        with redact_errors(self.settings.api_key):
             headers = self._headers(request.model)
             body = build_chat_body(request, official=self.official, stream=True)
             model = request.model
@@ -271,7 +246,7 @@ class OpenAIProvider(Provider):
                             )
                         if chunk.get("error"):
                             raise self._payload_error(chunk["error"], request.model)
-                        model = _text_or(chunk.get("model"), model)
+                        model = text_or(chunk.get("model"), model)
                         # The usage chunk has `choices: []` (§1.4); older llama.cpp builds put
                         # usage on the finish chunk instead (§4.3): take it wherever it is.
                         usage = map_usage(chunk.get("usage")) or usage
@@ -311,7 +286,7 @@ class OpenAIProvider(Provider):
         return ModelError(text, retryable=err_type not in _REQUEST_PROBLEM_TYPES, **ctx)
 
     async def list_models(self) -> list[ProviderModel]:
-        with _redacting(self.settings.api_key):
+        with redact_errors(self.settings.api_key):
             headers = self._headers(None)
             with map_http_errors(self.name, None):
                 response = await self.client.get(_MODELS_PATH, headers=headers)

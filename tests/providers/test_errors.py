@@ -129,7 +129,6 @@ async def test_context_too_long_is_flagged(harness: Harness, streaming: bool) ->
     assert exc.to_data()["contextTooLong"] is True
 
 
-@pytest.mark.xfail(reason="http.error_from_status does not know llama.cpp's exceed_context_size_error yet")
 async def test_llamacpp_context_size_error_is_flagged(llamacpp: Harness) -> None:
     llamacpp.server.enqueue(
         Error(

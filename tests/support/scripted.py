@@ -7,7 +7,7 @@ stand-ins only let router and channel logic be tested without a network.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 import httpx
@@ -74,7 +74,7 @@ class ScriptedProvider(Provider):
         assert isinstance(action, Completion)
         return action
 
-    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamDelta]:
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamDelta, None]:
         action = self._next(request)
         try:
             if isinstance(action, Hang):
