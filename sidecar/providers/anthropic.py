@@ -32,10 +32,10 @@ from sidecar.providers.base import (
 from sidecar.providers.http import (
     aiter_sse,
     as_count,
-    error_from_status,
     loads_body,
     map_http_errors,
     parse_rate_limit,
+    raise_for_error,
     redact_errors,
     text_or,
 )
@@ -146,12 +146,6 @@ class AnthropicProvider(Provider):
         headers.update(self.settings.headers)
         return headers
 
-    def _raise_for_status(
-        self, status: int, headers: Mapping[str, str], body: bytes, model: str | None
-    ) -> None:
-        if status >= 400:
-            raise error_from_status(status, headers, body, provider=self.name, model=model)
-
     async def generate(self, request: ProviderRequest) -> Completion:
         with redact_errors(self.settings.api_key):
             headers = self._headers(request.model)
@@ -159,7 +153,7 @@ class AnthropicProvider(Provider):
             with map_http_errors(self.name, request.model):
                 response = await self.client.post(_MESSAGES_PATH, content=orjson.dumps(body), headers=headers)
             self.last_rate_limit = parse_rate_limit(response.headers)
-            self._raise_for_status(response.status_code, response.headers, response.content, request.model)
+            await raise_for_error(response, provider=self.name, model=request.model)
             data = loads_body(response.content, provider=self.name, model=request.model)
             if not isinstance(data, dict) or not isinstance(data.get("content"), list):
                 raise ModelError(
@@ -198,11 +192,7 @@ class AnthropicProvider(Provider):
                     "POST", _MESSAGES_PATH, content=orjson.dumps(body), headers=headers
                 ) as response:
                     self.last_rate_limit = parse_rate_limit(response.headers)
-                    if response.is_error:
-                        await response.aread()
-                        self._raise_for_status(
-                            response.status_code, response.headers, response.content, request.model
-                        )
+                    await raise_for_error(response, provider=self.name, model=request.model)
                     async for event in aiter_sse(response):
                         if event.event == "ping" or not event.data:
                             continue
@@ -287,7 +277,7 @@ class AnthropicProvider(Provider):
                 with map_http_errors(self.name, None):
                     response = await self.client.get(_MODELS_PATH, params=params, headers=headers)
                 self.last_rate_limit = parse_rate_limit(response.headers)
-                self._raise_for_status(response.status_code, response.headers, response.content, None)
+                await raise_for_error(response, provider=self.name, model=None)
                 page = loads_body(response.content, provider=self.name, model=None)
                 entries = page.get("data") if isinstance(page, dict) else None
                 if not isinstance(entries, list):

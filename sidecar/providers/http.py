@@ -50,6 +50,7 @@ __all__ = [
     "parse_go_duration_ms",
     "parse_rate_limit",
     "parse_retry_after_ms",
+    "raise_for_error",
     "read_error_body",
     "redact_errors",
     "text_or",
@@ -259,6 +260,15 @@ def error_from_status(
         or bool(message and _CONTEXT_PATTERNS.search(message))
     )
     return ValidationError(text, context_too_long=too_long, retryable=False, **ctx)
+
+
+async def raise_for_error(response: httpx.Response, *, provider: str, model: str | None) -> None:
+    """Raise the typed error of a non-2xx response (reading its body first if streamed)."""
+    if response.is_error:
+        await response.aread()
+        raise error_from_status(
+            response.status_code, response.headers, response.content, provider=provider, model=model
+        )
 
 
 def parse_retry_after_ms(headers: Mapping[str, str], now: float | None = None) -> int | None:

@@ -25,10 +25,10 @@ from sidecar.providers.base import (
 from sidecar.providers.http import (
     aiter_ndjson,
     as_count,
-    error_from_status,
     loads_body,
     map_http_errors,
     parse_rate_limit,
+    raise_for_error,
     redact_errors,
     text_or,
 )
@@ -127,14 +127,7 @@ class OllamaProvider(Provider):
                     _CHAT_PATH, content=orjson.dumps(body), headers=self._headers()
                 )
             self.last_rate_limit = parse_rate_limit(response.headers)
-            if response.is_error:
-                raise error_from_status(
-                    response.status_code,
-                    response.headers,
-                    response.content,
-                    provider=self.name,
-                    model=request.model,
-                )
+            await raise_for_error(response, provider=self.name, model=request.model)
             data = loads_body(response.content, provider=self.name, model=request.model)
             error = self._error_line(data, request.model)
             if error is not None:
@@ -164,15 +157,7 @@ class OllamaProvider(Provider):
                     "POST", _CHAT_PATH, content=orjson.dumps(body), headers=self._headers()
                 ) as response:
                     self.last_rate_limit = parse_rate_limit(response.headers)
-                    if response.is_error:
-                        await response.aread()
-                        raise error_from_status(
-                            response.status_code,
-                            response.headers,
-                            response.content,
-                            provider=self.name,
-                            model=request.model,
-                        )
+                    await raise_for_error(response, provider=self.name, model=request.model)
                     # Split on the byte \n only: U+2028/U+2029 stay inside a line (§3).
                     async for line in aiter_ndjson(response):
                         data = loads_body(line, provider=self.name, model=request.model)
@@ -212,14 +197,7 @@ class OllamaProvider(Provider):
             with map_http_errors(self.name, None):
                 response = await self.client.get(_TAGS_PATH, headers=self._headers())
             self.last_rate_limit = parse_rate_limit(response.headers)
-            if response.is_error:
-                raise error_from_status(
-                    response.status_code,
-                    response.headers,
-                    response.content,
-                    provider=self.name,
-                    model=None,
-                )
+            await raise_for_error(response, provider=self.name, model=None)
             data = loads_body(response.content, provider=self.name, model=None)
             entries = data.get("models") if isinstance(data, dict) else None
             if not isinstance(entries, list):
@@ -258,14 +236,7 @@ class OllamaProvider(Provider):
             self.last_rate_limit = parse_rate_limit(response.headers)
             if response.status_code == 404:
                 return None
-            if response.is_error:
-                raise error_from_status(
-                    response.status_code,
-                    response.headers,
-                    response.content,
-                    provider=self.name,
-                    model=model_id,
-                )
+            await raise_for_error(response, provider=self.name, model=model_id)
             data = loads_body(response.content, provider=self.name, model=model_id)
             if not isinstance(data, dict):
                 raise ModelError(f"{self.name}: unexpected /api/show answer", provider=self.name)

@@ -34,10 +34,10 @@ from sidecar.providers.base import (
 from sidecar.providers.http import (
     aiter_sse,
     as_count,
-    error_from_status,
     loads_body,
     map_http_errors,
     parse_rate_limit,
+    raise_for_error,
     redact_errors,
     text_or,
 )
@@ -193,14 +193,7 @@ class OpenAIProvider(Provider):
             with map_http_errors(self.name, request.model):
                 response = await self.client.post(_CHAT_PATH, content=orjson.dumps(body), headers=headers)
             self.last_rate_limit = parse_rate_limit(response.headers)
-            if response.is_error:
-                raise error_from_status(
-                    response.status_code,
-                    response.headers,
-                    response.content,
-                    provider=self.name,
-                    model=request.model,
-                )
+            await raise_for_error(response, provider=self.name, model=request.model)
             data = loads_body(response.content, provider=self.name, model=request.model)
             # Some compatible servers answer 200 with an error envelope.
             if isinstance(data, dict) and data.get("error"):
@@ -222,15 +215,7 @@ class OpenAIProvider(Provider):
                     "POST", _CHAT_PATH, content=orjson.dumps(body), headers=headers
                 ) as response:
                     self.last_rate_limit = parse_rate_limit(response.headers)
-                    if response.is_error:
-                        await response.aread()
-                        raise error_from_status(
-                            response.status_code,
-                            response.headers,
-                            response.content,
-                            provider=self.name,
-                            model=request.model,
-                        )
+                    await raise_for_error(response, provider=self.name, model=request.model)
                     async for event in aiter_sse(response):
                         if not event.data:
                             continue
@@ -291,14 +276,7 @@ class OpenAIProvider(Provider):
             with map_http_errors(self.name, None):
                 response = await self.client.get(_MODELS_PATH, headers=headers)
             self.last_rate_limit = parse_rate_limit(response.headers)
-            if response.is_error:
-                raise error_from_status(
-                    response.status_code,
-                    response.headers,
-                    response.content,
-                    provider=self.name,
-                    model=None,
-                )
+            await raise_for_error(response, provider=self.name, model=None)
             data = loads_body(response.content, provider=self.name, model=None)
             entries = data.get("data") if isinstance(data, dict) else None
             if not isinstance(entries, list):
