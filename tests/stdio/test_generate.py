@@ -241,3 +241,31 @@ def test_request_fields_reach_the_upstream_body(spawn: Spawn, fakes: dict[str, A
     assert (body["stop"], body["frequency_penalty"], body["presence_penalty"]) == (["\n\n"], 0.5, 0.25)
     assert recorded.headers["authorization"] == "Bearer local-secret-key-0123456789XYZ"
     assert recorded.headers["x-team"] == "desk"
+
+
+@pytest.mark.parametrize("how", ["sigterm", "eof", "shutdown"])
+def test_shutdown_answers_in_flight_requests_cancelled(spawn: Spawn, fakes: dict[str, Any], how: str) -> None:
+    import signal
+
+    from tests.fakes import Hang
+
+    fakes["openai"].set_default(Hang())
+    sidecar = spawn(fake_config(fakes))
+    ids = [sidecar.start("model:stream", gen("openai")) for _ in range(3)]
+    fakes["openai"].wait_for_requests(3)
+    started = time.monotonic()
+    if how == "sigterm":
+        sidecar.proc.send_signal(signal.SIGTERM)
+    elif how == "eof":
+        assert sidecar.proc.stdin is not None
+        sidecar.proc.stdin.close()
+    else:
+        sidecar.start("sidecar:shutdown", {}, request_id="bye")
+    for request_id in ids:
+        error = sidecar.response(request_id)["error"]
+        assert (error["code"], error["data"]["type"]) == (-32800, "RequestCancelled")
+    if how == "shutdown":
+        assert sidecar.response("bye")["result"] == {}
+    assert sidecar.proc.wait(5) == 0
+    assert time.monotonic() - started < 2.0
+    assert all(r.disconnected.wait(2) for r in fakes["openai"].requests)
