@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import BinaryIO
 
 import structlog
 
-from sidecar import PROTOCOL_VERSION, __version__
+from sidecar import __version__
 from sidecar.core.config import ConfigManager
 from sidecar.core.pool import ProviderPool
 from sidecar.core.registry import Catalog
@@ -92,6 +93,7 @@ async def serve(
     max_message_bytes: int,
     redactor: Redactor,
     env: Mapping[str, str],
+    early_stop: threading.Event | None = None,
 ) -> None:
     """Run the sidecar until shutdown; returns when everything has been answered."""
     from sidecar.channels import build_channels
@@ -103,20 +105,13 @@ async def serve(
     channels = build_channels(services)
     dispatcher = Dispatcher(channels=channels, send=writer.send)
     services.dispatcher = dispatcher
-    await writer.send({
-        "jsonrpc": "2.0",
-        "method": "sidecar:ready",
-        "params": {
-            "protocolVersion": PROTOCOL_VERSION,
-            "version": __version__,
-            "channels": sorted(channels),
-            "pid": os.getpid(),
-        },
-    })
-    log.info("ready", version=__version__, data_dir=str(data_dir), pid=os.getpid())
+    # sidecar:ready already went out (sidecar.transport.claim), before these imports.
+    log.info("serving", version=__version__, data_dir=str(data_dir), pid=os.getpid())
     reader = LineReader(wire_in, loop, max_line_bytes=max_message_bytes)
     reader.start()
     _install_signal_handlers(loop, services.stop)
+    if early_stop is not None and early_stop.is_set():
+        services.stop.set()  # the signal came while we were still importing
 
     stop_wait = loop.create_task(services.stop.wait())
     reason = "shutdown"

@@ -11,7 +11,9 @@ import asyncio
 import faulthandler
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from sidecar import __version__
@@ -19,6 +21,9 @@ from sidecar import __version__
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "main", "parse_args", "resolve_data_dir"]
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+_STOP_SIGNALS = (
+    (signal.SIGINT, signal.SIGBREAK) if sys.platform == "win32" else (signal.SIGTERM, signal.SIGINT)  # type: ignore[attr-defined]
+)
 APP_NAME = "model-sidecar"
 
 
@@ -60,10 +65,20 @@ def main(argv: list[str] | None = None) -> None:
     multiprocessing.freeze_support()  # a frozen binary must not re-run itself as a worker
     args = parse_args(argv)
     # Claim the protocol pipes before anything else can print: from here on fd 1 is stderr.
-    from sidecar.transport.stdio import claim_stdio
+    from sidecar import CHANNEL_NAMES, PROTOCOL_VERSION
+    from sidecar.transport.claim import claim_stdio, ready_line
 
     wire_in, wire_out = claim_stdio()
     faulthandler.enable(file=sys.stderr)
+    # A SIGTERM during the imports below must still mean a clean exit 0: remember it
+    # until the event loop installs its own handlers.
+    early_stop = threading.Event()
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, lambda _signum, _frame: early_stop.set())
+    data_dir = resolve_data_dir(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Ready before the heavy imports: what the host sends meanwhile waits in the pipe.
+    wire_out.write(ready_line(PROTOCOL_VERSION, __version__, list(CHANNEL_NAMES)))
 
     from sidecar.app import serve
     from sidecar.logs import configure_logging
@@ -71,8 +86,6 @@ def main(argv: list[str] | None = None) -> None:
 
     redactor = Redactor()
     configure_logging(args.log_level, redactor)
-    data_dir = resolve_data_dir(args.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
     try:
         asyncio.run(serve(
             wire_in, wire_out,
@@ -80,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             max_message_bytes=args.max_message_bytes,
             redactor=redactor,
             env=os.environ,
+            early_stop=early_stop,
         ))
     except KeyboardInterrupt:  # pragma: no cover - SIGINT before the handler was installed
         pass

@@ -1,8 +1,7 @@
 """Bytes in, bytes out: the protocol's framing over the process's standard streams.
 
-* :func:`claim_stdio` moves the protocol pipes to private descriptors and points fd 1 at
-  stderr and fd 0 at the null device, so a stray ``print``, a C library or a child
-  process can never write into (or read from) the protocol stream.
+* :mod:`sidecar.transport.claim` has already moved the protocol pipes to private
+  descriptors (fd 1 now points at stderr), so this module only sees file objects.
 * :class:`LineReader` runs on a dedicated thread (asyncio's ``StreamReader`` fails on
   lines over 64 KiB, and pipes cannot be read asynchronously on Windows' proactor loop).
   It splits on the byte ``\\n`` only, bounds each line, and hands lines to the event loop
@@ -14,8 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +26,6 @@ __all__ = [
     "LineReader",
     "LineWriter",
     "Oversized",
-    "claim_stdio",
     "encode_message",
 ]
 
@@ -54,35 +50,6 @@ class EndOfInput:
 EOF = EndOfInput()
 
 InboxItem = bytes | Oversized | EndOfInput
-
-
-def claim_stdio() -> tuple[BinaryIO, BinaryIO]:
-    """Take fds 0 and 1 for the protocol; leave the process with devnull/stderr there.
-
-    Returns binary, unbuffered-on-write file objects for the protocol input and output.
-    The duplicated descriptors are non-inheritable (PEP 446), so child processes never
-    hold the host's pipe open (which would also stop stdin EOF from ever arriving).
-    """
-    wire_in = os.dup(0)
-    wire_out = os.dup(1)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    os.dup2(2, 1)
-    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-        _redirect_windows_std_handles()
-    return os.fdopen(wire_in, "rb", buffering=0), os.fdopen(wire_out, "wb", buffering=0)
-
-
-def _redirect_windows_std_handles() -> None:  # pragma: no cover
-    # Child processes on Windows inherit the Win32 std handles, not the CRT fds: point
-    # those at the new fd 0/1 too, as the MCP SDK's stdio claim does.
-    import ctypes
-    import msvcrt
-
-    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
-    kernel32.SetStdHandle(-10, msvcrt.get_osfhandle(0))  # type: ignore[attr-defined]
-    kernel32.SetStdHandle(-11, msvcrt.get_osfhandle(1))  # type: ignore[attr-defined]
 
 
 def _escape_line_separators(data: bytes) -> bytes:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,7 +22,8 @@ METHODS = ["model:get-config", "model:generate", "model:stream", "model:list-mod
            "model:set-config", "model:nope", "$/cancelRequest", ""]
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
@@ -70,6 +72,14 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Any:
 _ids = itertools.count()
 
 
+def _parses(line: bytes) -> bool:
+    try:
+        orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=lines)
 def test_random_input_never_kills_and_each_id_is_answered_once(sidecar: SidecarProcess, batch: list) -> None:
@@ -83,10 +93,13 @@ def test_random_input_never_kills_and_each_id_is_answered_once(sidecar: SidecarP
         else:
             message = dict(value)
             if kind == "request":
-                # Even an invalid request (bad jsonrpc, empty method) is answered under its id.
                 message["id"] = f"f{next(_ids)}"
+            line = json.dumps(message).encode()
+            if kind == "request" and _parses(line):
+                # Even an invalid request (bad jsonrpc, empty method) is answered under its
+                # id; a line that is not JSON at all (a 65-bit integer) is answered id null.
                 sent_ids.append(message["id"])
-            payload += json.dumps(message).encode() + b"\n"
+            payload += line + b"\n"
     probe = f"probe{next(_ids)}"
     payload += json.dumps({"jsonrpc": "2.0", "id": probe, "method": "model:get-config"}).encode() + b"\n"
     sidecar.send_raw(payload)

@@ -131,3 +131,16 @@ def test_lone_surrogates_and_nan_still_encode_as_valid_json() -> None:
     assert decoded["n"] is None
     assert decoded["s"].startswith("bad ")
     data.decode("utf-8")  # valid UTF-8
+
+
+def test_announced_channels_are_the_served_ones() -> None:
+    from pathlib import Path
+
+    from sidecar import CHANNEL_NAMES
+    from sidecar.app import Services
+    from sidecar.channels import build_channels
+    from sidecar.secrets import Redactor
+    from sidecar.wire.registry import METHODS
+
+    services = Services.build(Path("/nonexistent-sidecar-test"), {}, Redactor())
+    assert sorted(build_channels(services)) == sorted(CHANNEL_NAMES) == sorted(METHODS)
