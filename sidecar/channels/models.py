@@ -42,7 +42,9 @@ def _is_chat_model(provider: Provider, model_id: str) -> bool:
 
 
 def channels(services: Services) -> list[Channel]:
-    cache: dict[str, tuple[float, list[ModelInfo]]] = {}
+    #: name → (when, the provider object asked, its models); a provider replaced by a
+    #: config change is a different object, so its old answer is never served.
+    cache: dict[str, tuple[float, Provider, list[ModelInfo]]] = {}
 
     def info(provider: Provider, reported: ProviderModel | None, model_id: str, available: bool) -> ModelInfo:
         settings = provider.settings
@@ -93,11 +95,15 @@ def channels(services: Services) -> list[Channel]:
                 )
             names = [params.provider] if params.provider in names else []
         now = time.monotonic()
-        stale = [n for n in names if params.refresh or n not in cache or now - cache[n][0] > CACHE_TTL_S]
-        providers = [p for n in stale if (p := pool.get(n)) is not None]
+
+        def stale(name: str, provider: Provider) -> bool:
+            entry = cache.get(name)
+            return params.refresh or entry is None or entry[1] is not provider or now - entry[0] > CACHE_TTL_S
+
+        providers = [p for n in names if (p := pool.get(n)) is not None and stale(n, p)]
         fresh = await asyncio.gather(*(provider_models(p) for p in providers))
         for provider, models in zip(providers, fresh, strict=True):
-            cache[provider.name] = (now, models)
-        return ListModelsResult(models=[m for n in names if n in cache for m in cache[n][1]])
+            cache[provider.name] = (now, provider, models)
+        return ListModelsResult(models=[m for n in names if n in cache for m in cache[n][2]])
 
     return [Channel("model:list-models", ListModelsParams, list_models)]

@@ -66,3 +66,14 @@ def test_health_without_keys_says_why(spawn: Spawn) -> None:
     assert health["openai"] == {"available": False, "enabled": True, "local": False,
                                 "lastError": "no API key configured"}
     assert health["ollama"]["available"] is False
+
+
+def test_a_config_change_invalidates_cached_models(spawn: Spawn, fakes: dict[str, Any]) -> None:
+    from tests.fakes import FakeServer
+
+    sidecar = spawn(fake_config(fakes))
+    before = {m["id"] for m in sidecar.result("model:list-models", {"provider": "ollama"})["models"]}
+    with FakeServer("ollama", models=["phi4:latest"]).start() as other:
+        sidecar.result("model:set-config", {"config": {"providers": {"ollama": {"baseURL": other.base_url}}}})
+        after = {m["id"] for m in sidecar.result("model:list-models", {"provider": "ollama"})["models"]}
+    assert "llama3.2:latest" in before and after == {"phi4:latest"}
