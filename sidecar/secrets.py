@@ -13,14 +13,17 @@ from typing import Any
 
 import orjson
 
-__all__ = ["REDACTED", "Redactor", "is_preview", "preview"]
+__all__ = ["MIN_SECRET_LEN", "REDACTED", "Redactor", "is_preview", "is_sensitive_header", "preview"]
 
 REDACTED = "[redacted]"
 _ELLIPSIS = "\u2026"
 _KEY_SHAPE = re.compile(r"\b(sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{12,})")
 _SENSITIVE_FIELD = re.compile(r"(api[_-]?key|authorization|secret|password|token$|x-api-key)", re.I)
-#: Keys shorter than this are never shown in part.
+#: Keys shorter than this are never shown in part, and are not scrubbed from output
+#: either: a placeholder like "ollama" or "none" is no secret, and replacing such a short
+#: string wherever it occurs would corrupt ordinary text and JSON keys.
 _MIN_PREVIEW_LEN = 12
+MIN_SECRET_LEN = _MIN_PREVIEW_LEN
 
 
 def preview(key: str) -> str:
@@ -28,6 +31,12 @@ def preview(key: str) -> str:
     if len(key) < _MIN_PREVIEW_LEN:
         return _ELLIPSIS
     return f"{key[:3]}{_ELLIPSIS}{key[-4:]}"
+
+
+def is_sensitive_header(name: str) -> bool:
+    """Whether a configured header carries a credential (previewed and scrubbed like a key)."""
+    lowered = name.lower()
+    return any(word in lowered for word in ("auth", "key", "token", "secret", "cookie"))
 
 
 def is_preview(value: str) -> bool:
@@ -46,7 +55,7 @@ class Redactor:
     def add(self, *secrets: str | None) -> None:
         with self._lock:
             known = set(self._secrets)
-            known.update(s for s in secrets if s and len(s) >= 4)
+            known.update(s for s in secrets if s and len(s) >= MIN_SECRET_LEN)
             # Longest first, so a key that contains another is replaced whole.
             self._secrets = tuple(sorted(known, key=len, reverse=True))
             needles = []

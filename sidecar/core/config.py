@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import pydantic
@@ -23,7 +25,7 @@ import structlog
 from sidecar.errors import InvalidParams
 from sidecar.providers.base import ProviderSettings
 from sidecar.providers.http import is_loopback_url
-from sidecar.secrets import Redactor, is_preview, preview
+from sidecar.secrets import Redactor, is_preview, is_sensitive_header, preview
 from sidecar.transport.dispatcher import validation_errors
 from sidecar.wire.config import BUILTIN_PROVIDERS, ModelConfig
 
@@ -49,15 +51,29 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 def normalize_ollama_host(value: str) -> str:
-    """``OLLAMA_HOST`` as Ollama reads it (``host``, ``host:port``, URL) → a base URL."""
-    value = value.strip().rstrip("/")
-    scheme = "http"
+    """``OLLAMA_HOST`` as Ollama reads it (``host``, ``host:port``, URL) → a base URL.
+
+    As in Ollama's ``envconfig``: quotes and spaces are trimmed, a bare host gets port
+    11434, an explicit ``http://``/``https://`` without a port gets 80/443, and a
+    bind-all address (``0.0.0.0``, ``::``) is reached on loopback.
+    """
+    value = value.strip().strip("\"'").strip().rstrip("/")
+    scheme, default_port = "http", 11434
     if "://" in value:
         scheme, value = value.split("://", 1)
-    host, _, port = value.partition(":")
-    if host in ("", "0.0.0.0"):  # a bind-all address is reached on loopback
+        default_port = {"http": 80, "https": 443}.get(scheme, 11434)
+    if value.count(":") > 1 and not value.startswith("["):
+        value = f"[{value}]"  # a bare IPv6 address
+    try:
+        parts = urlsplit(f"{scheme}://{value}")
+        host, port = parts.hostname or "", parts.port or default_port
+    except ValueError:
+        host, port = value, default_port
+    if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"
-    return f"{scheme}://{host}:{port or '11434'}"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"
 
 
 def _defaults_doc() -> dict[str, Any]:
@@ -129,28 +145,45 @@ class ConfigManager:
             raise InvalidParams("invalid config", errors=errors) from exc
 
     async def patch(self, patch: dict[str, Any]) -> dict[str, Any]:
-        """Apply a merge patch to the stored config; returns the new redacted preview."""
+        """Apply a merge patch to the stored config; returns the new redacted preview.
+
+        Once validation passed, the write and the switch to the new config complete even
+        if the request is cancelled meanwhile (the host then still gets the result), so
+        the file and the config in use never disagree.
+        """
         async with self._lock:
             new_stored = merge_patch(self.stored, _drop_previews(patch))
             config = self._validate(new_stored)
-            await asyncio.to_thread(self._write_atomic, new_stored)
-            self.stored, self.config = new_stored, config
-            self.load_error = None
-            self._register_secrets()
+            commit = asyncio.ensure_future(self._commit(new_stored, config))
+            try:
+                await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                await commit  # finish what was started; the cancel is answered by the result
+        return self.preview()
+
+    async def _commit(self, stored: dict[str, Any], config: ModelConfig) -> None:
+        await asyncio.to_thread(self._write_atomic, stored)
+        self.stored, self.config = stored, config
+        self.load_error = None
+        self._register_secrets()
         for listener in self._listeners:
             listener(config)
-        return self.preview()
 
     def _write_atomic(self, doc: dict[str, Any]) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{CONFIG_FILE}.tmp-{os.getpid()}")
         data = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # mkstemp: a unique name created 0600 with O_EXCL, so two writers never share it.
+        fd, tmp = tempfile.mkstemp(prefix=CONFIG_FILE + ".tmp-", dir=self.data_dir)
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.path)
         if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
@@ -164,8 +197,7 @@ class ConfigManager:
         for item in self._entries():
             settings = self._resolve(*item)
             self._redactor.add(settings.api_key)
-            for value in settings.headers.values():
-                self._redactor.add(value)
+            self._redactor.add(*(v for k, v in settings.headers.items() if is_sensitive_header(k)))
 
     def _stored_entry(self, name: str) -> dict[str, Any]:
         providers = self.stored.get("providers", {})
@@ -229,12 +261,7 @@ def _preview_entry(entry: dict[str, Any], settings: ProviderSettings | None) -> 
     if settings is not None:
         entry["baseURL"] = settings.base_url
     if entry.get("headers"):
-        entry["headers"] = {k: preview(v) if _sensitive_header(k) else v for k, v in entry["headers"].items()}
-
-
-def _sensitive_header(name: str) -> bool:
-    lowered = name.lower()
-    return any(word in lowered for word in ("auth", "key", "token", "secret", "cookie"))
+        entry["headers"] = {k: preview(v) if is_sensitive_header(k) else v for k, v in entry["headers"].items()}
 
 
 def _drop_previews(patch: dict[str, Any]) -> dict[str, Any]:

@@ -57,6 +57,7 @@ __all__ = [
     "Router",
     "StreamSink",
     "backoff_ms",
+    "effective_selection",
     "to_provider_request",
 ]
 
@@ -101,6 +102,25 @@ class Outcome:
 
 class StreamSink(Protocol):
     async def __call__(self, content: str, model: str | None, *, restart: bool = False) -> None: ...
+
+
+def effective_selection(selection: ModelSelection | None, cfg: ModelConfig) -> ModelSelection:
+    """The request's selection, with the config's ``selection`` defaults for every field
+    the request left out (a request that sets only ``priority`` keeps ``localOnly``)."""
+    defaults = cfg.selection
+    fallbacks = {
+        "priority": defaults.priority,
+        "fallback": defaults.fallback,
+        "fallback_mid_stream": defaults.fallback_mid_stream,
+        "local_only": defaults.local_only,
+        "max_cost_usd": defaults.max_cost_usd,
+    }
+    if selection is None:
+        return ModelSelection.model_validate(
+            {k: v for k, v in fallbacks.items() if v is not None}, strict=False
+        )
+    given = selection.model_fields_set
+    return selection.model_copy(update={k: v for k, v in fallbacks.items() if k not in given})
 
 
 def backoff_ms(retry_index: int, strategy: str, rand: float) -> float:
@@ -183,14 +203,8 @@ class Router:
     def select_provider(self, request: ModelRequest, selection: ModelSelection | None) -> Decision:
         """Choose the first candidate and its fallbacks (no model is called)."""
         cfg = self._config()
-        sel = selection or ModelSelection(
-            priority=cfg.selection.priority,
-            fallback=cfg.selection.fallback,
-            fallback_mid_stream=cfg.selection.fallback_mid_stream,
-            local_only=cfg.selection.local_only,
-            max_cost_usd=cfg.selection.max_cost_usd,
-        )
-        local_only = sel.local_only or (selection is None and cfg.selection.local_only)
+        sel = effective_selection(selection, cfg)
+        local_only = sel.local_only
         enabled = self.pool.settings()
         model_id = sel.model_id or request.model_id
         reasons: list[str] = []
@@ -299,12 +313,14 @@ class Router:
         try:
             async with asyncio.timeout(cfg.deadline_ms / 1000):
                 for candidate in decision.candidates:
-                    provider = self.pool.get(candidate.provider)
-                    if provider is None:
-                        continue
-                    tried.add(candidate.provider)
                     strategy, max_retries = self._retry_policy(candidate.provider, cfg)
                     for retry in range(max_retries + 1):
+                        # Looked up per attempt: a config change during a backoff replaces
+                        # (and closes) the provider object the previous attempt used.
+                        provider = self.pool.get(candidate.provider)
+                        if provider is None:
+                            break  # disabled or removed meanwhile
+                        tried.add(candidate.provider)
                         try:
                             completion = await self._attempt(provider, request, candidate, stream)
                         except ProviderError as exc:

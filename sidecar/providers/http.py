@@ -10,6 +10,7 @@ or by ``httpx-sse``'s SSE line decoder (``\\r\\n``, ``\\r``, ``\\n``): never by
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import re
 import ssl
 import time
@@ -62,13 +63,25 @@ DEFAULT_CONNECT_TIMEOUT_S = 5.0
 #: A stream line longer than this is treated as a broken stream, not buffered forever.
 MAX_STREAM_LINE_BYTES = 16 * 1024 * 1024
 
-_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
-
-
 def is_loopback_url(url: str) -> bool:
-    """Whether ``url`` points at this machine (loopback range or ``localhost``)."""
-    host = (urlsplit(url).hostname or "").lower()
-    return host in _LOOPBACK_HOSTS or host.startswith("127.") or host.endswith(".localhost")
+    """Whether ``url`` points at this machine: a loopback IP literal or ``localhost``.
+
+    Names are never matched by prefix (``127.attacker.example`` is not local), and no
+    name other than ``localhost`` is trusted, since resolving it could lead anywhere.
+    """
+    try:
+        host = (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 class HttpClientFactory:
@@ -142,6 +155,13 @@ def map_http_errors(provider: str, model: str | None) -> Iterator[None]:
         raise NetworkError(
             f"{provider}: transport failure ({_reason(exc)})", provider=provider, model_id=model
         ) from exc
+    except (httpx.InvalidURL, UnicodeEncodeError) as exc:
+        # A request that cannot even be built (bad URL, non-ASCII header): the config is
+        # wrong, retrying or waiting will not help.
+        raise ValidationError(
+            f"{provider}: cannot build the request ({_reason(exc)})", provider=provider, model_id=model,
+            retryable=False,
+        ) from exc
     except httpx.DecodingError as exc:
         raise ModelError(
             f"{provider}: undecodable response body", provider=provider, model_id=model
@@ -167,9 +187,16 @@ def _redact(text: str, secret: str) -> str:
     return text.replace(secret, "[redacted]") if secret in text else text
 
 
+#: Token counts above this are nonsense from a broken server; clamping keeps sums exact
+#: for JavaScript hosts and inside JSON's safe integer range.
+MAX_TOKEN_COUNT = 2**40
+
+
 def as_count(value: object) -> int:
-    """A token count from a provider body: an int, anything else (absent, null) is 0."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    """A token count from a provider body: an int clamped to 0..2^40; anything else is 0."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return min(max(value, 0), MAX_TOKEN_COUNT)
+    return 0
 
 
 def text_or(value: object, default: str) -> str:

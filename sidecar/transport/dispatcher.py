@@ -117,6 +117,13 @@ class Dispatcher:
         msg_id = message.get("id")
         id_ok = _valid_id(msg_id)
         reply_id = msg_id if has_id and id_ok else None
+        if reply_id is not None and reply_id in self.inflight:
+            # Whatever else is wrong with it, a message reusing an in-flight id is never
+            # answered under that id: the request in flight owns it.
+            await self._error(
+                None, InvalidRequest(f"id {msg_id!r} is already in flight", extra={"id": msg_id})
+            )
+            return
         if message.get("jsonrpc") != "2.0":
             await self._error(reply_id, InvalidRequest('"jsonrpc" must be "2.0"'))
             return
@@ -136,12 +143,6 @@ class Dispatcher:
             await self._error(msg_id, InvalidParams('"params" must be an object', errors=[
                 {"path": "", "message": "params must be an object"}
             ]))
-            return
-        if msg_id in self.inflight:
-            await self._error(
-                None,
-                InvalidRequest(f"id {msg_id!r} is already in flight", extra={"id": msg_id}),
-            )
             return
         channel = self.channels.get(method)
         if channel is None:
@@ -239,7 +240,11 @@ class Dispatcher:
         ) else result
         self.inflight.pop(ctx.request_id, None)
         ctx.answered = True
-        await self.send({"jsonrpc": "2.0", "id": ctx.request_id, "result": payload})
+        try:
+            await self.send({"jsonrpc": "2.0", "id": ctx.request_id, "result": payload})
+        except TypeError as exc:  # orjson could not encode the result: still answer once
+            log.error("result_not_encodable", method=ctx.method, request_id=ctx.request_id, error=repr(exc))
+            await self._error(ctx.request_id, InternalError("internal error: the result could not be encoded"))
 
     async def _finish_error(self, ctx: RequestContext, exc: SidecarError) -> None:
         if ctx.answered:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -163,6 +164,9 @@ class LineWriter:
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=queue_size)
         self._on_broken_pipe = on_broken_pipe
         self._task: asyncio.Task[None] | None = None
+        # A thread of our own, not asyncio's default executor: asyncio.run joins that one
+        # on exit, which would hang forever on a write to a host that stopped reading.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stdout-writer")
         self.closed = False
 
     def start(self) -> None:
@@ -205,7 +209,7 @@ class LineWriter:
         if self.closed:
             return
         try:
-            await asyncio.to_thread(self._write, b"".join(batch))
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._write, b"".join(batch))
         except (BrokenPipeError, ConnectionResetError, OSError, ValueError):
             self.closed = True
             if self._on_broken_pipe is not None:

@@ -17,7 +17,8 @@ class ParamsModel(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
-        str_strip_whitespace=False,
+        # No coercion: `"maxTokens": "12"` or `"localOnly": "off"` is an error, not a guess.
+        strict=True,
         ser_json_inf_nan="null",
     )
 

@@ -6,7 +6,9 @@ holds only what the host set, and defaults are applied on top when it is read.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -24,6 +26,8 @@ __all__ = [
 ]
 
 BUILTIN_PROVIDERS = ("openai", "anthropic", "ollama")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+_HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")
 
 
 class RateLimitConfig(ParamsModel):
@@ -48,8 +52,20 @@ class ProviderEntry(ParamsModel):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("baseURL must start with http:// or https://")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("baseURL must be an http:// or https:// URL with a host")
+        _ = parts.port  # raises ValueError when the port is out of range
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _http_headers(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name, text in (value or {}).items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+            if not _HEADER_VALUE.fullmatch(text):
+                raise ValueError(f"header {name!r}: the value must be printable ASCII")
         return value
 
 
@@ -86,7 +102,7 @@ class BudgetConfig(ParamsModel):
 class SelectionDefaults(ParamsModel):
     """Defaults for ``ModelSelection`` fields a request leaves out."""
 
-    priority: Priority = Priority.balanced
+    priority: Priority = Field(default=Priority.balanced, strict=False)
     fallback: bool = True
     fallback_mid_stream: bool = False
     local_only: bool = False

@@ -82,7 +82,7 @@ class ModelRequest(ParamsModel):
     stop: list[str] | None = Field(default=None, max_length=4)
     system_prompt: str | None = None
     context: JsonValue = None
-    task_type: TaskType | None = None
+    task_type: TaskType | None = Field(default=None, strict=False)  # enum from its string value
 
     @model_validator(mode="after")
     def _prompt_or_messages(self) -> ModelRequest:
@@ -98,7 +98,7 @@ class ModelSelection(ParamsModel):
     model_id: str | None = Field(default=None, min_length=1)
     fallback: bool = True
     fallback_mid_stream: bool = False
-    priority: Priority = Priority.balanced
+    priority: Priority = Field(default=Priority.balanced, strict=False)
     max_cost_usd: float | None = Field(default=None, ge=0)
     local_only: bool = False
 

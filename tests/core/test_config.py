@@ -45,7 +45,10 @@ def test_merge_patch_is_idempotent_and_leaves_inputs_alone(target: object, patch
 @pytest.mark.parametrize(
     ("raw", "url"),
     [("0.0.0.0", "http://127.0.0.1:11434"), ("127.0.0.1:9999", "http://127.0.0.1:9999"),
-     ("https://ollama.lan:443", "https://ollama.lan:443"), ("box", "http://box:11434")],
+     ("https://ollama.lan:443", "https://ollama.lan:443"), ("box", "http://box:11434"),
+     ("https://ollama.example.com", "https://ollama.example.com:443"), ("http://box", "http://box:80"),
+     ('"127.0.0.1:5000" ', "http://127.0.0.1:5000"), ("::1", "http://[::1]:11434"),
+     ("[::1]:8080", "http://[::1]:8080"), (":11500", "http://127.0.0.1:11500")],
 )
 def test_ollama_host_forms(raw: str, url: str) -> None:
     assert normalize_ollama_host(raw) == url

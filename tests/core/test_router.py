@@ -307,3 +307,26 @@ async def test_request_fields_reach_the_provider() -> None:
     assert [m.role for m in sent.messages] == ["user", "assistant", "user"]
     assert sent.messages[-1].content.startswith("Context:\n{")
     assert sent.messages[-1].content.endswith("write a function")
+
+
+def test_config_selection_defaults_fill_only_what_the_request_left_out() -> None:
+    from sidecar.core.router import effective_selection
+
+    cfg = config_from_doc({"selection": {"localOnly": True, "fallback": False, "priority": "cost"}})
+    assert effective_selection(None, cfg).local_only is True
+    merged = effective_selection(sel(priority="speed"), cfg)
+    assert (merged.local_only, merged.fallback, merged.priority.value) == (True, False, "speed")
+    assert effective_selection(sel(localOnly=False), cfg).local_only is False
+
+
+@pytest.mark.parametrize(
+    ("url", "local"),
+    [("http://127.0.0.1:1/v1", True), ("http://127.9.9.9", True), ("http://localhost:8080", True),
+     ("http://[::1]:1", True), ("http://[::ffff:127.0.0.1]:1", True),
+     ("http://127.attacker.example/v1", False), ("http://127.0.0.1.nip.io/v1", False),
+     ("http://x.localhost", False), ("https://api.openai.com/v1", False), ("http://10.0.0.5:11434", False)],
+)
+def test_loopback_detection_never_trusts_names(url: str, local: bool) -> None:
+    from sidecar.providers.http import is_loopback_url
+
+    assert is_loopback_url(url) is local

@@ -111,3 +111,59 @@ def test_keys_never_leave_in_logs_at_debug_level(spawn: Spawn, fakes: dict[str, 
     assert sidecar.close() == 0
     sidecar.assert_clean()  # scans stdout and stderr for every key in use
     assert b'"level":"debug"' in bytes(sidecar.stderr) or b"request" in bytes(sidecar.stderr)
+
+
+def test_short_placeholder_keys_and_plain_headers_are_not_scrubbed_from_output(
+    spawn: Spawn, fakes: dict[str, Any]
+) -> None:
+    from tests.fakes import FakeServer, Reply
+    from tests.stdio.conftest import fake_config
+
+    server = FakeServer("openai").start()  # takes any key, like Ollama's /v1
+    fakes["extra"] = server  # stopped with the others
+    config = fake_config(fakes)
+    config["providers"]["custom"]["ollama-v1"] = {
+        "baseURL": server.base_url, "apiKey": "ollama", "defaultModel": "ollama",
+        "headers": {"X-Team": "desk", "X-Api-Key": "header-secret-0123456789"}}
+    server.enqueue(Reply("The ollama desk model answers."))
+    sidecar = spawn(config)
+    result = sidecar.result("model:generate", {"request": {"prompt": "hi"}, "selection": {"provider": "ollama-v1"}})
+    assert result["content"] == "The ollama desk model answers."
+    assert result["metadata"]["provider"] == "ollama-v1"
+    shown = sidecar.result("model:get-config")["providers"]["custom"]["ollama-v1"]
+    assert shown["headers"] == {"X-Team": "desk", "X-Api-Key": "hea\u20266789"}
+    # Sending the preview back keeps both header values as they were.
+    sidecar.result("model:set-config", {"config": {"providers": {"custom": {"ollama-v1": shown}}}})
+    stored_entry = stored(sidecar)["providers"]["custom"]["ollama-v1"]
+    assert stored_entry["headers"] == {"X-Team": "desk", "X-Api-Key": "header-secret-0123456789"}
+    assert stored_entry["apiKey"] == "ollama"
+    assert server.requests[0].headers["x-api-key"] == "header-secret-0123456789"
+    assert server.requests[0].headers["authorization"] == "Bearer ollama"
+    assert b"header-secret-0123456789" not in b"\n".join(sidecar.raw_lines)
+
+
+@pytest.mark.parametrize(
+    ("entry", "path"),
+    [({"headers": {"X-Name": "caf\u00e9"}}, "/config/providers/ollama/headers"),
+     ({"headers": {"Bad Name": "x"}}, "/config/providers/ollama/headers"),
+     ({"baseURL": "http://127.0.0.1:99999"}, "/config/providers/ollama/baseURL"),
+     ({"baseURL": "http:///v1"}, "/config/providers/ollama/baseURL")],
+)
+def test_config_that_could_not_be_sent_is_refused(spawn: Spawn, entry: dict[str, Any], path: str) -> None:
+    sidecar = spawn()
+    response = sidecar.call("model:set-config", {"config": {"providers": {"ollama": entry}}})
+    assert path in [e["path"] for e in response["error"]["data"]["errors"]], response
+
+
+def test_a_cancelled_set_config_leaves_file_and_memory_in_agreement(spawn: Spawn) -> None:
+    sidecar = spawn()
+    big = {f"m{i}": "x" * 100 for i in range(50_000)}
+    request_id = sidecar.start("model:set-config", {"config": {
+        "providers": {"ollama": {"defaultModel": "after", "headers": big}}}})
+    sidecar.cancel(request_id)
+    sidecar.response(request_id, timeout=30)
+    in_memory = sidecar.result("model:get-config")["providers"]["ollama"]["defaultModel"]
+    path = sidecar.data_dir / "config.json"
+    on_disk = stored(sidecar)["providers"]["ollama"]["defaultModel"] if path.exists() else "llama3.2"
+    assert in_memory == on_disk
+    assert [p.name for p in sidecar.data_dir.iterdir() if p.name != "config.json"] == []

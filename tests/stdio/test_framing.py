@@ -203,3 +203,25 @@ def test_requests_after_shutdown_began_are_refused(spawn: Spawn) -> None:
     assert answers["s"]["result"] == {}
     late = answers["late"]
     assert "result" in late or late["error"]["data"]["type"] == "RequestCancelled"
+
+
+def test_a_host_that_stopped_reading_cannot_keep_the_sidecar_alive(tmp_path: Path) -> None:
+    if sys.platform == "win32":
+        pytest.skip("no SIGTERM on Windows")
+    # No reader on stdout: the pipe fills, the writer blocks; SIGTERM must still end it.
+    proc = subprocess.Popen([*sidecar_command(), "--data-dir", str(tmp_path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=clean_env(), cwd=REPO)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdout.readline()  # ready
+    line = b'{"jsonrpc":"2.0","id":1,"method":"model:get-config"}\n'
+    proc.stdin.write(line * 3000)
+    proc.stdin.flush()
+    time.sleep(1.5)  # the answers (about 1.5 MB) now fill the 64 KiB pipe
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(5)
+    finally:
+        proc.kill()
+    assert code == 0
+    assert time.monotonic() - started < 2.0

@@ -269,3 +269,58 @@ def test_shutdown_answers_in_flight_requests_cancelled(spawn: Spawn, fakes: dict
     assert sidecar.proc.wait(5) == 0
     assert time.monotonic() - started < 2.0
     assert all(r.disconnected.wait(2) for r in fakes["openai"].requests)
+
+
+def test_malformed_messages_reusing_an_in_flight_id_are_answered_id_null(
+    spawn: Spawn, fakes: dict[str, Any]
+) -> None:
+    fakes["openai"].enqueue(Reply("slow", delay_s=0.6))
+    sidecar = spawn(fake_config(fakes))
+    sidecar.start("model:generate", gen("openai"), request_id="dup")
+    fakes["openai"].wait_for_requests(1)
+    for message in ({"jsonrpc": "1.0", "id": "dup", "method": "model:get-config"},
+                    {"jsonrpc": "2.0", "id": "dup"},
+                    {"jsonrpc": "2.0", "id": "dup", "method": "model:get-config", "params": []}):
+        sidecar.send(message)
+        refusal = sidecar.wait_for(lambda m: "method" not in m and m.get("id") is None)
+        assert refusal["error"]["data"]["type"] == "InvalidRequest"
+    assert sidecar.response("dup")["result"]["content"] == "slow"
+    time.sleep(0.2)
+    assert [m for m in sidecar.backlog if m.get("id") == "dup"] == []
+
+
+def test_a_retry_after_a_config_change_uses_the_new_provider(spawn: Spawn, fakes: dict[str, Any]) -> None:
+    from tests.fakes import Error
+
+    fakes["ollama"].enqueue(Error(500), Reply("second attempt"))
+    sidecar = spawn(fake_config(fakes))
+    request_id = sidecar.start("model:generate", gen("ollama"))
+    fakes["ollama"].wait_for_requests(1)
+    sidecar.result("model:set-config", {"config": {"providers": {"ollama": {"timeoutMs": 30000}}}})
+    result = sidecar.response(request_id)["result"]
+    assert result["content"] == "second attempt"
+    assert [a.get("error", {}).get("type") for a in result["metadata"]["attempts"]] == ["ModelError", None]
+
+
+def test_config_selection_defaults_apply_to_fields_a_request_leaves_out(
+    spawn: Spawn, fakes: dict[str, Any]
+) -> None:
+    config = fake_config(fakes, selection={"localOnly": True})
+    config["providers"]["openai"] = {"apiKey": "sk-test-OPENAIKEY0123456789abcdef"}  # the real, remote URL
+    sidecar = spawn(config)
+    result = sidecar.result("model:generate", {"request": {"prompt": "hi"}, "selection": {"priority": "speed"}})
+    assert result["metadata"]["provider"] != "openai"
+    assert all(a["provider"] != "openai" for a in result["metadata"]["attempts"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("maxTokens", "12"), ("maxTokens", True), ("temperature", "1.5"), ("maxTokens", 2.5)],
+)
+def test_params_are_not_coerced(spawn: Spawn, fakes: dict[str, Any], field: str, value: Any) -> None:
+    sidecar = spawn(fake_config(fakes))
+    response = sidecar.call("model:generate", {"request": {"prompt": "hi", field: value}})
+    assert response["error"]["data"]["errors"][0]["path"] == f"/request/{field}"
+    response = sidecar.call("model:generate", {"request": {"prompt": "hi"}, "selection": {"localOnly": "off"}})
+    assert response["error"]["data"]["errors"][0]["path"] == "/selection/localOnly"
+    assert fakes["openai"].requests == []

@@ -144,3 +144,22 @@ def test_announced_channels_are_the_served_ones() -> None:
 
     services = Services.build(Path("/nonexistent-sidecar-test"), {}, Redactor())
     assert sorted(build_channels(services)) == sorted(CHANNEL_NAMES) == sorted(METHODS)
+
+
+async def test_a_result_that_cannot_be_encoded_still_gets_one_answer() -> None:
+    from sidecar.transport.stdio import encode_message
+
+    async def huge(_p: Any, _c: RequestContext) -> dict[str, Any]:
+        return {"tokens": 2**70}  # beyond what JSON encoders accept
+
+    wire = Wire()
+
+    async def encoding_send(message: dict[str, Any]) -> None:
+        encode_message(message)  # what the real writer does first
+        wire.out.append(message)
+
+    dispatcher = Dispatcher(channels={"m": Channel("m", EmptyParams, huge)}, send=encoding_send)
+    await dispatcher.handle_line(line(id=1, method="m"))
+    await settle(dispatcher)
+    assert len(wire.responses()) == 1
+    assert wire.responses()[0]["error"]["data"]["type"] == "InternalError"
