@@ -34,6 +34,7 @@ class CatalogEntry:
     input_per_1m: float
     output_per_1m: float
     capabilities: frozenset[str]
+    tier: str = "fast"
     deprecated: bool = False
 
     def cost_usd(self, usage: Usage) -> float:
@@ -60,6 +61,7 @@ class Catalog:
                 input_per_1m=item["inputPer1M"],
                 output_per_1m=item["outputPer1M"],
                 capabilities=frozenset(item.get("capabilities", ())),
+                tier=item.get("tier", "fast"),
                 deprecated=bool(item.get("deprecated", False)),
             )
             entries.append(entry)
