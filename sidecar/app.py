@@ -23,7 +23,8 @@ import structlog
 from sidecar import __version__
 from sidecar.core.config import ConfigManager
 from sidecar.core.pool import ProviderPool
-from sidecar.core.registry import Catalog
+from sidecar.core.planner import Planner
+from sidecar.core.registry import Catalog, ModelRegistry
 from sidecar.core.router import Router
 from sidecar.core.stats import StatsBook
 from sidecar.errors import InvalidParams
@@ -53,7 +54,7 @@ class Services:
     pool: ProviderPool
     router: Router
     stats: StatsBook
-    catalog: Catalog
+    registry: ModelRegistry
     dispatcher: Dispatcher | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -67,9 +68,10 @@ class Services:
         pool.configure(config.provider_settings())
         config.on_change(lambda _cfg: pool.configure(config.provider_settings()))
         stats = StatsBook()
-        catalog = Catalog.load()
-        router = Router(pool, lambda: config.config, stats, catalog)
-        return cls(config=config, pool=pool, router=router, stats=stats, catalog=catalog)
+        registry = ModelRegistry(Catalog.load(), lambda: config.config.model_overrides)
+        planner = Planner(pool, lambda: config.config, registry, stats, classify=_classify)
+        router = Router(pool, lambda: config.config, stats, planner)
+        return cls(config=config, pool=pool, router=router, stats=stats, registry=registry)
 
     def check_response_format(self, params: GenerateParams) -> None:
         """Refuse ``responseFormat`` until structured output is enforced (never a silent success)."""
@@ -153,6 +155,13 @@ async def serve(
             log.warning("provider_close_timeout")
         await writer.drain_and_close(timeout=0.4)
         stop_wait.cancel()
+
+
+def _classify(prompt: str, system: str | None, context: object) -> tuple[str, str, tuple[str, ...]]:
+    from sidecar.core.classifier import classify
+
+    result = classify(prompt, system, context)
+    return result.task_type, result.complexity, result.signals
 
 
 def _hard_exit() -> None:

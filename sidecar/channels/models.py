@@ -1,4 +1,4 @@
-"""``model:list-models``: every provider's models merged with the catalog.
+"""``model:list-models``: every provider's models merged with the registry.
 
 Providers are asked concurrently, each within a short deadline; one that cannot be
 reached contributes its configured models marked ``available: false`` and never fails
@@ -24,8 +24,6 @@ __all__ = ["channels"]
 
 CACHE_TTL_S = 60.0
 LIST_TIMEOUT_S = 5.0
-#: Used when neither the provider nor the catalog knows a model's window.
-UNKNOWN_CONTEXT_WINDOW = 4096
 _OPENAI_NON_CHAT = ("audio", "realtime", "tts", "transcribe", "image", "embedding", "moderation",
                     "whisper", "dall-e", "davinci", "babbage", "search")
 _CAPS = {c.value for c in Capability}
@@ -41,36 +39,41 @@ def _is_chat_model(provider: Provider, model_id: str) -> bool:
     return chat_family and not any(word in lowered for word in _OPENAI_NON_CHAT)
 
 
+async def _with_details(provider: Provider, models: list[ProviderModel]) -> list[ProviderModel]:
+    """Ollama's /api/tags has no context window: ask /api/show for each (concurrently)."""
+
+    async def detail(model: ProviderModel) -> ProviderModel:
+        try:
+            shown = await provider.get_model_info(model.id)
+        except SidecarError:
+            return model
+        return shown or model
+
+    return list(await asyncio.gather(*(detail(m) for m in models)))
+
+
 def channels(services: Services) -> list[Channel]:
     #: name → (when, the provider object asked, its models); a provider replaced by a
     #: config change is a different object, so its old answer is never served.
     cache: dict[str, tuple[float, Provider, list[ModelInfo]]] = {}
 
-    def info(provider: Provider, reported: ProviderModel | None, model_id: str, available: bool) -> ModelInfo:
-        settings = provider.settings
-        entry = services.catalog.lookup(settings.kind, model_id)
-        caps = set(provider.capabilities) | (set(entry.capabilities) if entry else set())
-        if reported is not None:
-            caps |= set(reported.capabilities)
-        if settings.local:
-            caps.add("local")
-        window = (reported.context_window if reported else None) or (entry.context_window if entry else None)
-        if window and window >= 200_000:
+    def info(provider: Provider, model_id: str, available: bool) -> ModelInfo:
+        profile = services.registry.profile(provider.settings, model_id)
+        caps = set(provider.capabilities) | set(profile.capabilities)
+        if profile.context_window >= 200_000:
             caps.add("long_context")
-        cost = CostPer1k(input=0.0, output=0.0) if settings.local else (
-            CostPer1k(input=entry.input_per_1m / 1000, output=entry.output_per_1m / 1000) if entry else None
-        )
+        reported = services.registry.reported_model(provider.name, model_id)
         return ModelInfo(
             id=model_id,
             name=(reported.display_name if reported and reported.display_name else model_id),
-            provider=settings.name,
-            contextWindow=window or UNKNOWN_CONTEXT_WINDOW,
-            maxOutputTokens=(reported.max_output_tokens if reported else None)
-            or (entry.max_output_tokens if entry else None),
-            costPer1kTokens=cost,
+            provider=provider.name,
+            contextWindow=profile.context_window,
+            maxOutputTokens=profile.max_output_tokens,
+            costPer1kTokens=CostPer1k(input=profile.input_per_1m / 1000, output=profile.output_per_1m / 1000)
+            if profile.priced else None,
             capabilities=[Capability(c) for c in sorted(caps & _CAPS)],
-            available=available,
-            deprecated=True if entry is not None and entry.deprecated else None,
+            available=available and services.stats.available(provider.name),
+            deprecated=True if profile.deprecated else None,
         )
 
     async def provider_models(provider: Provider) -> list[ModelInfo]:
@@ -80,9 +83,12 @@ def channels(services: Services) -> list[Channel]:
                 reported = await provider.list_models()
         except (SidecarError, TimeoutError):
             wanted = dict.fromkeys([settings.default_model, *settings.models])
-            return [info(provider, None, model_id, False) for model_id in wanted]
-        by_id = {m.id: m for m in reported if _is_chat_model(provider, m.id)}
-        return [info(provider, model, model_id, True) for model_id, model in by_id.items()]
+            return [info(provider, model_id, False) for model_id in wanted]
+        chat = [m for m in reported if _is_chat_model(provider, m.id)]
+        if settings.local and settings.kind == "ollama":
+            chat = await _with_details(provider, chat)
+        services.registry.report(provider.name, chat)
+        return [info(provider, m.id, True) for m in chat]
 
     async def list_models(params: ListModelsParams, _ctx: RequestContext) -> ListModelsResult:
         pool = services.pool

@@ -1,4 +1,5 @@
-"""The shipped model catalog (``sidecar/data/models.json``): windows, prices, capabilities.
+"""The model registry: the shipped catalog (``sidecar/data/models.json``: windows, prices,
+capabilities, quality tiers) merged with provider reports and user overrides.
 
 Responses name dated snapshots (``gpt-4o-2024-08-06``, ``claude-3-5-sonnet-20241022``):
 lookups fall back from the exact id to its aliases and then to the id without its date
@@ -8,14 +9,24 @@ suffix, so a snapshot is priced and described by its base model.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 
 import orjson
 
-from sidecar.providers.base import Usage
+from sidecar.core.selector import infer_tier
+from sidecar.providers.base import ProviderModel, ProviderSettings, Usage
+from sidecar.wire.config import ModelOverride
 
-__all__ = ["Catalog", "CatalogEntry", "base_model_id"]
+__all__ = [
+    "UNKNOWN_CONTEXT_WINDOW",
+    "Catalog",
+    "CatalogEntry",
+    "ModelProfile",
+    "ModelRegistry",
+    "base_model_id",
+]
 
 _DATE_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8})$")
 
@@ -83,3 +94,101 @@ class Catalog:
             return 0.0
         entry = self.lookup(provider_kind, model_id)
         return 0.0 if entry is None else entry.cost_usd(usage)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelProfile:
+    """Everything known about one model of one configured provider."""
+
+    provider: str
+    kind: str
+    model: str
+    local: bool
+    context_window: int
+    max_output_tokens: int | None
+    input_per_1m: float
+    output_per_1m: float
+    capabilities: frozenset[str]
+    tier: str
+    priced: bool
+    deprecated: bool
+    known: bool  # in the catalog, reported by the provider, or overridden
+
+    def cost_usd(self, usage: Usage | None) -> float:
+        if self.local or usage is None:
+            return 0.0
+        return (usage.prompt_tokens * self.input_per_1m + usage.completion_tokens * self.output_per_1m) / 1e6
+
+
+#: Window assumed for a model nobody reports (small, so the estimate errs safe).
+UNKNOWN_CONTEXT_WINDOW = 8192
+
+
+class ModelRegistry:
+    """The catalog merged with what providers report and what the user overrides.
+
+    Precedence per field: ``modelOverrides`` in config > the provider's own report
+    (``/api/show``, ``/v1/models`` metadata) > the shipped catalog (by base model for
+    dated snapshots) > an inference from the model's name. Local models cost 0.
+    """
+
+    def __init__(self, catalog: Catalog, overrides: Callable[[], Mapping[str, ModelOverride]]) -> None:
+        self.catalog = catalog
+        self._overrides = overrides
+        self._reported: dict[tuple[str, str], ProviderModel] = {}
+
+    def report(self, provider: str, models: Iterable[ProviderModel]) -> None:
+        """Remember what a provider said about its models (from list-models or a refresh)."""
+        for model in models:
+            self._reported[(provider, model.id)] = model
+
+    def reported(self, provider: str) -> list[str]:
+        return [model for (name, model) in self._reported if name == provider]
+
+    def reported_model(self, provider: str, model_id: str) -> ProviderModel | None:
+        return self._reported.get((provider, model_id))
+
+    def profile(self, settings: ProviderSettings, model_id: str) -> ModelProfile:
+        entry = self.catalog.lookup(settings.kind, model_id)
+        reported = self._reported.get((settings.name, model_id))
+        override = self._overrides().get(f"{settings.name}/{model_id}")
+        window = (
+            (override.context_window if override else None)
+            or (reported.context_window if reported else None)
+            or (entry.context_window if entry else None)
+            or UNKNOWN_CONTEXT_WINDOW
+        )
+        max_out = (
+            (override.max_output_tokens if override else None)
+            or (reported.max_output_tokens if reported else None)
+            or (entry.max_output_tokens if entry else None)
+        )
+        input_price = override.input_per_1m if override and override.input_per_1m is not None else None
+        output_price = override.output_per_1m if override and override.output_per_1m is not None else None
+        if input_price is None and entry is not None:
+            input_price = entry.input_per_1m
+        if output_price is None and entry is not None:
+            output_price = entry.output_per_1m
+        caps = set(entry.capabilities if entry else ()) | set(reported.capabilities if reported else ())
+        if override and override.capabilities is not None:
+            caps = set(override.capabilities)
+        if settings.local:
+            caps.add("local")
+        tier = (override.tier if override and override.tier else None) or (entry.tier if entry else None) or (
+            infer_tier(model_id, local=settings.local)
+        )
+        return ModelProfile(
+            provider=settings.name,
+            kind=settings.kind,
+            model=model_id,
+            local=settings.local,
+            context_window=window,
+            max_output_tokens=max_out,
+            input_per_1m=0.0 if settings.local else (input_price or 0.0),
+            output_per_1m=0.0 if settings.local else (output_price or 0.0),
+            capabilities=frozenset(caps),
+            tier=tier,
+            priced=settings.local or (input_price is not None and output_price is not None),
+            deprecated=bool(entry and entry.deprecated),
+            known=bool(entry or reported or override),
+        )

@@ -1,17 +1,22 @@
-"""The router: a request and a selection in, provider attempts with retries and fallback.
+"""The router: runs a :class:`~sidecar.core.planner.Decision` as provider attempts.
 
-Rules, in the order they apply:
+Rules, in the order they apply to each candidate of the decision:
 
-* ``select_provider`` makes the :class:`Decision`: the first candidate and the ordered
-  fallback candidates, each with the reason it is there. ``localOnly`` filters every
-  candidate to local providers, so a non-local provider is never even contacted.
-* Each candidate gets ``1 + maxRetries`` attempts (its ``rateLimit`` config, default 2
-  retries) while its errors allow a retry on the same provider. Waits grow linearly or
-  exponentially with jitter and are never shorter than the provider's ``Retry-After``;
-  a provider that asks for a longer pause than :data:`MAX_RETRY_WAIT_MS` is left for the
-  next candidate instead of being waited for.
+* A provider that already failed provider-wide in this request (connection, key, rate
+  limit) is not tried again with another of its models.
+* **Rate limits**: the provider's limiters admit the call (FIFO, windows, concurrency,
+  pauses). When admission would take longer than :data:`MAX_RETRY_WAIT_MS` and another
+  candidate exists, the router switches instead of waiting.
+* **Budget**: the attempt's worst-case cost is reserved first; a candidate the budget
+  cannot cover is skipped for a cheaper one (local models cost nothing). After the call
+  the reservation is settled to the real cost; a failed or cancelled call settles what
+  was really used (a stream is billed for the text that arrived) or releases it.
+* **Retries**: each candidate gets ``1 + maxRetries`` attempts while its errors allow a
+  retry on the same provider; waits grow linearly or exponentially with jitter and are
+  never shorter than the provider's ``Retry-After``, which also pauses its limiter. A
+  provider asking for more than :data:`MAX_RETRY_WAIT_MS` is left for the next candidate.
 * ``AuthenticationError`` is never retried on the same provider; a ``ValidationError``
-  ends the request unless the context was too long (then a larger window may help).
+  ends the request unless the context was too long.
 * Streams fall back only before the first chunk went out, unless
   ``selection.fallbackMidStream`` is set: then the host is told to restart its display.
 * Every attempt has a timeout (the provider's ``timeoutMs``: the whole call when not
@@ -26,23 +31,28 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 import structlog
 
+from sidecar.core.planner import Decision, Planner
 from sidecar.core.pool import ProviderPool
-from sidecar.core.registry import Catalog
-from sidecar.core.stats import StatsBook
+from sidecar.core.registry import ModelProfile
+from sidecar.core.selector import estimate_tokens
+from sidecar.core.stats import PROVIDER_WIDE_ERRORS, StatsBook
 from sidecar.errors import (
     AllProvidersFailedError,
-    InvalidParams,
+    BudgetExceededError,
+    ModelError,
     NetworkError,
     ProviderError,
+    RateLimitError,
 )
-from sidecar.providers.base import ChatMessage, Completion, Provider, ProviderRequest, ProviderSettings
+from sidecar.providers.base import ChatMessage, Completion, Provider, ProviderRequest, Usage
 from sidecar.providers.http import DEFAULT_TIMEOUT_MS
 from sidecar.wire.config import ModelConfig
 from sidecar.wire.model import ModelRequest, ModelSelection
@@ -51,13 +61,12 @@ __all__ = [
     "BACKOFF_BASE_MS",
     "BACKOFF_CAP_MS",
     "MAX_RETRY_WAIT_MS",
-    "Candidate",
-    "Decision",
+    "Budget",
+    "Limits",
     "Outcome",
     "Router",
     "StreamSink",
     "backoff_ms",
-    "effective_selection",
     "to_provider_request",
 ]
 
@@ -68,23 +77,33 @@ BACKOFF_CAP_MS = 8_000
 #: A provider asking to be left alone longer than this is skipped for the next candidate.
 MAX_RETRY_WAIT_MS = 30_000
 DEFAULT_MAX_RETRIES = 2
-_KEYED_KINDS = {"openai", "anthropic"}
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    provider: str
-    kind: str
-    model: str
-    local: bool
+class Budget(Protocol):
+    """What the router needs from the budget manager."""
+
+    async def reserve(self, *, request_id: str, provider: str, model: str, amount_usd: float) -> Any: ...
+
+    async def settle(self, reservation: Any, *, cost_usd: float, prompt_tokens: int, completion_tokens: int,
+                     outcome: str = "ok", estimated: bool = False) -> None: ...
+
+    async def release(self, reservation: Any) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    candidates: tuple[Candidate, ...]
-    reasons: tuple[str, ...]
-    task_type: str | None
-    fallback_mid_stream: bool = False
+class Permit(Protocol):
+    def release(self, actual_tokens: int | None = None) -> None: ...
+
+
+class Limiter(Protocol):
+    async def acquire(self, tokens: int = 0, *, max_wait_s: float | None = None) -> Permit: ...
+
+    def pause_for(self, ms: float, *, reason: str) -> None: ...
+
+    def observe(self, snapshot: Any) -> None: ...
+
+
+class Limits(Protocol):
+    def for_call(self, provider: str, model: str) -> list[Limiter]: ...
 
 
 @dataclass(slots=True)
@@ -92,7 +111,7 @@ class Outcome:
     """A successful routed call, with everything the response metadata needs."""
 
     completion: Completion
-    candidate: Candidate
+    candidate: ModelProfile
     attempts: list[dict[str, Any]]
     latency_ms: float
     ttft_ms: float | None
@@ -102,25 +121,6 @@ class Outcome:
 
 class StreamSink(Protocol):
     async def __call__(self, content: str, model: str | None, *, restart: bool = False) -> None: ...
-
-
-def effective_selection(selection: ModelSelection | None, cfg: ModelConfig) -> ModelSelection:
-    """The request's selection, with the config's ``selection`` defaults for every field
-    the request left out (a request that sets only ``priority`` keeps ``localOnly``)."""
-    defaults = cfg.selection
-    fallbacks = {
-        "priority": defaults.priority,
-        "fallback": defaults.fallback,
-        "fallback_mid_stream": defaults.fallback_mid_stream,
-        "local_only": defaults.local_only,
-        "max_cost_usd": defaults.max_cost_usd,
-    }
-    if selection is None:
-        return ModelSelection.model_validate(
-            {k: v for k, v in fallbacks.items() if v is not None}, strict=False
-        )
-    given = selection.model_fields_set
-    return selection.model_copy(update={k: v for k, v in fallbacks.items() if k not in given})
 
 
 def backoff_ms(retry_index: int, strategy: str, rand: float) -> float:
@@ -176,16 +176,35 @@ class _StreamState:
     needs_restart: bool = False
 
 
+@dataclass(slots=True)
+class _Run:
+    """The bookkeeping of one routed request."""
+
+    request: ModelRequest
+    decision: Decision
+    stream: _StreamState | None
+    tag: str
+    deadline: float
+    attempts: list[dict[str, Any]]
+    errors: list[ProviderError]
+    tried: set[str]
+    failed_wide: set[str]
+    #: Text the current attempt has produced (for billing a cut stream).
+    produced: list[str]
+
+
 class Router:
-    """Runs decisions: attempts, retries, backoff and fallback."""
+    """Runs decisions: admission, budget, attempts, retries, backoff and fallback."""
 
     def __init__(
         self,
         pool: ProviderPool,
         config: Callable[[], ModelConfig],
         stats: StatsBook,
-        catalog: Catalog,
+        planner: Planner,
         *,
+        budget: Budget | None = None,
+        limits: Limits | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
@@ -193,184 +212,186 @@ class Router:
         self.pool = pool
         self._config = config
         self.stats = stats
-        self.catalog = catalog
+        self.planner = planner
+        self.budget = budget
+        self.limits = limits
         self._clock = clock
         self._sleep = sleep
         self._rand = rand
 
-    # -- selection ---------------------------------------------------------------------
-
     def select_provider(self, request: ModelRequest, selection: ModelSelection | None) -> Decision:
-        """Choose the first candidate and its fallbacks (no model is called)."""
-        cfg = self._config()
-        sel = effective_selection(selection, cfg)
-        local_only = sel.local_only
-        enabled = self.pool.settings()
-        model_id = sel.model_id or request.model_id
-        reasons: list[str] = []
-        skipped: list[str] = []
+        """The decision for ``request``: first candidate, fallbacks, reasons (no call made)."""
+        return self.planner.decide(request, selection)
 
-        def usable(name: str, *, explicit: bool) -> bool:
-            item = enabled.get(name)
-            if item is None:
-                skipped.append(f"{name}: disabled")
-                return False
-            if local_only and not item.local:
-                skipped.append(f"{name}: not local (localOnly)")
-                return False
-            if not explicit and item.kind in _KEYED_KINDS and not item.api_key:
-                skipped.append(f"{name}: no API key configured")
-                return False
-            return True
-
-        if sel.provider != "auto":
-            name = sel.provider
-            if name not in cfg.provider_names():
-                raise InvalidParams(
-                    f"unknown provider {name!r}",
-                    errors=[{"path": "/selection/provider", "message": f"unknown provider {name!r}"}],
-                )
-            if not usable(name, explicit=True):
-                raise InvalidParams(
-                    f"provider {name!r} cannot be used: {skipped[-1].split(': ', 1)[1]}",
-                    errors=[{"path": "/selection/provider", "message": skipped[-1]}],
-                )
-            first = name
-            reasons.append(f"{name}: requested by selection.provider")
-        else:
-            order = self._auto_order(cfg, enabled, model_id)
-            usable_order = [n for n in order if usable(n, explicit=False)]
-            if not usable_order:
-                raise AllProvidersFailedError(
-                    "no usable provider: " + "; ".join(skipped)
-                    + " (set OPENAI_API_KEY or ANTHROPIC_API_KEY, start Ollama, or add a custom provider)",
-                    attempts=[],
-                )
-            first = usable_order[0]
-            reasons.append(
-                f"{first}: owns model {model_id}" if model_id and self._owns(enabled[first], model_id)
-                else f"{first}: default provider" if first == cfg.default_provider
-                else f"{first}: first usable provider of the fallback chain"
-            )
-        first_settings = enabled[first]
-        candidates = [self._candidate(first_settings, model_id or first_settings.default_model)]
-        if model_id:
-            reasons.append(f"model {model_id}: requested")
-        else:
-            reasons.append(f"model {first_settings.default_model}: default model of {first}")
-        if sel.fallback:
-            for name in self._auto_order(cfg, enabled, None):
-                if name != first and usable(name, explicit=False):
-                    candidates.append(self._candidate(enabled[name], enabled[name].default_model))
-            if len(candidates) > 1:
-                reasons.append("fallback: " + ", ".join(f"{c.provider}/{c.model}" for c in candidates[1:]))
-        else:
-            reasons.append("fallback: disabled by selection.fallback")
-        if local_only:
-            reasons.append("localOnly: only local providers may be contacted")
-        reasons.extend(f"skipped {s}" for s in dict.fromkeys(skipped))
-        task_type = request.task_type.value if request.task_type else None
-        return Decision(tuple(candidates), tuple(reasons), task_type, sel.fallback_mid_stream)
-
-    @staticmethod
-    def _candidate(settings: ProviderSettings, model: str) -> Candidate:
-        return Candidate(settings.name, settings.kind, model, settings.local)
-
-    def _owns(self, settings: ProviderSettings, model_id: str) -> bool:
-        if model_id in settings.models or model_id == settings.default_model:
-            return True
-        return self.catalog.lookup(settings.kind, model_id) is not None
-
-    def _auto_order(self, cfg: ModelConfig, enabled: dict[str, ProviderSettings], model_id: str | None) -> list[str]:
-        order = [cfg.default_provider, *cfg.fallback_chain]
-        if not cfg.fallback_chain:  # no chain configured: every provider may serve
-            order.extend(cfg.provider_names())
-        order = list(dict.fromkeys(order))
-        if model_id:
-            owners = [n for n in order if n in enabled and self._owns(enabled[n], model_id)]
-            order = owners + [n for n in order if n not in owners]
-        return order
-
-    # -- execution ---------------------------------------------------------------------
-
-    async def generate(self, request: ModelRequest, decision: Decision) -> Outcome:
+    async def generate(self, request: ModelRequest, decision: Decision, *, tag: str = "") -> Outcome:
         """Run ``decision`` without streaming."""
-        return await self._route(request, decision, None)
+        return await self._route(request, decision, None, tag)
 
-    async def stream(self, request: ModelRequest, decision: Decision, sink: StreamSink) -> Outcome:
+    async def stream(self, request: ModelRequest, decision: Decision, sink: StreamSink, *, tag: str = "") -> Outcome:
         """Run ``decision``, passing every text delta to ``sink`` as it arrives."""
-        return await self._route(request, decision, _StreamState(sink))
+        return await self._route(request, decision, _StreamState(sink), tag)
 
-    async def _route(self, request: ModelRequest, decision: Decision, stream: _StreamState | None) -> Outcome:
+    async def _route(self, request: ModelRequest, decision: Decision, stream: _StreamState | None,
+                     tag: str) -> Outcome:
         cfg = self._config()
         started = self._clock()
-        deadline = started + cfg.deadline_ms / 1000
-        attempts: list[dict[str, Any]] = []
-        errors: list[ProviderError] = []
-        tried: set[str] = set()
+        run = _Run(request, decision, stream, tag, started + cfg.deadline_ms / 1000, [], [], set(), set(), [])
         if stream is not None:
             stream.started = started
         try:
             async with asyncio.timeout(cfg.deadline_ms / 1000):
-                for candidate in decision.candidates:
-                    strategy, max_retries = self._retry_policy(candidate.provider, cfg)
-                    for retry in range(max_retries + 1):
-                        # Looked up per attempt: a config change during a backoff replaces
-                        # (and closes) the provider object the previous attempt used.
-                        provider = self.pool.get(candidate.provider)
-                        if provider is None:
-                            break  # disabled or removed meanwhile
-                        tried.add(candidate.provider)
-                        try:
-                            completion = await self._attempt(provider, request, candidate, stream)
-                        except ProviderError as exc:
-                            errors.append(exc)
-                            attempts.append(_attempt_record(candidate, exc))
-                            self.stats.failure(candidate.provider, exc.type, exc.message)
-                            log.info("attempt_failed", provider=candidate.provider, model=candidate.model,
-                                     error_type=exc.type, error=exc.message, retry=retry)
-                            if stream is not None and stream.sent_any:
-                                if not decision.fallback_mid_stream:
-                                    raise self._final_error(exc, attempts, errors, tried) from exc
-                                # The host hears "restart" only when a new attempt
-                                # actually sends text (see _stream_attempt).
-                                stream.needs_restart = True
-                                stream.sent_any = False
-                            if not exc.may_retry_same or retry == max_retries:
-                                break
-                            wait = max(backoff_ms(retry, strategy, self._rand()), exc.retry_after_ms or 0)
-                            if wait > MAX_RETRY_WAIT_MS or self._clock() + wait / 1000 > deadline:
-                                log.info("retry_skipped", provider=candidate.provider, wait_ms=round(wait))
-                                break
-                            await self._sleep(wait / 1000)
-                            continue
-                        attempts.append(_attempt_record(candidate, None))
-                        latency = (self._clock() - started) * 1000
-                        self.stats.success(candidate.provider, latency)
-                        ttft = None
-                        if stream is not None and stream.first_chunk_at is not None:
-                            ttft = (stream.first_chunk_at - started) * 1000
-                        return Outcome(
-                            completion=completion,
-                            candidate=candidate,
-                            attempts=attempts,
-                            latency_ms=latency,
-                            ttft_ms=ttft,
-                            cost_usd=self.catalog.cost_usd(
-                                candidate.kind, completion.model, completion.usage, local=candidate.local
-                            ),
-                            decision=decision,
-                        )
-                    if errors and not errors[-1].may_fall_back:
-                        raise self._final_error(errors[-1], attempts, errors, tried)
+                for index, candidate in enumerate(decision.candidates):
+                    if candidate.provider in run.failed_wide:
+                        continue  # that provider already failed as a whole in this request
+                    last = index == len(decision.candidates) - 1
+                    outcome = await self._candidate(run, candidate, cfg, started, last=last)
+                    if outcome is not None:
+                        return outcome
+                    if run.errors and not run.errors[-1].may_fall_back:
+                        raise self._final_error(run, run.errors[-1])
         except TimeoutError as exc:
             timeout = NetworkError(f"request deadline of {cfg.deadline_ms} ms exceeded", retryable=True)
-            attempts.append({"provider": "router", "modelId": "", "error": {"type": timeout.type,
-                                                                             "message": timeout.message}})
-            raise self._final_error(timeout, attempts, [*errors, timeout], tried) from exc
-        if not errors:
-            raise AllProvidersFailedError("no configured provider could be reached", attempts=attempts)
-        raise self._final_error(errors[-1], attempts, errors, tried)
+            run.attempts.append({"provider": "router", "modelId": "",
+                                 "error": {"type": timeout.type, "message": timeout.message}})
+            run.errors.append(timeout)
+            raise self._final_error(run, timeout) from exc
+        budget_refusals = [a for a in run.attempts if a.get("error", {}).get("type") == BudgetExceededError.type]
+        if budget_refusals and len(budget_refusals) == len(run.attempts):
+            raise BudgetExceededError(budget_refusals[0]["error"]["message"], attempts=run.attempts)
+        if not run.errors:
+            raise AllProvidersFailedError("no configured provider could be reached", attempts=run.attempts)
+        raise self._final_error(run, run.errors[-1])
+
+    async def _candidate(self, run: _Run, candidate: ModelProfile, cfg: ModelConfig, started: float,
+                         *, last: bool) -> Outcome | None:
+        """Every attempt on one candidate; the outcome, or None to go on to the next."""
+        strategy, max_retries = self._retry_policy(candidate.provider, cfg)
+        for retry in range(max_retries + 1):
+            # Looked up per attempt: a config change during a backoff replaces (and
+            # closes) the provider object the previous attempt used.
+            provider = self.pool.get(candidate.provider)
+            if provider is None:
+                return None  # disabled or removed meanwhile
+            run.tried.add(candidate.provider)
+            try:
+                async with self._admitted(run, candidate, last=last):
+                    completion = await self._billed_attempt(run, provider, candidate)
+            except BudgetExceededError as exc:
+                run.attempts.append(_attempt_record(candidate, exc))
+                log.info("budget_skipped", provider=candidate.provider, model=candidate.model, error=exc.message)
+                return None  # a cheaper candidate may fit
+            except ProviderError as exc:
+                local_limit = exc.extra.get("limiter") == "local"
+                self._record_failure(run, candidate, exc, retry, measured=not local_limit)
+                if local_limit:
+                    return None  # admission would take too long here: try the next candidate
+                if run.stream is not None and run.stream.sent_any:
+                    if not run.decision.fallback_mid_stream:
+                        raise self._final_error(run, exc) from exc
+                    # The host hears "restart" only when a new attempt sends text.
+                    run.stream.needs_restart = True
+                    run.stream.sent_any = False
+                if not exc.may_retry_same or retry == max_retries or candidate.provider in run.failed_wide:
+                    if exc.type in PROVIDER_WIDE_ERRORS:
+                        run.failed_wide.add(candidate.provider)  # its other models would fail alike
+                    return None
+                wait = max(backoff_ms(retry, strategy, self._rand()), exc.retry_after_ms or 0)
+                if wait > MAX_RETRY_WAIT_MS or self._clock() + wait / 1000 > run.deadline:
+                    log.info("retry_skipped", provider=candidate.provider, wait_ms=round(wait))
+                    return None
+                await self._sleep(wait / 1000)
+                continue
+            run.attempts.append(_attempt_record(candidate, None))
+            latency = (self._clock() - started) * 1000
+            self.stats.success(candidate.provider, latency, candidate.model)
+            ttft = None
+            if run.stream is not None and run.stream.first_chunk_at is not None:
+                ttft = (run.stream.first_chunk_at - started) * 1000
+            return Outcome(completion, candidate, run.attempts, latency, ttft,
+                           candidate.cost_usd(completion.usage), run.decision)
+        return None
+
+    def _record_failure(self, run: _Run, candidate: ModelProfile, exc: ProviderError, retry: int,
+                        *, measured: bool) -> None:
+        run.errors.append(exc)
+        run.attempts.append(_attempt_record(candidate, exc))
+        if measured:
+            wide = exc.type in PROVIDER_WIDE_ERRORS or (isinstance(exc, ModelError) and exc.retryable)
+            self.stats.failure(candidate.provider, exc.type, exc.message, candidate.model, provider_wide=wide)
+        if exc.type in ("AuthenticationError",) or (isinstance(exc, RateLimitError) and not exc.retryable):
+            run.failed_wide.add(candidate.provider)
+        log.info("attempt_failed", provider=candidate.provider, model=candidate.model,
+                 error_type=exc.type, error=exc.message, retry=retry)
+
+    @asynccontextmanager
+    async def _admitted(self, run: _Run, candidate: ModelProfile, *, last: bool) -> AsyncIterator[None]:
+        """Hold the provider's (and model's) rate-limit permits for one attempt."""
+        if self.limits is None:
+            yield
+            return
+        limiters = self.limits.for_call(candidate.provider, candidate.model)
+        remaining = max(0.0, run.deadline - self._clock())
+        # Switch provider instead of waiting long, unless this is the last candidate.
+        max_wait = remaining if last else min(remaining, MAX_RETRY_WAIT_MS / 1000)
+        tokens = run.decision.prompt_tokens + run.decision.output_tokens
+        async with AsyncExitStack() as permits:
+            for limiter in limiters:
+                try:
+                    permit = await limiter.acquire(tokens, max_wait_s=max_wait)
+                except RateLimitError as exc:
+                    exc.extra["limiter"] = "local"  # our own limit, not the provider failing
+                    raise
+                permits.callback(permit.release)
+            try:
+                yield
+            except RateLimitError as exc:
+                if exc.retry_after_ms:
+                    for limiter in limiters:
+                        limiter.pause_for(exc.retry_after_ms, reason=exc.message)
+                raise
+            finally:
+                provider = self.pool.get(candidate.provider)
+                snapshot = provider.last_rate_limit if provider is not None else None
+                for limiter in limiters:
+                    limiter.observe(snapshot)
+
+    async def _billed_attempt(self, run: _Run, provider: Provider, candidate: ModelProfile) -> Completion:
+        """One attempt inside a budget reservation, settled to what was really used."""
+        if self.budget is None:
+            return await self._attempt(run, provider, candidate)
+        reservation = await self.budget.reserve(
+            request_id=run.tag, provider=candidate.provider, model=candidate.model,
+            amount_usd=run.decision.worst_case_cost(candidate))
+        run.produced = []
+        try:
+            completion = await self._attempt(run, provider, candidate)
+        except BaseException as exc:
+            # Shielded: a cancelled request still writes what it used to the ledger.
+            outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "failed"
+            await asyncio.shield(self._settle_partial(run, candidate, reservation, outcome))
+            raise
+        usage = completion.usage
+        estimated = usage is None
+        if usage is None:  # a server that reports no usage: bill the estimate
+            usage = Usage(run.decision.prompt_tokens, estimate_tokens(completion.content))
+        await asyncio.shield(self.budget.settle(
+            reservation, cost_usd=candidate.cost_usd(usage), prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens, outcome="ok", estimated=estimated))
+        return completion
+
+    async def _settle_partial(self, run: _Run, candidate: ModelProfile, reservation: Any, outcome: str) -> None:
+        assert self.budget is not None
+        text = "".join(run.produced)
+        if not text:
+            await self.budget.release(reservation)  # nothing generated: nothing billed
+            return
+        # A stream cut or cancelled after some text: the provider bills the prompt and
+        # what it generated; count both from our (high) estimates.
+        usage = Usage(run.decision.prompt_tokens, estimate_tokens(text))
+        await self.budget.settle(reservation, cost_usd=candidate.cost_usd(usage), prompt_tokens=usage.prompt_tokens,
+                                 completion_tokens=usage.completion_tokens, outcome="partial", estimated=True)
+        log.info("billed_partial", provider=candidate.provider, model=candidate.model, outcome=outcome,
+                 completion_tokens=usage.completion_tokens)
 
     def _retry_policy(self, name: str, cfg: ModelConfig) -> tuple[str, int]:
         entry = cfg.providers.custom.get(name) if name not in ("openai", "anthropic", "ollama") else getattr(
@@ -381,26 +402,22 @@ class Router:
         return "exponential", DEFAULT_MAX_RETRIES
 
     @staticmethod
-    def _final_error(
-        last: ProviderError, attempts: list[dict[str, Any]], errors: list[ProviderError], tried: set[str]
-    ) -> ProviderError | AllProvidersFailedError:
-        if len(tried) <= 1:
-            last.attempts = attempts
+    def _final_error(run: _Run, last: ProviderError) -> ProviderError | AllProvidersFailedError:
+        if len(run.tried) <= 1:
+            last.attempts = run.attempts
             return last
-        summary = "; ".join(f"{a['provider']}: {a['error']['message']}" for a in attempts if a.get("error"))
+        summary = "; ".join(f"{a['provider']}: {a['error']['message']}" for a in run.attempts if a.get("error"))
         return AllProvidersFailedError(
             f"all providers failed ({summary})",
-            attempts=attempts,
-            retryable=any(e.retryable for e in errors),
+            attempts=run.attempts,
+            retryable=any(e.retryable for e in run.errors),
         )
 
-    async def _attempt(
-        self, provider: Provider, request: ModelRequest, candidate: Candidate, stream: _StreamState | None
-    ) -> Completion:
-        preq = to_provider_request(request, candidate.model)
+    async def _attempt(self, run: _Run, provider: Provider, candidate: ModelProfile) -> Completion:
+        preq = to_provider_request(run.request, candidate.model)
         timeout_s = (provider.settings.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
         async with self.pool.use(provider):
-            if stream is None:
+            if run.stream is None:
                 try:
                     async with asyncio.timeout(timeout_s):
                         return await provider.generate(preq)
@@ -409,12 +426,13 @@ class Router:
                         f"{provider.name}: no answer within {timeout_s * 1000:.0f} ms",
                         provider=provider.name, model_id=candidate.model,
                     ) from exc
-            return await self._stream_attempt(provider, preq, stream, timeout_s)
+            return await self._stream_attempt(provider, preq, run, timeout_s)
 
-    async def _stream_attempt(
-        self, provider: Provider, preq: ProviderRequest, state: _StreamState, timeout_s: float
-    ) -> Completion:
-        parts: list[str] = []
+    async def _stream_attempt(self, provider: Provider, preq: ProviderRequest, run: _Run,
+                              timeout_s: float) -> Completion:
+        state = run.stream
+        assert state is not None
+        parts = run.produced = []
         model, finish, usage = preq.model, None, None
         deltas = provider.stream(preq)
         try:
@@ -446,8 +464,8 @@ class Router:
         return Completion(content="".join(parts), model=model, finish_reason=finish, usage=usage)
 
 
-def _attempt_record(candidate: Candidate, error: ProviderError | None) -> dict[str, Any]:
+def _attempt_record(candidate: ModelProfile, error: Exception | None) -> dict[str, Any]:
     record: dict[str, Any] = {"provider": candidate.provider, "modelId": candidate.model}
     if error is not None:
-        record["error"] = {"type": error.type, "message": error.message}
+        record["error"] = {"type": getattr(error, "type", type(error).__name__), "message": str(error)}
     return record

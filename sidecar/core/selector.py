@@ -41,13 +41,13 @@ _TIER_LATENCY_MS = {"frontier": 6000.0, "strong": 3500.0, "fast": 1800.0, "small
 #: Complexity stretches quality differences: low flattens them, high sharpens them.
 _COMPLEXITY_EXPONENT = {"low": 0.35, "medium": 1.0, "high": 2.2}
 #: A call costing this much scores 0.5 on cost; local calls score 1.
-COST_SCALE_USD = 0.002
+COST_SCALE_USD = 0.01
 #: Latency at which the speed factor is 0.5.
 _LATENCY_SCALE_MS = 2500.0
 #: Measured samples needed before measured latency replaces the tier prior.
 MIN_SAMPLES = 3
 _UNAVAILABLE_FACTOR = 0.2
-_DEFAULT_PROVIDER_BONUS = 0.02
+_DEFAULT_PROVIDER_BONUS = 0.03
 
 #: priority → factor weights (task, cost, speed, reliability); each row sums to 1.
 WEIGHTS: dict[str, dict[str, float]] = {

@@ -1,14 +1,28 @@
-"""Measured outcomes per provider: latency and error rate as moving windows, last error."""
+"""Measured outcomes: latency and error rate as moving windows, and availability.
+
+Per provider and per provider/model. A provider-wide failure (connection refused, a
+timeout, an overloaded or rate-limited answer) marks the provider down for a cool-down
+that doubles with each consecutive failure (30 s, 60 s, … 5 min). When it has passed,
+the next request is let through as a probe: a success brings the provider back at
+once, another failure starts a longer cool-down. The selector ranks a down provider
+last instead of dropping it, so it is still a fallback of last resort.
+"""
 
 from __future__ import annotations
 
 import statistics
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["ProviderStats", "StatsBook"]
+__all__ = ["COOLDOWN_BASE_S", "COOLDOWN_MAX_S", "PROVIDER_WIDE_ERRORS", "ProviderStats", "StatsBook"]
 
 WINDOW = 100
+COOLDOWN_BASE_S = 30.0
+COOLDOWN_MAX_S = 300.0
+#: Error types that say something about the whole provider, not one request or model.
+PROVIDER_WIDE_ERRORS = frozenset({"NetworkError", "RateLimitError", "AuthenticationError"})
 
 
 @dataclass(slots=True)
@@ -17,6 +31,8 @@ class ProviderStats:
     outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=WINDOW))
     last_error: str | None = None
     last_error_type: str | None = None
+    consecutive_failures: int = 0
+    down_until: float = 0.0
 
     def latency_p50(self) -> float | None:
         return round(statistics.median(self.latencies_ms), 2) if self.latencies_ms else None
@@ -28,21 +44,45 @@ class ProviderStats:
 
 
 class StatsBook:
-    """One :class:`ProviderStats` per provider name."""
+    """Stats per provider (``get``) and per provider/model (``model``)."""
 
-    def __init__(self) -> None:
-        self._stats: dict[str, ProviderStats] = {}
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._providers: dict[str, ProviderStats] = {}
+        self._models: dict[tuple[str, str], ProviderStats] = {}
 
     def get(self, provider: str) -> ProviderStats:
-        return self._stats.setdefault(provider, ProviderStats())
+        return self._providers.setdefault(provider, ProviderStats())
 
-    def success(self, provider: str, latency_ms: float) -> None:
-        stats = self.get(provider)
-        stats.latencies_ms.append(latency_ms)
-        stats.outcomes.append(True)
+    def model(self, provider: str, model: str) -> ProviderStats:
+        return self._models.setdefault((provider, model), ProviderStats())
 
-    def failure(self, provider: str, error_type: str, message: str) -> None:
-        stats = self.get(provider)
-        stats.outcomes.append(False)
-        stats.last_error = message
-        stats.last_error_type = error_type
+    def success(self, provider: str, latency_ms: float, model: str | None = None) -> None:
+        for stats in self._both(provider, model):
+            stats.latencies_ms.append(latency_ms)
+            stats.outcomes.append(True)
+            stats.consecutive_failures = 0
+            stats.down_until = 0.0
+
+    def failure(self, provider: str, error_type: str, message: str, model: str | None = None,
+                *, provider_wide: bool | None = None) -> None:
+        wide = error_type in PROVIDER_WIDE_ERRORS if provider_wide is None else provider_wide
+        for stats in self._both(provider, model):
+            stats.outcomes.append(False)
+            stats.last_error = message
+            stats.last_error_type = error_type
+        if wide:
+            stats = self.get(provider)
+            stats.consecutive_failures += 1
+            cooldown = min(COOLDOWN_BASE_S * 2 ** (stats.consecutive_failures - 1), COOLDOWN_MAX_S)
+            stats.down_until = self._clock() + cooldown
+
+    def available(self, provider: str) -> bool:
+        """False while the provider is in its cool-down; the first request after it probes."""
+        return self._clock() >= self.get(provider).down_until
+
+    def down_for_ms(self, provider: str) -> int:
+        return max(0, int((self.get(provider).down_until - self._clock()) * 1000))
+
+    def _both(self, provider: str, model: str | None) -> list[ProviderStats]:
+        return [self.get(provider)] + ([self.model(provider, model)] if model else [])

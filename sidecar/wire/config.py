@@ -7,6 +7,7 @@ holds only what the host set, and defaults are applied on top when it is read.
 from __future__ import annotations
 
 import re
+import zoneinfo
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -18,6 +19,7 @@ from sidecar.wire.model import Priority
 __all__ = [
     "BudgetConfig",
     "CustomProviderEntry",
+    "ModelOverride",
     "ModelConfig",
     "ProviderEntry",
     "ProvidersConfig",
@@ -97,6 +99,29 @@ class BudgetConfig(ParamsModel):
     monthly_limit: float | None = Field(default=None, ge=0)
     alert_threshold: float = Field(default=0.8, ge=0, le=1)
     block_on_limit: bool = True
+    #: Extension: IANA zone for day and month boundaries (default UTC).
+    timezone: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                zoneinfo.ZoneInfo(value)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
+class ModelOverride(ParamsModel):
+    """What the user knows better than the catalog about one model (``provider/model``)."""
+
+    context_window: int | None = Field(default=None, ge=256)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    input_per_1m: float | None = Field(default=None, ge=0, alias="inputPer1M")
+    output_per_1m: float | None = Field(default=None, ge=0, alias="outputPer1M")
+    tier: Literal["frontier", "strong", "fast", "small"] | None = None
+    capabilities: list[str] | None = None
 
 
 class SelectionDefaults(ParamsModel):
@@ -115,6 +140,8 @@ class ModelConfig(ParamsModel):
     fallback_chain: list[str] = Field(default_factory=list)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     selection: SelectionDefaults = Field(default_factory=SelectionDefaults)
+    #: Extension: per-model facts that win over the catalog, keyed ``provider/model``.
+    model_overrides: dict[str, ModelOverride] = Field(default_factory=dict)
     #: Extension: overall deadline of one request, retries and fallbacks included.
     deadline_ms: int = Field(default=600_000, ge=1_000, le=3_600_000)
 

@@ -10,7 +10,8 @@ import pytest
 
 from sidecar.core.config import config_from_doc
 from sidecar.core.pool import ProviderPool
-from sidecar.core.registry import Catalog
+from sidecar.core.planner import Decision, Planner
+from sidecar.core.registry import Catalog, ModelRegistry
 from sidecar.core.router import BACKOFF_BASE_MS, Router, backoff_ms
 from sidecar.core.stats import StatsBook
 from sidecar.errors import (
@@ -40,20 +41,37 @@ class Rig:
     router: Router
     scripts: dict[str, Script]
     sleeps: list[float] = field(default_factory=list)
+    registry: ModelRegistry | None = None
+
+    def decision(self, *names: str, mid_stream: bool = False) -> Decision:
+        """A decision trying these providers' default models in this order."""
+        assert self.registry is not None
+        profiles = tuple(self.registry.profile(SETTINGS_BY_NAME[n], SETTINGS_BY_NAME[n].default_model)
+                         for n in names)
+        return Decision(candidates=profiles, reasons=("test",), task_type="code_generation",
+                        fallback_mid_stream=mid_stream, prompt_tokens=10, output_tokens=10)
+
+
+SETTINGS_BY_NAME: dict[str, ProviderSettings] = {}
 
 
 def make_rig(config: dict[str, Any] | None = None, settings: dict[str, ProviderSettings] | None = None) -> Rig:
     cfg = config_from_doc({"defaultProvider": "openai", "fallbackChain": ["anthropic", "ollama"], **(config or {})})
     settings = settings or SETTINGS
+    SETTINGS_BY_NAME.clear()
+    SETTINGS_BY_NAME.update(settings)
     scripts = {name: Script() for name in settings}
     pool = ProviderPool(lambda s, _http: ScriptedProvider(s, scripts[s.name]), HttpClientFactory())
     pool.configure(list(settings.values()))
-    rig = Rig(router=None, scripts=scripts)  # type: ignore[arg-type]
+    stats = StatsBook()
+    registry = ModelRegistry(Catalog.load(), lambda: cfg.model_overrides)
+    planner = Planner(pool, lambda: cfg, registry, stats)
+    rig = Rig(router=None, scripts=scripts, registry=registry)  # type: ignore[arg-type]
 
     async def fake_sleep(seconds: float) -> None:
         rig.sleeps.append(seconds)
 
-    rig.router = Router(pool, lambda: cfg, StatsBook(), Catalog.load(), sleep=fake_sleep, rand=lambda: 1.0)
+    rig.router = Router(pool, lambda: cfg, stats, planner, sleep=fake_sleep, rand=lambda: 1.0)
     return rig
 
 
@@ -65,9 +83,11 @@ def sel(**fields: Any) -> ModelSelection:
     return ModelSelection.model_validate(fields)
 
 
-async def generate(rig: Rig, request: ModelRequest | None = None, selection: ModelSelection | None = None):
-    request = request or req()
-    return await rig.router.generate(request, rig.router.select_provider(request, selection))
+CHAIN = ("openai", "anthropic", "ollama")
+
+
+async def generate(rig: Rig, request: ModelRequest | None = None, decision: Decision | None = None) -> Any:
+    return await rig.router.generate(request or req(), decision or rig.decision(*CHAIN))
 
 
 def test_backoff_grows_and_is_capped() -> None:
@@ -146,7 +166,7 @@ async def test_fallback_false_keeps_the_first_provider_and_its_typed_error() -> 
     rig = make_rig({"providers": {"openai": {"rateLimit": {"maxRetries": 0}}}})
     rig.scripts["openai"].actions = [ModelError("down", provider="openai")]
     with pytest.raises(ModelError):
-        await generate(rig, selection=sel(fallback=False))
+        await generate(rig, decision=rig.router.select_provider(req(), sel(provider="openai", fallback=False)))
     assert rig.scripts["anthropic"].requests == []
 
 
@@ -154,6 +174,7 @@ async def test_local_only_never_touches_cloud_providers() -> None:
     rig = make_rig()
     decision = rig.router.select_provider(req(), sel(localOnly=True))
     assert [c.provider for c in decision.candidates] == ["ollama"]
+    assert any("not local" in r for r in decision.reasons)
     outcome = await rig.router.generate(req(), decision)
     assert outcome.candidate.provider == "ollama"
     assert rig.scripts["openai"].requests == [] and rig.scripts["anthropic"].requests == []
@@ -165,7 +186,7 @@ async def test_local_only_failure_stays_local() -> None:
     rig = make_rig()
     rig.scripts["ollama"].actions = [NetworkError("refused", provider="ollama")] * 3
     with pytest.raises(NetworkError):
-        await generate(rig, selection=sel(localOnly=True))
+        await generate(rig, decision=rig.router.select_provider(req(), sel(localOnly=True)))
     assert rig.scripts["openai"].requests == [] and rig.scripts["anthropic"].requests == []
 
 
@@ -175,6 +196,8 @@ def test_specific_provider_and_model_win() -> None:
     assert decision.candidates[0].provider == "anthropic"
     assert decision.candidates[0].model == "claude-x"
     assert any("requested by selection.provider" in r for r in decision.reasons)
+    decision = rig.router.select_provider(req(), sel(provider="ollama"))
+    assert decision.candidates[0].provider == "ollama"
 
 
 def test_auto_routes_a_known_model_to_its_provider() -> None:
@@ -189,7 +212,7 @@ def test_auto_skips_keyless_cloud_providers_and_says_why() -> None:
     settings["openai"] = ProviderSettings("openai", "openai", "https://api.openai.com/v1", "gpt-4o-mini")
     rig = make_rig(settings=settings)
     decision = rig.router.select_provider(req(), None)
-    assert [c.provider for c in decision.candidates] == ["anthropic", "ollama"]
+    assert sorted(c.provider for c in decision.candidates) == ["anthropic", "ollama"]
     assert any("openai: no API key" in r for r in decision.reasons)
 
 
@@ -206,7 +229,7 @@ async def test_cost_is_priced_from_the_catalog_and_zero_for_local() -> None:
     outcome = await generate(rig)
     assert outcome.cost_usd == pytest.approx(0.15)
     rig.scripts["ollama"].actions = [Completion("x", "llama3.2", "stop", Usage(1_000_000, 1_000_000))]
-    outcome = await generate(rig, selection=sel(provider="ollama"))
+    outcome = await generate(rig, decision=rig.decision("ollama"))
     assert outcome.cost_usd == 0
 
 
@@ -218,10 +241,9 @@ class Sink:
         self.events.append((content, restart))
 
 
-async def stream(rig: Rig, selection: ModelSelection | None = None) -> tuple[Any, Sink]:
+async def stream(rig: Rig, decision: Decision | None = None) -> tuple[Any, Sink]:
     sink = Sink()
-    request = req()
-    outcome = await rig.router.stream(request, rig.router.select_provider(request, selection), sink)
+    outcome = await rig.router.stream(req(), decision or rig.decision(*CHAIN), sink)
     return outcome, sink
 
 
@@ -248,7 +270,7 @@ async def test_stream_mid_stream_fallback_sends_restart_first() -> None:
     rig = make_rig({"providers": {"openai": {"rateLimit": {"maxRetries": 0}}}})
     rig.scripts["openai"].actions = [Chunks(["Hel"], error=NetworkError("cut", provider="openai"))]
     rig.scripts["anthropic"].actions = [Chunks(["Hi", "!"])]
-    outcome, sink = await stream(rig, sel(fallbackMidStream=True))
+    outcome, sink = await stream(rig, rig.decision(*CHAIN, mid_stream=True))
     assert sink.events == [("Hel", False), ("", True), ("Hi", False), ("!", False)]
     assert outcome.completion.content == "Hi!"
 
@@ -282,7 +304,7 @@ async def test_stream_silence_is_a_timeout() -> None:
                     "providers": {"ollama": {"rateLimit": {"maxRetries": 0}}}}, settings=settings)
     rig.scripts["ollama"].actions = [Hang()]
     with pytest.raises(NetworkError, match="silent"):
-        await stream(rig)
+        await stream(rig, rig.decision("ollama"))
 
 
 async def test_overall_deadline_stops_retries() -> None:
@@ -291,7 +313,7 @@ async def test_overall_deadline_stops_retries() -> None:
     rig = make_rig({"defaultProvider": "ollama", "fallbackChain": [], "deadlineMs": 1000}, settings=settings)
     rig.scripts["ollama"].actions = [Hang()]
     with pytest.raises(NetworkError, match="deadline"):
-        await generate(rig)
+        await generate(rig, decision=rig.decision("ollama"))
 
 
 async def test_request_fields_reach_the_provider() -> None:
@@ -310,7 +332,7 @@ async def test_request_fields_reach_the_provider() -> None:
 
 
 def test_config_selection_defaults_fill_only_what_the_request_left_out() -> None:
-    from sidecar.core.router import effective_selection
+    from sidecar.core.planner import effective_selection
 
     cfg = config_from_doc({"selection": {"localOnly": True, "fallback": False, "priority": "cost"}})
     assert effective_selection(None, cfg).local_only is True
