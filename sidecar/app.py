@@ -22,8 +22,8 @@ import structlog
 
 from sidecar import __version__
 from sidecar.core.config import ConfigManager
-from sidecar.core.pool import ProviderPool
 from sidecar.core.planner import Planner
+from sidecar.core.pool import ProviderPool
 from sidecar.core.registry import Catalog, ModelRegistry
 from sidecar.core.router import Router
 from sidecar.core.stats import StatsBook

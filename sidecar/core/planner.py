@@ -25,8 +25,8 @@ import orjson
 
 from sidecar.core.pool import ProviderPool
 from sidecar.core.registry import ModelProfile, ModelRegistry
-from sidecar.core.selector import Candidate as Scorable
 from sidecar.core.selector import WEIGHTS, Need, Scored, estimate_tokens, rank
+from sidecar.core.selector import Candidate as Scorable
 from sidecar.core.stats import StatsBook
 from sidecar.errors import AllProvidersFailedError, BudgetExceededError, InvalidParams, ValidationError
 from sidecar.providers.base import ProviderSettings

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from sidecar.core.config import config_from_doc
-from sidecar.core.pool import ProviderPool
 from sidecar.core.planner import Decision, Planner
+from sidecar.core.pool import ProviderPool
 from sidecar.core.registry import Catalog, ModelRegistry
 from sidecar.core.router import BACKOFF_BASE_MS, Router, backoff_ms
 from sidecar.core.stats import StatsBook
