@@ -13,6 +13,7 @@ CHANNEL_NAMES: tuple[str, ...] = (
     "model:get-config",
     "model:health",
     "model:list-models",
+    "model:select",
     "model:set-config",
     "model:stream",
     "sidecar:shutdown",

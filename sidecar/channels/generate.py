@@ -93,7 +93,7 @@ def channels(services: Services) -> list[Channel]:
         with _request_log("model:generate", ctx, time.monotonic()) as done:
             services.check_response_format(params)
             decision = router.select_provider(params.request, params.selection)
-            outcome = await router.generate(params.request, decision)
+            outcome = await router.generate(params.request, decision, tag=str(ctx.request_id))
             done.append(outcome)
         return wire_response(build_response(outcome))
 
@@ -119,7 +119,7 @@ def channels(services: Services) -> list[Channel]:
             seq += 1
 
         with _request_log("model:stream", ctx, started) as done:
-            outcome = await router.stream(params.request, decision, sink)
+            outcome = await router.stream(params.request, decision, sink, tag=str(ctx.request_id))
             done.append(outcome)
         await ctx.notify(
             STREAM_CHUNK,

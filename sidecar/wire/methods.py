@@ -132,3 +132,36 @@ class ErrorData(ResultModel):
     attempts: list[dict[str, Any]] | None = None
     errors: list[ValidationIssue] | None = Field(default=None, description="InvalidParams only.")
     partial_content: str | None = Field(default=None, description="Text already streamed before a failure.")
+
+
+class SelectParams(ParamsModel):
+    """Params of ``model:select``: what ``model:generate`` would get, minus the format."""
+
+    request: ModelRequest
+    selection: ModelSelection | None = None
+
+
+class SelectCandidate(ResultModel):
+    provider: str
+    model_id: str
+    score: float | None = Field(default=None, description="0..1; absent when excluded.")
+    estimated_cost_usd: float = Field(description="Worst case: prompt estimate plus all output tokens.")
+    context_window: int
+    tier: str
+    local: bool
+    available: bool
+    factors: dict[str, float] | None = None
+    excluded: str | None = Field(default=None, description="Why this model cannot serve the request.")
+
+
+class SelectResult(ResultModel):
+    """The decision ``model:generate`` would act on, without calling a model."""
+
+    provider: str
+    model_id: str
+    task_type: str
+    complexity: str
+    prompt_tokens: int = Field(description="Estimated prompt tokens (errs high).")
+    reasons: list[str]
+    candidates: list[SelectCandidate] = Field(description="Every model considered, best first; excluded last.")
+    fallbacks: list[str] = Field(description="provider/model in the order they would be tried after the first.")

@@ -21,6 +21,8 @@ from sidecar.wire.methods import (
     ListModelsParams,
     ListModelsResult,
     ReadyParams,
+    SelectParams,
+    SelectResult,
     SetConfigParams,
     StreamChunkParams,
 )
@@ -36,6 +38,7 @@ METHODS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
     "model:get-config": (EmptyParams, ModelConfig),
     "model:set-config": (SetConfigParams, ModelConfig),
     "model:health": (EmptyParams, HealthResult),
+    "model:select": (SelectParams, SelectResult),
     "sidecar:shutdown": (EmptyParams, EmptyResult),
 }
 
