@@ -1,0 +1,374 @@
+"""The budget manager: reserve a call's worst case before it, settle its real cost after.
+
+Policy only; the :class:`~sidecar.store.ledger.Ledger` stores everything. Rules:
+
+* ``reserve`` is refused (``BudgetExceededError``, ``data.usage`` = :meth:`usage`) when
+  ``blockOnLimit`` and, for the daily or the monthly period, settled spend + every open
+  reservation + this amount > the limit. The check and the insert are one SQLite
+  transaction in the ledger's single worker thread, so no other coroutine (nor another
+  connection) can slip in between: a burst of concurrent reserves never overshoots, and
+  no asyncio lock is held across an fsync. A zero amount (local models) always fits.
+  Not blocking, the reservation is made anyway and marked ``over``.
+* ``settle`` replaces the reservation by the real cost; ``release`` drops it (nothing was
+  used). Settling for more than was reserved is recorded as is (the provider's usage is
+  what it is): that is the only way spending can pass a limit, and the next paid
+  ``reserve`` is then refused. Spend counts in the period where the call is settled.
+* Alerts: when settled spend reaches ``alertThreshold * limit`` (kind ``threshold``) or
+  the limit (kind ``limit``), ``on_alert`` gets ``{period, spentUsd, limitUsd, threshold}``
+  (``threshold`` is 1.0 for the limit alert) once per period and kind, restarts included:
+  the ledger's ``alerts`` table decides who is first.
+* Periods are calendar days and months in UTC, or in the IANA ``timezone`` given.
+* Money is integer micro-dollars everywhere (:func:`usd_to_micros`, half up); floats only
+  at the edges, rounded to 6 decimals for display.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import structlog
+
+from sidecar.errors import BudgetExceededError
+from sidecar.store.ledger import OUTCOMES, Cap, Ledger, UsageRecord
+from sidecar.wire.config import BudgetConfig
+
+__all__ = [
+    "BudgetManager",
+    "Period",
+    "Reservation",
+    "call_cost_micros",
+    "micros_to_usd",
+    "periods_at",
+    "prompt_tokens_upper_bound",
+    "resolve_timezone",
+    "usd_to_micros",
+]
+
+log = structlog.get_logger("sidecar.budget")
+
+MICROS_PER_USD = 1_000_000
+#: Largest amount handled (SQLite integers are 64-bit); larger limits mean "no limit".
+MAX_MICROS = 2**62
+AlertCallback = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def usd_to_micros(usd: float | Decimal) -> int:
+    """USD → integer micro-dollars, half up, from the shortest decimal form of the float."""
+    if isinstance(usd, float) and not math.isfinite(usd):
+        raise ValueError(f"not a finite amount: {usd!r}")
+    value = Decimal(str(usd)) * MICROS_PER_USD
+    if not 0 <= value <= MAX_MICROS:
+        raise ValueError(f"amounts must be between 0 and {MAX_MICROS / MICROS_PER_USD:.0f} USD, got {usd!r}")
+    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def micros_to_usd(micros: int) -> float:
+    """Micro-dollars → USD rounded to 6 decimals (for display only)."""
+    return round(micros / MICROS_PER_USD, 6)
+
+
+def call_cost_micros(prompt_tokens: int, completion_tokens: int, *, input_per_1m: float,
+                     output_per_1m: float) -> int:
+    """Exact cost of a call at list prices: USD per 1M tokens is micro-dollars per token."""
+    total = prompt_tokens * Decimal(str(input_per_1m)) + completion_tokens * Decimal(str(output_per_1m))
+    return int(total.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def prompt_tokens_upper_bound(texts: Iterable[str], *, per_message_overhead: int = 16) -> int:
+    """A prompt-token count no byte-level BPE tokenizer can exceed: every token covers at
+    least one UTF-8 byte, plus a fixed allowance per message for the chat template."""
+    return sum(len(text.encode("utf-8")) + per_message_overhead for text in texts)
+
+
+def resolve_timezone(name: str | None) -> tzinfo:
+    """``None``/``"UTC"`` → UTC, else the IANA zone; ``ValueError`` for an unknown name."""
+    if name is None or name.upper() == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown timezone {name!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    name: str  # "daily" | "monthly"
+    key: str  # "daily:2026-11-26" | "monthly:2026-11" (local calendar)
+    start: datetime  # local, aware
+    end: datetime
+
+    @property
+    def start_ms(self) -> int:
+        return _ms(self.start)
+
+    @property
+    def end_ms(self) -> int:
+        return _ms(self.end)
+
+
+def periods_at(now: datetime, zone: tzinfo) -> tuple[Period, Period]:
+    """The day and the month containing ``now`` in ``zone``, as [start, end) instants."""
+    local = _aware(now).astimezone(zone)
+    day = local.date()
+    tomorrow = day + timedelta(days=1)
+    first = day.replace(day=1)
+    next_first = (first + timedelta(days=32)).replace(day=1)
+
+    def midnight(d: date) -> datetime:
+        return datetime(d.year, d.month, d.day, tzinfo=zone)
+
+    return (Period("daily", f"daily:{day.isoformat()}", midnight(day), midnight(tomorrow)),
+            Period("monthly", f"monthly:{first.strftime('%Y-%m')}", midnight(first), midnight(next_first)))
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """An admitted worst case, held until settled or released."""
+
+    id: int
+    request_id: str
+    provider: str
+    model: str
+    amount_micros: int
+    over: bool  # admitted past a limit because blockOnLimit is off
+
+    @property
+    def amount_usd(self) -> float:
+        return micros_to_usd(self.amount_micros)
+
+
+class BudgetManager:
+    """Budget policy over a :class:`Ledger`; ``config`` is read afresh on every call."""
+
+    def __init__(self, ledger: Ledger, config: Callable[[], BudgetConfig], *,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 timezone: str | None = None, on_alert: AlertCallback | None = None) -> None:
+        self._ledger = ledger
+        self._config = config
+        self._now = now
+        self._zone_name = timezone or "UTC"
+        self._zone = resolve_timezone(timezone)
+        self._on_alert = on_alert
+        self._open: dict[int, Reservation] = {}
+        self._alerted: set[tuple[str, str]] = set()
+        self._background: set[asyncio.Future[Any]] = set()
+
+    def set_timezone(self, name: str | None) -> None:
+        """Change the zone of day/month boundaries (``ValueError`` for an unknown one)."""
+        self._zone = resolve_timezone(name)
+        self._zone_name = name or "UTC"
+
+    @property
+    def open_reservations(self) -> int:
+        return len(self._open)
+
+    async def reserve(self, *, request_id: str, provider: str, model: str, amount_usd: float) -> Reservation:
+        """Hold ``amount_usd`` (the call's worst case) or raise ``BudgetExceededError``."""
+        amount = usd_to_micros(amount_usd)
+        cfg = self._config()
+        now = self._now_utc()
+        limited = [(p, limit) for p, limit in zip(periods_at(now, self._zone),
+                                                   (cfg.daily_limit, cfg.monthly_limit), strict=True)
+                   if limit is not None]
+        caps = [Cap(p.start_ms, p.end_ms, _limit_micros(limit)) for p, limit in limited]
+        job = asyncio.ensure_future(self._ledger.reserve(
+            ts_ms=_ms(now), request_id=request_id, provider=provider, model=model,
+            amount_micros=amount, caps=caps, block=cfg.block_on_limit))
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+        try:
+            result = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            job.add_done_callback(self._release_orphan)  # admitted for nobody: give it back
+            raise
+        if result.reservation_id is None:
+            worst = [f"{p.name} limit ${micros_to_usd(c.limit_micros)}: spent ${micros_to_usd(s)}"
+                     f" + reserved ${micros_to_usd(result.reserved_micros)}"
+                     for (p, _), c, s in zip(limited, caps, result.spent_micros, strict=True)
+                     if amount > 0 and s + result.reserved_micros + amount > c.limit_micros]
+            log.info("budget_blocked", request_id=request_id, provider=provider, model=model,
+                     amount_micros=amount, reason="; ".join(worst))
+            raise BudgetExceededError(
+                f"budget exceeded: this request may cost up to ${micros_to_usd(amount)} and the "
+                + "; ".join(worst) + " leave no room for it",
+                provider=provider, model_id=model, extra={"usage": await self.usage()})
+        reservation = Reservation(result.reservation_id, request_id, provider, model, amount, result.over)
+        self._open[reservation.id] = reservation
+        if result.over:  # nothing awaited past admission: a cancel here cannot strand it
+            log.warning("budget_over_limit_admitted", request_id=request_id, amount_micros=amount)
+            self._spawn(self._check_alerts())
+        return reservation
+
+    async def settle(self, reservation: Reservation, *, cost_usd: float, prompt_tokens: int,
+                     completion_tokens: int, outcome: str = "ok", estimated: bool = False) -> None:
+        """Replace the reservation by what the call really cost (one transaction).
+
+        ``outcome``: ok | cancelled | failed | partial; ``estimated`` when the tokens were
+        counted locally (a stream cut before the provider's usage arrived). Completes even
+        if the caller is cancelled meanwhile."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+        if prompt_tokens < 0 or completion_tokens < 0:
+            raise ValueError("token counts must be >= 0")
+        cost = usd_to_micros(cost_usd)
+        self._claim(reservation)
+        record = UsageRecord(ts_ms=_ms(self._now_utc()), request_id=reservation.request_id,
+                             provider=reservation.provider, model=reservation.model,
+                             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                             cost_micros=cost, outcome=outcome, estimated=estimated)
+        await asyncio.shield(self._spawn(self._settle(reservation, record)))
+
+    async def release(self, reservation: Reservation) -> None:
+        """Drop a reservation for a call that used nothing (failed before any token)."""
+        self._claim(reservation)
+        await asyncio.shield(self._spawn(self._release(reservation)))
+
+    async def usage(self) -> dict[str, Any]:
+        """The ``model:usage`` result (camelCase, JSON-ready)."""
+        cfg = self._config()
+        day, month = periods_at(self._now_utc(), self._zone)
+        _, reserved = await self._ledger.reserved()
+        sent = await self._ledger.alerts((day.key, month.key))
+        out: dict[str, Any] = {"timezone": self._zone_name}
+        for period, limit_usd in ((day, cfg.daily_limit), (month, cfg.monthly_limit)):
+            spent = await self._ledger.spend(period.start_ms, period.end_ms)
+            limit = None if limit_usd is None else _limit_micros(limit_usd)
+            out[period.name] = {
+                "periodStart": period.start.isoformat(),
+                "periodEnd": period.end.isoformat(),
+                "spentUsd": micros_to_usd(spent),
+                "reservedUsd": micros_to_usd(reserved),
+                "limitUsd": None if limit is None else micros_to_usd(limit),
+                "remainingUsd": None if limit is None else micros_to_usd(max(0, limit - spent - reserved)),
+                "over": limit is not None and spent + reserved > limit,
+                "alertSent": any(key == period.key for key, _ in sent),
+            }
+        by_provider: dict[str, dict[str, Any]] = {}
+        by_model: dict[str, dict[str, Any]] = {}
+        for row in await self._ledger.breakdown(month.start_ms, month.end_ms):
+            totals = by_provider.setdefault(row.provider, {"micros": 0, "requests": 0, "promptTokens": 0,
+                                                           "completionTokens": 0})
+            for name, value in (("micros", row.cost_micros), ("requests", row.requests),
+                                ("promptTokens", row.prompt_tokens), ("completionTokens", row.completion_tokens)):
+                totals[name] += value
+            by_model[f"{row.provider}/{row.model}"] = _entry(row.cost_micros, row.requests, row.prompt_tokens,
+                                                             row.completion_tokens)
+        out["byProvider"] = {name: _entry(t["micros"], t["requests"], t["promptTokens"], t["completionTokens"])
+                             for name, t in by_provider.items()}
+        out["byModel"] = by_model
+        out["blockOnLimit"] = cfg.block_on_limit
+        out["alertThreshold"] = cfg.alert_threshold
+        return out
+
+    async def drain(self) -> None:
+        """Wait for settles, releases and alerts still running in the background."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _now_utc(self) -> datetime:
+        return _aware(self._now()).astimezone(UTC)
+
+    def _claim(self, reservation: Reservation) -> None:
+        if self._open.pop(reservation.id, None) is None:
+            raise ValueError(f"reservation {reservation.id} was already settled or released")
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[None]:
+        async def run() -> None:
+            await coro
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+        return task
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("budget_ledger_write_failed", error=repr(exc))
+
+    async def _settle(self, reservation: Reservation, record: UsageRecord) -> None:
+        try:
+            await self._ledger.settle(reservation.id, record)
+        except BaseException:
+            self._open[reservation.id] = reservation  # nothing written: still held
+            raise
+        if record.cost_micros > reservation.amount_micros:
+            log.warning("budget_settled_over_reservation", request_id=record.request_id,
+                        reserved_micros=reservation.amount_micros, cost_micros=record.cost_micros)
+        await self._check_alerts()
+
+    async def _release(self, reservation: Reservation) -> None:
+        try:
+            await self._ledger.release(reservation.id)
+        except BaseException:
+            self._open[reservation.id] = reservation
+            raise
+
+    def _release_orphan(self, job: asyncio.Future[Any]) -> None:
+        if job.cancelled() or job.exception() is not None:
+            return
+        reservation_id = job.result().reservation_id
+        if reservation_id is not None:
+            self._spawn(self._ledger.release(reservation_id))
+
+    async def _check_alerts(self) -> None:
+        cfg = self._config()
+        now = self._now_utc()
+        threshold = Decimal(str(cfg.alert_threshold))
+        for period, limit_usd in zip(periods_at(now, self._zone), (cfg.daily_limit, cfg.monthly_limit),
+                                     strict=True):
+            if limit_usd is None:
+                continue
+            limit = _limit_micros(limit_usd)
+            spent = await self._ledger.spend(period.start_ms, period.end_ms)
+            due = []
+            if spent > 0 and spent >= threshold * limit:
+                due.append(("threshold", cfg.alert_threshold))
+            if spent > 0 and spent >= limit:
+                due.append(("limit", 1.0))
+            for kind, level in due:
+                if (period.key, kind) in self._alerted:
+                    continue
+                first = await self._ledger.mark_alert(period.key, kind, _ms(now))
+                if len(self._alerted) > 256:
+                    self._alerted.clear()
+                self._alerted.add((period.key, kind))
+                if first:
+                    await self._emit(period, kind, {"period": period.name, "spentUsd": micros_to_usd(spent),
+                                                    "limitUsd": micros_to_usd(limit), "threshold": level})
+
+    async def _emit(self, period: Period, kind: str, payload: dict[str, Any]) -> None:
+        log.warning("budget_alert", period_key=period.key, kind=kind, **payload)
+        if self._on_alert is None:
+            return
+        try:
+            await self._on_alert(payload)
+        except Exception:
+            log.exception("budget_alert_callback_failed", period_key=period.key, kind=kind)
+
+
+def _entry(micros: int, requests: int, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    return {"spentUsd": micros_to_usd(micros), "requests": requests, "promptTokens": prompt_tokens,
+            "completionTokens": completion_tokens}
+
+
+def _limit_micros(limit_usd: float) -> int:
+    return MAX_MICROS if limit_usd >= MAX_MICROS // MICROS_PER_USD else usd_to_micros(limit_usd)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _ms(moment: datetime) -> int:
+    delta = _aware(moment) - datetime(1970, 1, 1, tzinfo=UTC)
+    return delta // timedelta(milliseconds=1)
