@@ -16,5 +16,6 @@ CHANNEL_NAMES: tuple[str, ...] = (
     "model:select",
     "model:set-config",
     "model:stream",
+    "model:usage",
     "sidecar:shutdown",
 )

@@ -13,14 +13,15 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import structlog
 
 from sidecar import __version__
+from sidecar.core.budget import BudgetManager
 from sidecar.core.config import ConfigManager
 from sidecar.core.planner import Planner
 from sidecar.core.pool import ProviderPool
@@ -31,6 +32,7 @@ from sidecar.errors import InvalidParams
 from sidecar.providers import create_provider
 from sidecar.providers.http import HttpClientFactory
 from sidecar.secrets import Redactor
+from sidecar.store.ledger import Ledger
 from sidecar.transport.dispatcher import Dispatcher, RequestId
 from sidecar.transport.stdio import EndOfInput, LineReader, LineWriter
 from sidecar.wire.methods import GenerateParams
@@ -42,7 +44,7 @@ log = structlog.get_logger("sidecar.app")
 #: The protocol allows 2 s from the shutdown signal to exit. The steps below are bounded
 #: to about 1.5 s in all; past SHUTDOWN_HARD_LIMIT_S the process exits regardless (a host
 #: that stopped reading stdout must not keep it alive).
-SHUTDOWN_BUDGET_S = 1.2
+SHUTDOWN_BUDGET_S = 1.0
 SHUTDOWN_HARD_LIMIT_S = 1.8
 
 
@@ -55,7 +57,11 @@ class Services:
     router: Router
     stats: StatsBook
     registry: ModelRegistry
+    budget: BudgetManager
+    ledger: Ledger
     dispatcher: Dispatcher | None = None
+    #: Sends a notification to the host (set once the writer runs).
+    notify: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
@@ -70,8 +76,24 @@ class Services:
         stats = StatsBook()
         registry = ModelRegistry(Catalog.load(), lambda: config.config.model_overrides)
         planner = Planner(pool, lambda: config.config, registry, stats, classify=_classify)
-        router = Router(pool, lambda: config.config, stats, planner)
-        return cls(config=config, pool=pool, router=router, stats=stats, registry=registry)
+        ledger = Ledger.open(data_dir)
+        report = ledger.report
+        log.info("ledger_open", path=str(report.path), persistent=report.persistent,
+                 stale_reservations=report.stale_reservations, moved_aside=report.moved_aside,
+                 problem=report.problem)
+        services: Services | None = None
+
+        async def alert(payload: dict[str, Any]) -> None:
+            if services is not None and services.notify is not None:
+                await services.notify("model:budget-alert", payload)
+
+        budget = BudgetManager(ledger, lambda: config.config.budget, timezone=config.config.budget.timezone,
+                               on_alert=alert)
+        config.on_change(lambda cfg: budget.set_timezone(cfg.budget.timezone))
+        router = Router(pool, lambda: config.config, stats, planner, budget=budget)
+        services = cls(config=config, pool=pool, router=router, stats=stats, registry=registry,
+                       budget=budget, ledger=ledger)
+        return services
 
     def check_response_format(self, params: GenerateParams) -> None:
         """Refuse ``responseFormat`` until structured output is enforced (never a silent success)."""
@@ -110,6 +132,11 @@ async def serve(
     channels = build_channels(services)
     dispatcher = Dispatcher(channels=channels, send=writer.send)
     services.dispatcher = dispatcher
+
+    async def notify(method: str, params: dict[str, Any]) -> None:
+        await writer.send({"jsonrpc": "2.0", "method": method, "params": params})
+
+    services.notify = notify
     # sidecar:ready already went out (sidecar.transport.claim), before these imports.
     log.info("serving", version=__version__, data_dir=str(data_dir), pid=os.getpid())
     reader = LineReader(wire_in, loop, max_line_bytes=max_message_bytes)
@@ -149,6 +176,12 @@ async def serve(
                 await dispatcher.handle_line(pending)
         await dispatcher.cancel_all(reason="shutdown", timeout=SHUTDOWN_BUDGET_S / 2)
         await dispatcher.wait_idle(timeout=0.2)
+        try:
+            # Every settle of a cancelled call reaches the ledger before we go.
+            await asyncio.wait_for(services.budget.drain(), 0.3)
+        except TimeoutError:
+            log.warning("ledger_drain_timeout")
+        services.ledger.close()
         try:
             await asyncio.wait_for(services.pool.aclose(), 0.2)
         except TimeoutError:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sidecar.channels import config, generate, health, lifecycle, models, select
+from sidecar.channels import config, generate, health, lifecycle, models, select, usage
 from sidecar.transport.dispatcher import Channel
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ def build_channels(services: Services) -> dict[str, Channel]:
         *generate.channels(services),
         *models.channels(services),
         *select.channels(services),
+        *usage.channels(services),
         *config.channels(services),
         *health.channels(services),
         *lifecycle.channels(services),

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from sidecar.core.budget import prompt_tokens_upper_bound
 from sidecar.core.pool import ProviderPool
 from sidecar.core.registry import ModelProfile, ModelRegistry
 from sidecar.core.selector import WEIGHTS, Need, Scored, estimate_tokens, rank
@@ -35,8 +36,10 @@ from sidecar.wire.model import ModelRequest, ModelSelection
 
 __all__ = ["DEFAULT_OUTPUT_TOKENS", "Classify", "Decision", "Planner", "effective_selection", "request_tokens"]
 
-#: Output tokens reserved (for fit and worst-case cost) when the request sets no maxTokens.
+#: Output tokens assumed (for the context fit) when the request sets no maxTokens.
 DEFAULT_OUTPUT_TOKENS = 1024
+#: Output assumed for the worst-case cost of a model whose maximum output is unknown.
+UNBOUNDED_OUTPUT_TOKENS = 8192
 _KEYED_KINDS = {"openai", "anthropic"}
 
 #: ``classify(prompt, system, context) -> (task_type, complexity, signals)``
@@ -55,12 +58,19 @@ class Decision:
     output_tokens: int = DEFAULT_OUTPUT_TOKENS
     #: Every candidate considered, with its score or the reason it was excluded.
     ranking: tuple[Scored, ...] = field(default_factory=tuple)
+    #: A true upper bound of the prompt's tokens (one per UTF-8 byte), for the budget.
+    prompt_bound: int = 0
+    #: ``maxTokens`` as the request gave it (None: the model may use its whole output).
+    requested_max_tokens: int | None = None
 
     def worst_case_cost(self, profile: ModelProfile) -> float:
-        """What one attempt on ``profile`` can cost at most (prompt estimate + all output)."""
+        """What one attempt on ``profile`` can cost at most: every prompt byte a token, and
+        all the output the model may produce (``maxTokens``, else its maximum output)."""
         if profile.local:
             return 0.0
-        return (self.prompt_tokens * profile.input_per_1m + self.output_tokens * profile.output_per_1m) / 1e6
+        output = self.requested_max_tokens or profile.max_output_tokens or UNBOUNDED_OUTPUT_TOKENS
+        bound = self.prompt_bound or self.prompt_tokens
+        return (bound * profile.input_per_1m + output * profile.output_per_1m) / 1e6
 
 
 def effective_selection(selection: ModelSelection | None, cfg: ModelConfig) -> ModelSelection:
@@ -88,12 +98,16 @@ def _context_text(context: Any) -> str:
     return orjson.dumps(context, option=orjson.OPT_INDENT_2).decode("utf-8")
 
 
-def request_tokens(request: ModelRequest) -> int:
-    """Prompt tokens of a request, erring high: every turn, the system prompt and context."""
+def _request_texts(request: ModelRequest) -> list[str]:
     texts = [request.prompt, request.system_prompt or "", _context_text(request.context)]
     texts.extend(turn.content for turn in request.messages or ())
+    return texts
+
+
+def request_tokens(request: ModelRequest) -> int:
+    """Prompt tokens of a request, erring high: every turn, the system prompt and context."""
     # A few tokens of framing per message, as chat templates add them.
-    return sum(estimate_tokens(t) for t in texts) + 4 * (len(request.messages or ()) + 2)
+    return sum(estimate_tokens(t) for t in _request_texts(request)) + 4 * (len(request.messages or ()) + 2)
 
 
 class Planner:
@@ -215,6 +229,8 @@ class Planner:
             prompt_tokens=need.prompt_tokens,
             output_tokens=need.output_tokens,
             ranking=tuple(ranking),
+            prompt_bound=prompt_tokens_upper_bound(_request_texts(request)),
+            requested_max_tokens=request.max_tokens,
         )
 
     def _task(self, request: ModelRequest) -> tuple[str, str, tuple[str, ...]]:

@@ -101,7 +101,8 @@ class StreamChunkParams(ResultModel):
 
 
 class BudgetAlertParams(ResultModel):
-    """``model:budget-alert``."""
+    """``model:budget-alert``: sent once per period when spending crosses the threshold,
+    and once more when it reaches the limit (then ``threshold`` is 1)."""
 
     period: str
     spent_usd: float
@@ -165,3 +166,33 @@ class SelectResult(ResultModel):
     reasons: list[str]
     candidates: list[SelectCandidate] = Field(description="Every model considered, best first; excluded last.")
     fallbacks: list[str] = Field(description="provider/model in the order they would be tried after the first.")
+
+
+class UsagePeriod(ResultModel):
+    period_start: str
+    period_end: str
+    spent_usd: float
+    reserved_usd: float = Field(description="Held by calls in flight (their worst-case cost).")
+    limit_usd: float | None
+    remaining_usd: float | None = Field(description="max(0, limit - spent - reserved); null without a limit.")
+    over: bool
+    alert_sent: bool
+
+
+class UsageEntry(ResultModel):
+    spent_usd: float
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class UsageResult(ResultModel):
+    """``model:usage``: spend in the current day and month, limits, and where it went."""
+
+    timezone: str
+    daily: UsagePeriod
+    monthly: UsagePeriod
+    by_provider: dict[str, UsageEntry] = Field(description="This month, per provider.")
+    by_model: dict[str, UsageEntry] = Field(description="This month, per provider/model.")
+    block_on_limit: bool
+    alert_threshold: float

@@ -25,6 +25,7 @@ from sidecar.wire.methods import (
     SelectResult,
     SetConfigParams,
     StreamChunkParams,
+    UsageResult,
 )
 from sidecar.wire.model import ModelResponse
 
@@ -39,6 +40,7 @@ METHODS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
     "model:set-config": (SetConfigParams, ModelConfig),
     "model:health": (EmptyParams, HealthResult),
     "model:select": (SelectParams, SelectResult),
+    "model:usage": (EmptyParams, UsageResult),
     "sidecar:shutdown": (EmptyParams, EmptyResult),
 }
 
