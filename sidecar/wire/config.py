@@ -19,8 +19,8 @@ from sidecar.wire.model import Priority
 __all__ = [
     "BudgetConfig",
     "CustomProviderEntry",
-    "ModelOverride",
     "ModelConfig",
+    "ModelOverride",
     "ProviderEntry",
     "ProvidersConfig",
     "RateLimitConfig",

@@ -44,7 +44,7 @@ async def test_a_burst_against_a_tiny_budget_never_overshoots(tmp_path: Path) ->
 
 
 async def test_a_refused_cloud_call_falls_to_a_free_local_model(tmp_path: Path) -> None:
-    rig, budget, ledger = with_budget(tmp_path, limit=0.0000001)
+    rig, _budget, ledger = with_budget(tmp_path, limit=0.0000001)
     outcome = await rig.router.generate(req(maxTokens=100), rig.decision("openai", "ollama"))
     assert outcome.candidate.provider == "ollama"
     assert outcome.attempts[0]["error"]["type"] == "BudgetExceededError"
