@@ -12,7 +12,7 @@ import argparse
 
 from sidecar.core.classifier import TASK_TYPES
 
-from .dataset import COMPLEXITIES, FRESH, FRESH2, Evaluation, evaluate, format_matrix, load
+from .dataset import BLIND_SETS, COMPLEXITIES, Evaluation, evaluate, format_matrix, load
 
 
 def summary(name: str, ev: Evaluation) -> str:
@@ -27,18 +27,15 @@ def summary(name: str, ev: Evaluation) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--train-mistakes", action="store_true", help="list misclassified train prompts")
-    parser.add_argument("--fresh2", action="store_true", help="also score the second blind set")
     args = parser.parse_args()
     train = evaluate(load("train"))
     heldout = evaluate(load("heldout"))
     print(summary("train", train))
     print()
     print(summary("heldout", heldout))
-    print()
-    print(summary("fresh round 1 (blind run: 0.72; used for tuning since)", evaluate(load(path=FRESH))))
-    if args.fresh2:
+    for path, about in BLIND_SETS:
         print()
-        print(summary("fresh round 2 (blind, never tuned on)", evaluate(load(path=FRESH2))))
+        print(summary(f"{path.name} ({about})", evaluate(load(path=path))))
     if args.train_mistakes:
         print("\n== train mistakes")
         for ex, got in train.mistakes:
