@@ -5,7 +5,8 @@
 Times ``classify()`` over every prompt of ``tests/classifier/prompts.jsonl`` (with its
 system prompt and context), ``--reps`` times, each call timed on its own; also the cold
 import of the module in a fresh interpreter. Reports accuracy per split, the confusion
-matrices and mean / p50 / p99 microseconds per prompt, and writes
+matrices, accuracy on the blind sets (see tests/classifier/README.md) and mean / p50 / p99
+microseconds per prompt, and writes
 ``bench/results-classifier.json``. These 2-core machines are noisy: the minimum over
 rounds of the per-round mean is reported next to the overall figures.
 """
@@ -27,7 +28,7 @@ OUT = Path(__file__).resolve().parent / "results-classifier.json"
 sys.path.insert(0, str(REPO))
 
 from sidecar.core.classifier import TASK_TYPES, classify  # noqa: E402
-from tests.classifier.dataset import COMPLEXITIES, evaluate, format_matrix, load  # noqa: E402
+from tests.classifier.dataset import BLIND_SETS, COMPLEXITIES, evaluate, format_matrix, load  # noqa: E402
 
 
 def cold_import_ms() -> float:
@@ -78,6 +79,13 @@ def main() -> None:
               f"complexity accuracy {ev.complexity_accuracy:.3f}")
         print(format_matrix(ev.confusion, TASK_TYPES))
         print(format_matrix(ev.complexity_confusion, COMPLEXITIES))
+    blind = {}
+    for path, about in BLIND_SETS:
+        ev = evaluate(load(path=path))
+        blind[path.name] = {"about": about, "n": ev.n, "accuracy": round(ev.accuracy, 4),
+                            "complexity_accuracy": round(ev.complexity_accuracy, 4), "confusion": ev.confusion}
+        print(f"{path.name}: {ev.n} prompts, task accuracy {ev.accuracy:.3f} ({about})")
+    results["blind_sets"] = blind
     print(f"classify(): mean {timing['mean_us']} us, p50 {timing['p50_us']} us, p99 {timing['p99_us']} us, "
           f"max {timing['max_us']} us over {timing['calls']} calls; best round mean {timing['best_round_mean_us']} us;"
           f" cold import {timing['cold_import_ms']} ms")

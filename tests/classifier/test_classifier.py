@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import sidecar.core.classifier as clf
 from sidecar.core.classifier import TASK_TYPES, Classification, classify
 
-from .dataset import COMPLEXITIES, evaluate, format_matrix, load
+from .dataset import BLIND_SETS, COMPLEXITIES, evaluate, format_matrix, load
 from .report import summary
 from .train import DATA, all_heads, fit
 
@@ -73,6 +73,14 @@ def test_heldout_accuracy() -> None:
     assert heldout.n >= 70
     assert heldout.accuracy >= 0.90
     assert train.accuracy >= 0.90
+
+
+def test_blind_sets_do_not_regress() -> None:
+    """Prompts written after the rules (see README): a floor against regressions, not a tuning target."""
+    for path, about in BLIND_SETS:
+        ev = evaluate(load(path=path))
+        print(f"{path.name}: {ev.accuracy:.3f} ({about})")
+        assert ev.accuracy >= 0.80, path.name
 
 
 # ----------------------------------------------------------------------------- unnamed tasks
