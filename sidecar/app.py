@@ -25,6 +25,7 @@ from sidecar.core.budget import BudgetManager
 from sidecar.core.config import ConfigManager
 from sidecar.core.planner import Planner
 from sidecar.core.pool import ProviderPool
+from sidecar.core.ratelimit import LimiterBook
 from sidecar.core.registry import Catalog, ModelRegistry
 from sidecar.core.router import Router
 from sidecar.core.stats import StatsBook
@@ -35,6 +36,7 @@ from sidecar.secrets import Redactor
 from sidecar.store.ledger import Ledger
 from sidecar.transport.dispatcher import Dispatcher, RequestId
 from sidecar.transport.stdio import EndOfInput, LineReader, LineWriter
+from sidecar.wire.config import ModelConfig, ProviderEntry
 from sidecar.wire.methods import GenerateParams
 
 __all__ = ["SHUTDOWN_BUDGET_S", "Services", "serve"]
@@ -59,6 +61,7 @@ class Services:
     registry: ModelRegistry
     budget: BudgetManager
     ledger: Ledger
+    limits: LimiterBook
     dispatcher: Dispatcher | None = None
     #: Sends a notification to the host (set once the writer runs).
     notify: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
@@ -90,9 +93,12 @@ class Services:
         budget = BudgetManager(ledger, lambda: config.config.budget, timezone=config.config.budget.timezone,
                                on_alert=alert)
         config.on_change(lambda cfg: budget.set_timezone(cfg.budget.timezone))
-        router = Router(pool, lambda: config.config, stats, planner, budget=budget)
+        limits = LimiterBook()
+        _configure_limits(limits, config.config)
+        config.on_change(lambda cfg: _configure_limits(limits, cfg))
+        router = Router(pool, lambda: config.config, stats, planner, budget=budget, limits=limits)
         services = cls(config=config, pool=pool, router=router, stats=stats, registry=registry,
-                       budget=budget, ledger=ledger)
+                       budget=budget, ledger=ledger, limits=limits)
         return services
 
     def check_response_format(self, params: GenerateParams) -> None:
@@ -188,6 +194,18 @@ async def serve(
             log.warning("provider_close_timeout")
         await writer.drain_and_close(timeout=0.4)
         stop_wait.cancel()
+
+
+def _configure_limits(book: LimiterBook, cfg: ModelConfig) -> None:
+    entries: dict[str, ProviderEntry] = {
+        "openai": cfg.providers.openai, "anthropic": cfg.providers.anthropic, "ollama": cfg.providers.ollama,
+        **cfg.providers.custom,
+    }
+    book.configure(
+        {name: entry.rate_limit for name, entry in entries.items()},
+        {(name, model): limit for name, entry in entries.items()
+         for model, limit in (entry.model_rate_limits or {}).items()},
+    )
 
 
 def _classify(prompt: str, system: str | None, context: object) -> tuple[str, str, tuple[str, ...]]:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from sidecar.providers.base import Provider
 from sidecar.transport.dispatcher import Channel, RequestContext
-from sidecar.wire.methods import EmptyParams, HealthResult, ProviderHealth, ProviderRateLimit
+from sidecar.wire.methods import EmptyParams, HealthResult, LimiterState, ProviderHealth, ProviderRateLimit
 
 if TYPE_CHECKING:
     from sidecar.app import Services
@@ -32,6 +32,7 @@ def channels(services: Services) -> list[Channel]:
         enabled = services.pool.settings()
         providers = [p for name in enabled if (p := services.pool.get(name)) is not None]
         probes = await asyncio.gather(*(probe(p) for p in providers))
+        limiters = services.limits.states()
         result: dict[str, ProviderHealth] = {}
         for provider, (available, problem) in zip(providers, probes, strict=True):
             stats = services.stats.get(provider.name)
@@ -49,6 +50,11 @@ def channels(services: Services) -> list[Channel]:
                     resetRequestsMs=snapshot.reset_requests_ms,
                     resetTokensMs=snapshot.reset_tokens_ms,
                 ) if snapshot else None,
+                coolDownMs=services.stats.down_for_ms(provider.name),
+                limiter=LimiterState.model_validate(limiters[provider.name]) if provider.name in limiters else None,
+                modelLimiters={key.split("/", 1)[1]: LimiterState.model_validate(state)
+                               for key, state in limiters.items()
+                               if key.startswith(provider.name + "/")} or None,
             )
         for name in services.config.config.provider_names():
             if name not in result:

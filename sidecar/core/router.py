@@ -32,7 +32,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,6 +41,7 @@ import structlog
 
 from sidecar.core.planner import Decision, Planner
 from sidecar.core.pool import ProviderPool
+from sidecar.core.ratelimit import RateLimiter, acquire_all
 from sidecar.core.registry import ModelProfile
 from sidecar.core.selector import estimate_tokens
 from sidecar.core.stats import PROVIDER_WIDE_ERRORS, StatsBook
@@ -52,7 +53,14 @@ from sidecar.errors import (
     ProviderError,
     RateLimitError,
 )
-from sidecar.providers.base import ChatMessage, Completion, Provider, ProviderRequest, Usage
+from sidecar.providers.base import (
+    ChatMessage,
+    Completion,
+    Provider,
+    ProviderRequest,
+    RateLimitSnapshot,
+    Usage,
+)
 from sidecar.providers.http import DEFAULT_TIMEOUT_MS
 from sidecar.wire.config import ModelConfig
 from sidecar.wire.model import ModelRequest, ModelSelection
@@ -90,20 +98,14 @@ class Budget(Protocol):
     async def release(self, reservation: Any) -> None: ...
 
 
-class Permit(Protocol):
-    def release(self, actual_tokens: int | None = None) -> None: ...
-
-
-class Limiter(Protocol):
-    async def acquire(self, tokens: int = 0, *, max_wait_s: float | None = None) -> Permit: ...
-
-    def pause_for(self, ms: float, *, reason: str) -> None: ...
-
-    def observe(self, snapshot: Any) -> None: ...
-
-
 class Limits(Protocol):
-    def for_call(self, provider: str, model: str) -> list[Limiter]: ...
+    """What the router needs from the rate limiters (:class:`~sidecar.core.ratelimit.LimiterBook`)."""
+
+    def for_call(self, provider: str, model: str) -> list[RateLimiter]: ...
+
+    def pause_for(self, provider: str, model: str, ms: float, *, reason: str) -> None: ...
+
+    def observe(self, provider: str, model: str, snapshot: RateLimitSnapshot | None) -> None: ...
 
 
 @dataclass(slots=True)
@@ -191,6 +193,8 @@ class _Run:
     failed_wide: set[str]
     #: Text the current attempt has produced (for billing a cut stream).
     produced: list[str]
+    #: Tokens the last successful attempt really used (corrects the limiter's window).
+    used_tokens: int | None = None
 
 
 class Router:
@@ -281,7 +285,7 @@ class Router:
                 log.info("budget_skipped", provider=candidate.provider, model=candidate.model, error=exc.message)
                 return None  # a cheaper candidate may fit
             except ProviderError as exc:
-                local_limit = exc.extra.get("limiter") == "local"
+                local_limit = "limiter" in exc.extra
                 self._record_failure(run, candidate, exc, retry, measured=not local_limit)
                 if local_limit:
                     return None  # admission would take too long here: try the next candidate
@@ -329,36 +333,36 @@ class Router:
         if self.limits is None:
             yield
             return
-        limiters = self.limits.for_call(candidate.provider, candidate.model)
+        limits = self.limits
         remaining = max(0.0, run.deadline - self._clock())
         # Switch provider instead of waiting long, unless this is the last candidate.
         max_wait = remaining if last else min(remaining, MAX_RETRY_WAIT_MS / 1000)
         tokens = run.decision.prompt_tokens + run.decision.output_tokens
-        async with AsyncExitStack() as permits:
-            for limiter in limiters:
-                try:
-                    permit = await limiter.acquire(tokens, max_wait_s=max_wait)
-                except RateLimitError as exc:
-                    exc.extra["limiter"] = "local"  # our own limit, not the provider failing
-                    raise
-                permits.callback(permit.release)
-            try:
-                yield
-            except RateLimitError as exc:
-                if exc.retry_after_ms:
-                    for limiter in limiters:
-                        limiter.pause_for(exc.retry_after_ms, reason=exc.message)
-                raise
-            finally:
-                provider = self.pool.get(candidate.provider)
-                snapshot = provider.last_rate_limit if provider is not None else None
-                for limiter in limiters:
-                    limiter.observe(snapshot)
+        # Raises RateLimitError with data.limiter set when our own queue is full or the
+        # wait would be too long: the caller moves on without blaming the provider.
+        permits = await acquire_all(limits.for_call(candidate.provider, candidate.model), tokens,
+                                    max_wait_s=max_wait)
+        used: int | None = None
+        try:
+            yield
+            used = run.used_tokens
+        except RateLimitError as exc:
+            if exc.retry_after_ms:
+                # Every concurrent call to this provider/model waits, not just this one.
+                limits.pause_for(candidate.provider, candidate.model, exc.retry_after_ms, reason=exc.message)
+            raise
+        finally:
+            permits.release(actual_tokens=used)
+            provider = self.pool.get(candidate.provider)
+            limits.observe(candidate.provider, candidate.model,
+                           provider.last_rate_limit if provider is not None else None)
 
     async def _billed_attempt(self, run: _Run, provider: Provider, candidate: ModelProfile) -> Completion:
         """One attempt inside a budget reservation, settled to what was really used."""
         if self.budget is None:
-            return await self._attempt(run, provider, candidate)
+            completion = await self._attempt(run, provider, candidate)
+            run.used_tokens = completion.usage.total_tokens if completion.usage else None
+            return completion
         reservation = await self.budget.reserve(
             request_id=run.tag, provider=candidate.provider, model=candidate.model,
             amount_usd=run.decision.worst_case_cost(candidate))
@@ -371,6 +375,7 @@ class Router:
             await asyncio.shield(self._settle_partial(run, candidate, reservation, outcome))
             raise
         usage = completion.usage
+        run.used_tokens = usage.total_tokens if usage else None
         estimated = usage is None
         if usage is None:  # a server that reports no usage: bill the estimate
             usage = Usage(run.decision.prompt_tokens, estimate_tokens(completion.content))

@@ -50,6 +50,8 @@ class ProviderEntry(ParamsModel):
     headers: dict[str, str] | None = None
     timeout_ms: int | None = Field(default=None, ge=100, le=3_600_000)
     rate_limit: RateLimitConfig | None = None
+    #: Extension: limits of single models, applied on top of the provider's ``rateLimit``.
+    model_rate_limits: dict[str, RateLimitConfig] | None = None
 
     @field_validator("base_url")
     @classmethod

@@ -69,6 +69,22 @@ class ProviderRateLimit(ResultModel):
     )
 
 
+class LimiterState(ResultModel):
+    """A local rate limiter: what is in flight, queued, used in the window, and paused."""
+
+    in_flight: int
+    queued: int
+    window_requests: int
+    window_tokens: int
+    max_requests: int | None = None
+    max_tokens: int | None = None
+    max_concurrent: int | None = None
+    window_ms: int | None = None
+    paused_for_ms: int = 0
+    pause_reason: str | None = None
+    estimated_wait_ms: int | None = None
+
+
 class ProviderHealth(ResultModel):
     available: bool
     enabled: bool
@@ -76,7 +92,13 @@ class ProviderHealth(ResultModel):
     last_error: str | None = None
     latency_ms_p50: float | None = Field(default=None, alias="latencyMsP50")
     error_rate: float | None = None
-    rate_limit: ProviderRateLimit | None = None
+    rate_limit: ProviderRateLimit | None = Field(
+        default=None, description="What the provider's own rate-limit headers said last.")
+    cool_down_ms: int = Field(
+        default=0, description="Time left before routing tries this provider again after failures (0: none).")
+    limiter: LimiterState | None = Field(default=None, description="The sidecar's own limiter for this provider.")
+    model_limiters: dict[str, LimiterState] | None = Field(
+        default=None, description="Per-model limiters configured with modelRateLimits.")
 
 
 class HealthResult(ResultModel):

@@ -53,7 +53,7 @@ def test_set_config_patches_validates_and_writes_0600(spawn: Spawn) -> None:
     path: Path = sidecar.data_dir / "config.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stored(sidecar)["providers"]["anthropic"]["apiKey"] == ANTHROPIC_KEY
-    assert [p.name for p in sidecar.data_dir.iterdir()] == ["config.json"]  # no temp file left
+    assert [p.name for p in sidecar.data_dir.glob("config.json*")] == ["config.json"]  # no temp file left
     # Sending the redacted preview back keeps the stored key.
     sidecar.result("model:set-config", {"config": {"providers": result["providers"]}})
     assert stored(sidecar)["providers"]["anthropic"]["apiKey"] == ANTHROPIC_KEY
@@ -166,4 +166,4 @@ def test_a_cancelled_set_config_leaves_file_and_memory_in_agreement(spawn: Spawn
     path = sidecar.data_dir / "config.json"
     on_disk = stored(sidecar)["providers"]["ollama"]["defaultModel"] if path.exists() else "llama3.2"
     assert in_memory == on_disk
-    assert [p.name for p in sidecar.data_dir.iterdir() if p.name != "config.json"] == []
+    assert [p.name for p in sidecar.data_dir.glob("config.json.*")] == []

@@ -224,7 +224,8 @@ def test_local_only_never_contacts_remote_providers(spawn: Spawn, fakes: dict[st
 def test_set_config_switches_the_default_provider_live(spawn: Spawn, fakes: dict[str, Any]) -> None:
     sidecar = spawn(fake_config(fakes))
     assert sidecar.result("model:generate", {"request": {"prompt": "a"}})["metadata"]["provider"] == "openai"
-    sidecar.result("model:set-config", {"config": {"defaultProvider": "ollama"}})
+    sidecar.result("model:set-config", {"config": {"defaultProvider": "ollama", "fallbackChain": []}})
+    sidecar.result("model:set-config", {"config": {"fallbackChain": ["ollama"]}})
     assert sidecar.result("model:generate", {"request": {"prompt": "a"}})["metadata"]["provider"] == "ollama"
 
 
