@@ -66,7 +66,7 @@ class Decision:
     def worst_case_cost(self, profile: ModelProfile) -> float:
         """What one attempt on ``profile`` can cost at most: every prompt byte a token, and
         all the output the model may produce (``maxTokens``, else its maximum output)."""
-        if profile.local:
+        if profile.input_per_1m == 0 and profile.output_per_1m == 0:
             return 0.0
         output = self.requested_max_tokens or profile.max_output_tokens or UNBOUNDED_OUTPUT_TOKENS
         bound = self.prompt_bound or self.prompt_tokens

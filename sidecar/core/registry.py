@@ -115,7 +115,7 @@ class ModelProfile:
     known: bool  # in the catalog, reported by the provider, or overridden
 
     def cost_usd(self, usage: Usage | None) -> float:
-        if self.local or usage is None:
+        if usage is None:
             return 0.0
         return (usage.prompt_tokens * self.input_per_1m + usage.completion_tokens * self.output_per_1m) / 1e6
 
@@ -174,6 +174,11 @@ class ModelRegistry:
             caps = set(override.capabilities)
         if settings.local:
             caps.add("local")
+        # Local models cost nothing, unless the user priced one explicitly (a rented GPU
+        # behind an SSH tunnel is "local" to the network, not free).
+        priced_by_user = override is not None and (override.input_per_1m is not None
+                                                    or override.output_per_1m is not None)
+        free = settings.local and not priced_by_user
         tier = (override.tier if override and override.tier else None) or (entry.tier if entry else None) or (
             infer_tier(model_id, local=settings.local)
         )
@@ -184,11 +189,11 @@ class ModelRegistry:
             local=settings.local,
             context_window=window,
             max_output_tokens=max_out,
-            input_per_1m=0.0 if settings.local else (input_price or 0.0),
-            output_per_1m=0.0 if settings.local else (output_price or 0.0),
+            input_per_1m=0.0 if free else (input_price or 0.0),
+            output_per_1m=0.0 if free else (output_price or 0.0),
             capabilities=frozenset(caps),
             tier=tier,
-            priced=settings.local or (input_price is not None and output_price is not None),
+            priced=free or (input_price is not None and output_price is not None),
             deprecated=bool(entry and entry.deprecated),
             known=bool(entry or reported or override),
         )

@@ -123,7 +123,7 @@ class Scored:
         if self.excluded:
             return f"{c.provider}/{c.model}: excluded, {self.excluded}"
         parts = ", ".join(f"{name} {value:.2f}" for name, value in self.factors.items())
-        cost = "free (local)" if c.local else f"~${self.estimated_cost_usd:.4f}"
+        cost = "free" if self.estimated_cost_usd == 0 and c.priced else f"~${self.estimated_cost_usd:.4f}"
         return f"{c.provider}/{c.model}: score {self.score:.3f} ({parts}; {c.tier} tier, {cost})"
 
 
@@ -138,8 +138,6 @@ def _task_fit(candidate: Candidate, need: Need) -> float:
 
 
 def _cost(candidate: Candidate, need: Need) -> float:
-    if candidate.local:
-        return 0.0
     return (need.prompt_tokens * candidate.input_per_1m + need.output_tokens * candidate.output_per_1m) / 1e6
 
 

@@ -60,6 +60,7 @@ class SidecarProcess:
             cwd=REPO,
         )
         self.raw_lines: list[bytes] = []
+        self.unterminated = b""
         self.messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.backlog: list[dict[str, Any]] = []
         self.stderr = bytearray()
@@ -84,8 +85,8 @@ class SidecarProcess:
             for line in lines:
                 self.raw_lines.append(line)
                 self.messages.put(json.loads(line))
-        if buffer:
-            self.raw_lines.append(buffer)  # an unterminated last line is a framing bug
+        # An unterminated last line is a framing bug, unless the process was killed mid-write.
+        self.unterminated = buffer
         self.messages.put(None)
 
     def _read_stderr(self) -> None:
@@ -190,6 +191,8 @@ class SidecarProcess:
         for secret in self.secrets:
             assert secret.encode() not in out, "an API key reached stdout"
             assert secret.encode() not in bytes(self.stderr), "an API key reached stderr"
+        if self.proc.returncode == 0:
+            assert self.unterminated == b"", "the last stdout line has no newline"
         for line in self.raw_lines:
             json.loads(line)
             assert b"\r" not in line
