@@ -157,6 +157,8 @@ class BudgetManager:
         self._zone = resolve_timezone(timezone)
         self._on_alert = on_alert
         self._open: dict[int, Reservation] = {}
+        #: Ids of free in-memory reservations count down from -1 (database ids are > 0).
+        self._free_ids = 0
         self._alerted: set[tuple[str, str]] = set()
         self._background: set[asyncio.Future[Any]] = set()
 
@@ -172,6 +174,13 @@ class BudgetManager:
     async def reserve(self, *, request_id: str, provider: str, model: str, amount_usd: float) -> Reservation:
         """Hold ``amount_usd`` (the call's worst case) or raise ``BudgetExceededError``."""
         amount = usd_to_micros(amount_usd)
+        if amount == 0:
+            # A free call (local model) cannot push spending anywhere: hold it in memory
+            # only, and write just its usage row at settle (one commit instead of two).
+            self._free_ids -= 1
+            free = Reservation(self._free_ids, request_id, provider, model, 0, False)
+            self._open[free.id] = free
+            return free
         cfg = self._config()
         now = self._now_utc()
         limited = [(p, limit) for p, limit in zip(periods_at(now, self._zone),
@@ -297,16 +306,21 @@ class BudgetManager:
 
     async def _settle(self, reservation: Reservation, record: UsageRecord) -> None:
         try:
-            await self._ledger.settle(reservation.id, record)
+            await self._ledger.settle(reservation.id if reservation.id > 0 else None, record)
         except BaseException:
             self._open[reservation.id] = reservation  # nothing written: still held
             raise
         if record.cost_micros > reservation.amount_micros:
             log.warning("budget_settled_over_reservation", request_id=record.request_id,
                         reserved_micros=reservation.amount_micros, cost_micros=record.cost_micros)
-        await self._check_alerts()
+        if record.cost_micros > 0:
+            # Off the request's path: the answer waits for the usage row's commit, not
+            # for the alert queries (drain() still waits for them).
+            self._spawn(self._check_alerts())
 
     async def _release(self, reservation: Reservation) -> None:
+        if reservation.id < 0:
+            return  # a free reservation never reached the database
         try:
             await self._ledger.release(reservation.id)
         except BaseException:

@@ -32,6 +32,7 @@ async def spend(manager: BudgetManager, usd: float, *, provider: str = "openai",
     reservation = await manager.reserve(request_id="r", provider=provider, model=model,
                                         amount_usd=usd if reserve is None else reserve)
     await manager.settle(reservation, cost_usd=usd, prompt_tokens=10, completion_tokens=20)
+    await manager.drain()  # alerts are checked in the background, after the settle's commit
 
 
 # -- money ---------------------------------------------------------------------------------
