@@ -195,6 +195,8 @@ class _Run:
     produced: list[str]
     #: Tokens the last successful attempt really used (corrects the limiter's window).
     used_tokens: int | None = None
+    #: The budget's refusal, if a candidate was skipped for it.
+    budget_error: BudgetExceededError | None = None
 
 
 class Router:
@@ -259,9 +261,10 @@ class Router:
                                  "error": {"type": timeout.type, "message": timeout.message}})
             run.errors.append(timeout)
             raise self._final_error(run, timeout) from exc
-        budget_refusals = [a for a in run.attempts if a.get("error", {}).get("type") == BudgetExceededError.type]
-        if budget_refusals and len(budget_refusals) == len(run.attempts):
-            raise BudgetExceededError(budget_refusals[0]["error"]["message"], attempts=run.attempts)
+        if run.budget_error is not None and not run.errors:
+            # Every candidate was refused by the budget: say so, with data.usage.
+            run.budget_error.attempts = run.attempts
+            raise run.budget_error
         if not run.errors:
             raise AllProvidersFailedError("no configured provider could be reached", attempts=run.attempts)
         raise self._final_error(run, run.errors[-1])
@@ -281,6 +284,7 @@ class Router:
                 async with self._admitted(run, candidate, last=last):
                     completion = await self._billed_attempt(run, provider, candidate)
             except BudgetExceededError as exc:
+                run.budget_error = exc
                 run.attempts.append(_attempt_record(candidate, exc))
                 log.info("budget_skipped", provider=candidate.provider, model=candidate.model, error=exc.message)
                 return None  # a cheaper candidate may fit

@@ -155,6 +155,13 @@ class ErrorData(ResultModel):
     attempts: list[dict[str, Any]] | None = None
     errors: list[ValidationIssue] | None = Field(default=None, description="InvalidParams only.")
     partial_content: str | None = Field(default=None, description="Text already streamed before a failure.")
+    usage: dict[str, Any] | None = Field(default=None, description="BudgetExceededError: the model:usage result.")
+    context_too_long: bool | None = Field(default=None, description="ValidationError: the context did not fit.")
+    limiter: str | None = Field(default=None, description="RateLimitError from the sidecar's own limiter: its name.")
+    reason: str | None = Field(default=None, description="Own limiter: queueFull | waitTooLong | waitTimedOut.")
+    provider_type: str | None = Field(default=None, description="The provider's own error type, when it sent one.")
+    provider_code: str | None = Field(default=None, description="The provider's own error code, when it sent one.")
+    id: int | str | None = Field(default=None, description="InvalidRequest for a duplicate: the id in flight.")
 
 
 class SelectParams(ParamsModel):

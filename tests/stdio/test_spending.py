@@ -153,3 +153,12 @@ def test_a_local_limit_that_would_wait_too_long_is_a_rate_limit_error(spawn: Spa
     health = sidecar.result("model:health")["providers"]["ollama"]
     assert health["limiter"]["maxRequests"] == 1 and health["limiter"]["windowRequests"] == 1
     assert health["coolDownMs"] == 0  # our own limit does not count against the provider
+
+
+def test_a_blocked_request_carries_the_usage(spawn: Spawn, fakes: dict[str, Any]) -> None:
+    sidecar = spawn(paid_config(fakes, daily=0.00001))
+    error = sidecar.call("model:generate", {"request": {"prompt": "hi", "maxTokens": 5}})["error"]
+    assert (error["code"], error["data"]["type"]) == (-32006, "BudgetExceededError")
+    assert error["data"]["usage"]["daily"]["limitUsd"] == 0.00001
+    assert error["data"]["attempts"][0]["provider"] == "local-llm"
+    assert fakes["local-llm"].requests == []
