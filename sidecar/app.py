@@ -151,6 +151,10 @@ async def serve(
     if early_stop is not None and early_stop.is_set():
         services.stop.set()  # the signal came while we were still importing
 
+    from sidecar.channels.models import refresh_local_models
+
+    # Not awaited: requests are served meanwhile; the registry fills in as answers come.
+    refresh = loop.create_task(refresh_local_models(services))
     stop_wait = loop.create_task(services.stop.wait())
     reason = "shutdown"
     try:
@@ -194,6 +198,7 @@ async def serve(
             log.warning("provider_close_timeout")
         await writer.drain_and_close(timeout=0.4)
         stop_wait.cancel()
+        refresh.cancel()
 
 
 def _configure_limits(book: LimiterBook, cfg: ModelConfig) -> None:

@@ -20,7 +20,7 @@ from sidecar.wire.model import Capability, CostPer1k, ModelInfo
 if TYPE_CHECKING:
     from sidecar.app import Services
 
-__all__ = ["channels"]
+__all__ = ["channels", "fetch_models", "refresh_local_models"]
 
 CACHE_TTL_S = 60.0
 LIST_TIMEOUT_S = 5.0
@@ -52,6 +52,27 @@ async def _with_details(provider: Provider, models: list[ProviderModel]) -> list
     return list(await asyncio.gather(*(detail(m) for m in models)))
 
 
+async def fetch_models(services: Services, provider: Provider) -> list[ProviderModel] | None:
+    """Ask a provider for its chat models and tell the registry; None if unreachable."""
+    try:
+        async with asyncio.timeout(LIST_TIMEOUT_S):
+            reported = await provider.list_models()
+            chat = [m for m in reported if _is_chat_model(provider, m.id)]
+            if provider.settings.kind == "ollama":
+                chat = await _with_details(provider, chat)
+    except (SidecarError, TimeoutError):
+        return None
+    services.registry.report(provider.name, chat)
+    return chat
+
+
+async def refresh_local_models(services: Services) -> None:
+    """At start-up: learn local models' real windows (``/api/show``, ``n_ctx_train``)
+    before the first request needs them; remote providers are not contacted."""
+    providers = [p for name in services.pool.settings() if (p := services.pool.get(name)) and p.is_local]
+    await asyncio.gather(*(fetch_models(services, p) for p in providers))
+
+
 def channels(services: Services) -> list[Channel]:
     #: name → (when, the provider object asked, its models); a provider replaced by a
     #: config change is a different object, so its old answer is never served.
@@ -78,16 +99,10 @@ def channels(services: Services) -> list[Channel]:
 
     async def provider_models(provider: Provider) -> list[ModelInfo]:
         settings = provider.settings
-        try:
-            async with asyncio.timeout(LIST_TIMEOUT_S):
-                reported = await provider.list_models()
-        except (SidecarError, TimeoutError):
+        chat = await fetch_models(services, provider)
+        if chat is None:
             wanted = dict.fromkeys([settings.default_model, *settings.models])
             return [info(provider, model_id, False) for model_id in wanted]
-        chat = [m for m in reported if _is_chat_model(provider, m.id)]
-        if settings.local and settings.kind == "ollama":
-            chat = await _with_details(provider, chat)
-        services.registry.report(provider.name, chat)
         return [info(provider, m.id, True) for m in chat]
 
     async def list_models(params: ListModelsParams, _ctx: RequestContext) -> ListModelsResult:

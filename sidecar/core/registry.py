@@ -146,11 +146,15 @@ class ModelRegistry:
         return [model for (name, model) in self._reported if name == provider]
 
     def reported_model(self, provider: str, model_id: str) -> ProviderModel | None:
-        return self._reported.get((provider, model_id))
+        found = self._reported.get((provider, model_id))
+        if found is None and ":" not in model_id:
+            # Ollama names "llama3.2" and "llama3.2:latest" the same model.
+            found = self._reported.get((provider, model_id + ":latest"))
+        return found
 
     def profile(self, settings: ProviderSettings, model_id: str) -> ModelProfile:
         entry = self.catalog.lookup(settings.kind, model_id)
-        reported = self._reported.get((settings.name, model_id))
+        reported = self.reported_model(settings.name, model_id)
         override = self._overrides().get(f"{settings.name}/{model_id}")
         window = (
             (override.context_window if override else None)

@@ -78,3 +78,23 @@ def test_a_config_change_invalidates_cached_models(spawn: Spawn, fakes: dict[str
         sidecar.result("model:set-config", {"config": {"providers": {"ollama": {"baseURL": other.base_url}}}})
         after = {m["id"] for m in sidecar.result("model:list-models", {"provider": "ollama"})["models"]}
     assert "llama3.2:latest" in before and after == {"phi4:latest"}
+
+
+def test_local_windows_reported_by_the_server_reach_the_selector(spawn: Spawn) -> None:
+    import time
+
+    from tests.fakes import FakeServer
+
+    with FakeServer("ollama", context_lengths={"llama3.2:latest": 65536}).start() as ollama:
+        sidecar = spawn({"providers": {"ollama": {"baseURL": ollama.base_url}},
+                         "defaultProvider": "ollama", "fallbackChain": ["ollama"]})
+        deadline = time.monotonic() + 10
+        window = None
+        while time.monotonic() < deadline:
+            result = sidecar.result("model:select", {"request": {"prompt": "hi"}})
+            window = result["candidates"][0]["contextWindow"]
+            if window == 65536:
+                break
+            time.sleep(0.1)
+        assert window == 65536  # learnt from /api/show at start-up, without a list-models call
+        assert any(r.path == "/api/show" for r in ollama.all_requests)
