@@ -34,7 +34,8 @@ from sidecar.providers.base import ProviderSettings
 from sidecar.wire.config import ModelConfig
 from sidecar.wire.model import ModelRequest, ModelSelection
 
-__all__ = ["DEFAULT_OUTPUT_TOKENS", "Classify", "Decision", "Planner", "effective_selection", "request_tokens"]
+__all__ = ["DEFAULT_OUTPUT_TOKENS", "Classify", "Decision", "Planner", "context_text", "effective_selection",
+           "request_tokens"]
 
 #: Output tokens assumed (for the context fit) when the request sets no maxTokens.
 DEFAULT_OUTPUT_TOKENS = 1024
@@ -90,7 +91,8 @@ def effective_selection(selection: ModelSelection | None, cfg: ModelConfig) -> M
     return selection.model_copy(update={k: v for k, v in fallbacks.items() if k not in given})
 
 
-def _context_text(context: Any) -> str:
+def context_text(context: Any) -> str:
+    """``request.context`` as the model sees it: a string as is, anything else as JSON."""
     if context is None:
         return ""
     if isinstance(context, str):
@@ -99,7 +101,7 @@ def _context_text(context: Any) -> str:
 
 
 def _request_texts(request: ModelRequest) -> list[str]:
-    texts = [request.prompt, request.system_prompt or "", _context_text(request.context)]
+    texts = [request.prompt, request.system_prompt or "", context_text(request.context)]
     texts.extend(turn.content for turn in request.messages or ())
     return texts
 

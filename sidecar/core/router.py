@@ -36,12 +36,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import orjson
 import structlog
 
-from sidecar.core.planner import Decision, Planner
+from sidecar.core.planner import Decision, Planner, context_text
 from sidecar.core.pool import ProviderPool
-from sidecar.core.ratelimit import RateLimiter, acquire_all
+from sidecar.core.ratelimit import RateLimiter, acquire_all, retry_delay_ms
 from sidecar.core.registry import ModelProfile
 from sidecar.core.selector import estimate_tokens
 from sidecar.core.stats import PROVIDER_WIDE_ERRORS, StatsBook
@@ -66,22 +65,17 @@ from sidecar.wire.config import ModelConfig
 from sidecar.wire.model import ModelRequest, ModelSelection
 
 __all__ = [
-    "BACKOFF_BASE_MS",
-    "BACKOFF_CAP_MS",
     "MAX_RETRY_WAIT_MS",
     "Budget",
     "Limits",
     "Outcome",
     "Router",
     "StreamSink",
-    "backoff_ms",
     "to_provider_request",
 ]
 
 log = structlog.get_logger("sidecar.router")
 
-BACKOFF_BASE_MS = 500
-BACKOFF_CAP_MS = 8_000
 #: A provider asking to be left alone longer than this is skipped for the next candidate.
 MAX_RETRY_WAIT_MS = 30_000
 DEFAULT_MAX_RETRIES = 2
@@ -125,18 +119,6 @@ class StreamSink(Protocol):
     async def __call__(self, content: str, model: str | None, *, restart: bool = False) -> None: ...
 
 
-def backoff_ms(retry_index: int, strategy: str, rand: float) -> float:
-    """Wait before retry number ``retry_index`` (0-based), with up to 25 % jitter off."""
-    steps = 2**retry_index if strategy == "exponential" else retry_index + 1
-    return min(BACKOFF_BASE_MS * steps, BACKOFF_CAP_MS) * (0.75 + 0.25 * rand)
-
-
-def _context_text(context: Any) -> str:
-    if isinstance(context, str):
-        return context
-    return orjson.dumps(context, option=orjson.OPT_INDENT_2).decode("utf-8")
-
-
 def to_provider_request(request: ModelRequest, model: str) -> ProviderRequest:
     """The provider-neutral request for one model.
 
@@ -146,7 +128,7 @@ def to_provider_request(request: ModelRequest, model: str) -> ProviderRequest:
     messages = [ChatMessage(turn.role, turn.content) for turn in request.messages or ()]
     prompt = request.prompt
     if request.context is not None:
-        prompt = f"Context:\n{_context_text(request.context)}\n\n{prompt}" if prompt else _context_text(
+        prompt = f"Context:\n{context_text(request.context)}\n\n{prompt}" if prompt else context_text(
             request.context
         )
     if prompt:
@@ -303,7 +285,7 @@ class Router:
                     if exc.type in PROVIDER_WIDE_ERRORS:
                         run.failed_wide.add(candidate.provider)  # its other models would fail alike
                     return None
-                wait = max(backoff_ms(retry, strategy, self._rand()), exc.retry_after_ms or 0)
+                wait = retry_delay_ms(retry, strategy, self._rand(), exc.retry_after_ms)
                 if wait > MAX_RETRY_WAIT_MS or self._clock() + wait / 1000 > run.deadline:
                     log.info("retry_skipped", provider=candidate.provider, wait_ms=round(wait))
                     return None

@@ -11,8 +11,9 @@ import pytest
 from sidecar.core.config import config_from_doc
 from sidecar.core.planner import Decision, Planner
 from sidecar.core.pool import ProviderPool
+from sidecar.core.ratelimit import BACKOFF_BASE_MS, retry_delay_ms
 from sidecar.core.registry import Catalog, ModelRegistry
-from sidecar.core.router import BACKOFF_BASE_MS, Router, backoff_ms
+from sidecar.core.router import Router
 from sidecar.core.stats import StatsBook
 from sidecar.errors import (
     AllProvidersFailedError,
@@ -91,11 +92,11 @@ async def generate(rig: Rig, request: ModelRequest | None = None, decision: Deci
 
 
 def test_backoff_grows_and_is_capped() -> None:
-    assert backoff_ms(0, "exponential", 1.0) == BACKOFF_BASE_MS
-    assert backoff_ms(1, "exponential", 1.0) == 2 * BACKOFF_BASE_MS
-    assert backoff_ms(2, "linear", 1.0) == 3 * BACKOFF_BASE_MS
-    assert backoff_ms(30, "exponential", 1.0) == 8000
-    assert backoff_ms(1, "exponential", 0.0) == 0.75 * 2 * BACKOFF_BASE_MS
+    assert retry_delay_ms(0, "exponential", 1.0) == BACKOFF_BASE_MS
+    assert retry_delay_ms(1, "exponential", 1.0) == 2 * BACKOFF_BASE_MS
+    assert retry_delay_ms(2, "linear", 1.0) == 3 * BACKOFF_BASE_MS
+    assert retry_delay_ms(30, "exponential", 1.0) == 8000
+    assert retry_delay_ms(1, "exponential", 0.0) == 0.75 * 2 * BACKOFF_BASE_MS
 
 
 async def test_retry_then_success_records_every_attempt() -> None:

@@ -14,7 +14,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.core.ratelimit import DEFAULT_HOLD_S, Permit, RateLimiter, retry_delay_ms
-from sidecar.core.router import backoff_ms
 from sidecar.errors import RateLimitError
 from sidecar.providers.base import RateLimitSnapshot
 from tests.ratelimit.helpers import FakeClock, cfg, settle
@@ -452,11 +451,12 @@ def test_state_contents() -> None:
 
 @given(st.integers(0, 10), st.sampled_from(["linear", "exponential"]), st.floats(0, 1),
        st.none() | st.integers(0, 120_000))
-def test_retry_delay_matches_the_router_and_honours_retry_after(
+def test_retry_delay_grows_is_capped_and_honours_retry_after(
     retry: int, strategy: str, rand: float, retry_after: int | None
 ) -> None:
     delay = retry_delay_ms(retry, strategy, rand, retry_after)
-    assert delay == max(backoff_ms(retry, strategy, rand), retry_after or 0)
+    steps = 2**retry if strategy == "exponential" else retry + 1
+    assert delay == max(min(500 * steps, 8_000) * (0.75 + 0.25 * rand), retry_after or 0)
     assert delay >= 375  # never an immediate retry
     assert delay >= (retry_after or 0)
     assert delay <= max(8_000, retry_after or 0)
