@@ -264,6 +264,7 @@ class Router:
             run.tried.add(candidate.provider)
             try:
                 async with self._admitted(run, candidate, last=last):
+                    attempt_started = self._clock()
                     completion = await self._billed_attempt(run, provider, candidate)
             except BudgetExceededError as exc:
                 run.budget_error = exc
@@ -292,8 +293,10 @@ class Router:
                 await self._sleep(wait / 1000)
                 continue
             run.attempts.append(_attempt_record(candidate, None))
-            latency = (self._clock() - started) * 1000
-            self.stats.success(candidate.provider, latency, candidate.model)
+            now = self._clock()
+            latency = (now - started) * 1000
+            # The model's own speed: this attempt only, not earlier retries or queueing.
+            self.stats.success(candidate.provider, (now - attempt_started) * 1000, candidate.model)
             ttft = None
             if run.stream is not None and run.stream.first_chunk_at is not None:
                 ttft = (run.stream.first_chunk_at - started) * 1000
