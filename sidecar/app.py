@@ -29,7 +29,6 @@ from sidecar.core.ratelimit import LimiterBook
 from sidecar.core.registry import Catalog, ModelRegistry
 from sidecar.core.router import Router
 from sidecar.core.stats import StatsBook
-from sidecar.errors import InvalidParams
 from sidecar.providers import create_provider
 from sidecar.providers.http import HttpClientFactory
 from sidecar.secrets import Redactor
@@ -37,7 +36,6 @@ from sidecar.store.ledger import Ledger
 from sidecar.transport.dispatcher import Dispatcher, RequestId
 from sidecar.transport.stdio import EndOfInput, LineReader, LineWriter
 from sidecar.wire.config import ModelConfig, ProviderEntry
-from sidecar.wire.methods import GenerateParams
 
 __all__ = ["SHUTDOWN_BUDGET_S", "Services", "serve"]
 
@@ -100,14 +98,6 @@ class Services:
         services = cls(config=config, pool=pool, router=router, stats=stats, registry=registry,
                        budget=budget, ledger=ledger, limits=limits)
         return services
-
-    def check_response_format(self, params: GenerateParams) -> None:
-        """Refuse ``responseFormat`` until structured output is enforced (never a silent success)."""
-        if params.response_format is not None:
-            raise InvalidParams(
-                "responseFormat is not supported by this version of the sidecar",
-                errors=[{"path": "/responseFormat", "message": "not supported yet"}],
-            )
 
     async def begin_shutdown(self, *, keep: RequestId | None = None) -> None:
         """Stop accepting, cancel in-flight requests (answered), then signal the loop."""

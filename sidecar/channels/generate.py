@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from sidecar.core.router import Outcome
+from sidecar.core.router import Outcome, StreamSink
 from sidecar.errors import SidecarError
+from sidecar.structured.enforcer import Enforcer, resolve
+from sidecar.structured.partial import parse_partial
 from sidecar.transport.dispatcher import Channel, RequestContext
 from sidecar.wire.base import dump
 from sidecar.wire.methods import GenerateParams
@@ -88,21 +90,45 @@ def _ms_since(started: float) -> float:
 
 def channels(services: Services) -> list[Channel]:
     router = services.router
+    enforcer = Enforcer(router)
+
+    async def run(params: GenerateParams, ctx: RequestContext,
+                  sink: StreamSink | None) -> tuple[dict[str, Any], Outcome]:
+        """One routed call, or the enforcer's attempts when a responseFormat is given."""
+        spec = None
+        if params.response_format is not None:
+            spec = resolve(params.response_format, services.config.config.format_templates)
+        decision = router.select_provider(params.request, params.selection)
+        tag = str(ctx.request_id)
+        if spec is None:
+            if sink is None:
+                outcome = await router.generate(params.request, decision, tag=tag)
+            else:
+                outcome = await router.stream(params.request, decision, sink, tag=tag)
+            return wire_response(build_response(outcome)), outcome
+        enforced = await enforcer.run(params.request, decision, spec, tag=tag, sink=sink)
+        outcome = enforced.outcome
+        outcome.attempts = enforced.attempts
+        outcome.cost_usd = enforced.cost_usd
+        response = build_response(outcome, enforced.parsed)
+        response.metadata.repaired = enforced.repaired
+        response.metadata.structured_mechanism = enforced.mechanism
+        payload = wire_response(response)
+        if spec.kind == "json":
+            payload["parsed"] = enforced.parsed  # present even when the JSON value is null
+        return payload, outcome
 
     async def generate(params: GenerateParams, ctx: RequestContext) -> dict[str, Any]:
         with _request_log("model:generate", ctx, time.monotonic()) as done:
-            services.check_response_format(params)
-            decision = router.select_provider(params.request, params.selection)
-            outcome = await router.generate(params.request, decision, tag=str(ctx.request_id))
+            payload, outcome = await run(params, ctx, None)
             done.append(outcome)
-        return wire_response(build_response(outcome))
+        return payload
 
     async def stream(params: GenerateParams, ctx: RequestContext) -> dict[str, Any]:
         started = time.monotonic()
-        services.check_response_format(params)
-        decision = router.select_provider(params.request, params.selection)
         seq = 0
         ctx.partial = []
+        json_format = params.response_format is not None and params.response_format.type != "xml"
 
         async def sink(content: str, model: str | None, *, restart: bool = False) -> None:
             nonlocal seq
@@ -115,21 +141,22 @@ def channels(services: Services) -> list[Channel]:
             else:
                 assert ctx.partial is not None
                 ctx.partial.append(content)
+                if json_format:
+                    partial = parse_partial("".join(ctx.partial))
+                    if partial is not None:
+                        chunk["partial"] = partial
             await ctx.notify(STREAM_CHUNK, {"requestId": ctx.request_id, "seq": seq, "chunk": chunk})
             seq += 1
 
         with _request_log("model:stream", ctx, started) as done:
-            outcome = await router.stream(params.request, decision, sink, tag=str(ctx.request_id))
+            payload, outcome = await run(params, ctx, sink)
             done.append(outcome)
         await ctx.notify(
             STREAM_CHUNK,
-            {
-                "requestId": ctx.request_id,
-                "seq": seq,
-                "chunk": {"content": "", "done": True, "model": outcome.completion.model},
-            },
+            {"requestId": ctx.request_id, "seq": seq,
+             "chunk": {"content": "", "done": True, "model": payload["model"]}},
         )
-        return wire_response(build_response(outcome))
+        return payload
 
     return [
         Channel("model:generate", GenerateParams, generate),

@@ -115,6 +115,10 @@ class Outcome:
     decision: Decision
 
 
+#: ``shape(candidate, request) -> request``: per-candidate changes to the provider request.
+Shape = Callable[[ModelProfile, ProviderRequest], ProviderRequest]
+
+
 class StreamSink(Protocol):
     async def __call__(self, content: str, model: str | None, *, restart: bool = False) -> None: ...
 
@@ -179,6 +183,8 @@ class _Run:
     used_tokens: int | None = None
     #: The budget's refusal, if a candidate was skipped for it.
     budget_error: BudgetExceededError | None = None
+    #: Adapts the provider request to the candidate (structured output's native params).
+    shape: Shape | None = None
 
 
 class Router:
@@ -211,19 +217,22 @@ class Router:
         """The decision for ``request``: first candidate, fallbacks, reasons (no call made)."""
         return self.planner.decide(request, selection)
 
-    async def generate(self, request: ModelRequest, decision: Decision, *, tag: str = "") -> Outcome:
-        """Run ``decision`` without streaming."""
-        return await self._route(request, decision, None, tag)
+    async def generate(self, request: ModelRequest, decision: Decision, *, tag: str = "",
+                       shape: Shape | None = None) -> Outcome:
+        """Run ``decision`` without streaming (``shape`` adapts each attempt's request)."""
+        return await self._route(request, decision, None, tag, shape)
 
-    async def stream(self, request: ModelRequest, decision: Decision, sink: StreamSink, *, tag: str = "") -> Outcome:
+    async def stream(self, request: ModelRequest, decision: Decision, sink: StreamSink, *, tag: str = "",
+                     shape: Shape | None = None) -> Outcome:
         """Run ``decision``, passing every text delta to ``sink`` as it arrives."""
-        return await self._route(request, decision, _StreamState(sink), tag)
+        return await self._route(request, decision, _StreamState(sink), tag, shape)
 
     async def _route(self, request: ModelRequest, decision: Decision, stream: _StreamState | None,
-                     tag: str) -> Outcome:
+                     tag: str, shape: Shape | None = None) -> Outcome:
         cfg = self._config()
         started = self._clock()
-        run = _Run(request, decision, stream, tag, started + cfg.deadline_ms / 1000, [], [], set(), set(), [])
+        run = _Run(request, decision, stream, tag, started + cfg.deadline_ms / 1000, [], [], set(), set(), [],
+                   shape=shape)
         if stream is not None:
             stream.started = started
         try:
@@ -409,6 +418,8 @@ class Router:
 
     async def _attempt(self, run: _Run, provider: Provider, candidate: ModelProfile) -> Completion:
         preq = to_provider_request(run.request, candidate.model)
+        if run.shape is not None:
+            preq = run.shape(candidate, preq)
         timeout_s = (provider.settings.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
         async with self.pool.use(provider):
             if run.stream is None:

@@ -109,6 +109,14 @@ def build_messages_body(request: ProviderRequest, *, stream: bool) -> dict[str, 
     return body
 
 
+def forced_tool(request: ProviderRequest) -> str | None:
+    """The tool a structured-output request forces (its input is then the answer)."""
+    choice = (request.native_format or {}).get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "tool" and isinstance(choice.get("name"), str):
+        return str(choice["name"])
+    return None
+
+
 def map_stop_reason(value: object) -> FinishReason | None:
     """The portable finish reason for an Anthropic ``stop_reason`` (None if unknown)."""
     return _STOP_REASONS.get(value) if isinstance(value, str) else None
@@ -161,19 +169,29 @@ class AnthropicProvider(Provider):
                     provider=self.name,
                     model_id=request.model,
                 )
-            # Only text blocks are content; tool_use/thinking blocks are not (§2.3).
-            text = "".join(
-                block["text"]
-                for block in data["content"]
-                if isinstance(block, dict)
-                and block.get("type") == "text"
-                and isinstance(block.get("text"), str)
-            )
+            # Only text blocks are content; tool_use/thinking blocks are not (§2.3) --
+            # except the input of a tool the request forced: that is the answer.
+            forced = forced_tool(request)
+            if forced is not None:
+                text = "".join(
+                    orjson.dumps(block.get("input")).decode("utf-8")
+                    for block in data["content"]
+                    if isinstance(block, dict) and block.get("type") == "tool_use" and block.get("name") == forced
+                )
+            else:
+                text = "".join(
+                    block["text"]
+                    for block in data["content"]
+                    if isinstance(block, dict)
+                    and block.get("type") == "text"
+                    and isinstance(block.get("text"), str)
+                )
             usage = data.get("usage")
+            finish = map_stop_reason(data.get("stop_reason"))
             return Completion(
                 content=text,
                 model=text_or(data.get("model"), request.model),
-                finish_reason=map_stop_reason(data.get("stop_reason")),
+                finish_reason="stop" if forced is not None and finish == "tool_calls" else finish,
                 usage=map_usage(usage) if isinstance(usage, dict) else None,
             )
 
@@ -185,6 +203,7 @@ class AnthropicProvider(Provider):
             finish: FinishReason | None = None
             usage_fields: dict[str, Any] = {}
             done = False
+            forced = forced_tool(request)
             with map_http_errors(self.name, request.model):
                 # Opened inside the generator: aclose() or cancelling the consumer exits
                 # this block, which closes the upstream connection.
@@ -230,9 +249,12 @@ class AnthropicProvider(Provider):
                                 usage_fields.update(data["usage"])
                         elif name == "content_block_delta":
                             delta = data.get("delta")
-                            # Only text_delta is content; input_json/thinking deltas are not.
-                            if isinstance(delta, dict) and delta.get("type") == "text_delta":
-                                text = delta.get("text")
+                            # Only text_delta is content; input_json/thinking deltas are not,
+                            # unless a tool was forced: its input JSON is the answer.
+                            kind = delta.get("type") if isinstance(delta, dict) else None
+                            key = "partial_json" if forced is not None else "text"
+                            if isinstance(delta, dict) and kind == ("input_json_delta" if forced else "text_delta"):
+                                text = delta.get(key)
                                 if isinstance(text, str) and text:
                                     yield StreamDelta(content=text, model=model)
                         # content_block_start/stop and unknown event types are ignored (§2.4).
@@ -244,7 +266,7 @@ class AnthropicProvider(Provider):
                 )
             yield StreamDelta(
                 model=model,
-                finish_reason=finish,
+                finish_reason="stop" if forced is not None and finish == "tool_calls" else finish,
                 usage=map_usage(usage_fields) if usage_fields else None,
             )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import zoneinfo
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -19,6 +19,7 @@ from sidecar.wire.model import Priority
 __all__ = [
     "BudgetConfig",
     "CustomProviderEntry",
+    "FormatTemplate",
     "ModelConfig",
     "ModelOverride",
     "ProviderEntry",
@@ -115,6 +116,14 @@ class BudgetConfig(ParamsModel):
         return value
 
 
+class FormatTemplate(ParamsModel):
+    """A named structured-output format: a JSON Schema plus extra instructions."""
+
+    schema_: dict[str, Any] = Field(alias="schema")
+    instructions: str | None = None
+    max_retries: int | None = Field(default=None, ge=0, le=10)
+
+
 class ModelOverride(ParamsModel):
     """What the user knows better than the catalog about one model (``provider/model``)."""
 
@@ -144,6 +153,8 @@ class ModelConfig(ParamsModel):
     selection: SelectionDefaults = Field(default_factory=SelectionDefaults)
     #: Extension: per-model facts that win over the catalog, keyed ``provider/model``.
     model_overrides: dict[str, ModelOverride] = Field(default_factory=dict)
+    #: Extension: structured-output templates usable as ``{"type": "template", "template": name}``.
+    format_templates: dict[str, FormatTemplate] = Field(default_factory=dict)
     #: Extension: overall deadline of one request, retries and fallbacks included.
     deadline_ms: int = Field(default=600_000, ge=1_000, le=3_600_000)
 

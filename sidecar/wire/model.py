@@ -26,6 +26,7 @@ __all__ = [
     "ResponseMetadata",
     "StreamingChunk",
     "TaskType",
+    "TemplateFormat",
     "UsageInfo",
     "XmlFormat",
 ]
@@ -122,7 +123,15 @@ class XmlFormat(ParamsModel):
     max_retries: int | None = Field(default=None, ge=0, le=10)
 
 
-ResponseFormat = Annotated[JsonSchemaFormat | JsonFormat | XmlFormat, Field(discriminator="type")]
+class TemplateFormat(ParamsModel):
+    """Extension: a named template from the config's ``formatTemplates``."""
+
+    type: Literal["template"]
+    template: str = Field(min_length=1)
+    max_retries: int | None = Field(default=None, ge=0, le=10)
+
+
+ResponseFormat = Annotated[JsonSchemaFormat | JsonFormat | XmlFormat | TemplateFormat, Field(discriminator="type")]
 
 
 class UsageInfo(ResultModel):
@@ -140,6 +149,8 @@ class Attempt(ResultModel):
     provider: str
     model_id: str
     error: AttemptError | None = None
+    #: With a responseFormat: which enforcement round (0 = first answer, 1 = first retry, …).
+    structured_attempt: int | None = None
 
 
 class ResponseMetadata(ResultModel):
@@ -151,6 +162,10 @@ class ResponseMetadata(ResultModel):
     #: ``null`` until the task classifier lands; ``request.taskType`` when given.
     task_type: TaskType | None
     selection_reasons: list[str]
+    #: With a responseFormat: the output was repaired (small syntax faults) before it validated.
+    repaired: bool | None = None
+    #: With a responseFormat: the provider mechanism used (e.g. openai-strict, ollama-format).
+    structured_mechanism: str | None = None
 
 
 class ModelResponse(ResultModel):
@@ -167,6 +182,8 @@ class StreamingChunk(ResultModel):
     done: bool
     model: str | None = None
     restart: bool | None = None
+    #: With a JSON responseFormat: the value parsed from the text so far (partial objects).
+    partial: JsonValue = None
 
 
 class CostPer1k(ResultModel):
