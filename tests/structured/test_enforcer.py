@@ -64,7 +64,7 @@ def test_rounds_are_counted_and_feedback_is_sent() -> None:
     bad, good = '{"name": "Ada", "age": -1}', '{"name": "Ada", "age": 1}'
     rig, enforced = enforce(SCHEMAS[0], [bad, good])
     assert enforced.parsed == {"name": "Ada", "age": 1}
-    first, second = rig.scripts["ollama"].requests
+    _first, second = rig.scripts["ollama"].requests
     assert second.messages[-2].content == bad and "/age" in second.messages[-1].content
     with pytest.raises(StructuredOutputError):
         enforce(SCHEMAS[0], [bad, bad, bad])
