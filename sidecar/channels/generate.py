@@ -12,8 +12,6 @@ import structlog
 
 from sidecar.core.router import Outcome, StreamSink
 from sidecar.errors import SidecarError
-from sidecar.structured.enforcer import Enforcer, resolve
-from sidecar.structured.partial import parse_partial
 from sidecar.transport.dispatcher import Channel, RequestContext
 from sidecar.wire.base import dump
 from sidecar.wire.methods import GenerateParams
@@ -90,13 +88,16 @@ def _ms_since(started: float) -> float:
 
 def channels(services: Services) -> list[Channel]:
     router = services.router
-    enforcer = Enforcer(router)
 
     async def run(params: GenerateParams, ctx: RequestContext,
                   sink: StreamSink | None) -> tuple[dict[str, Any], Outcome]:
         """One routed call, or the enforcer's attempts when a responseFormat is given."""
         spec = None
         if params.response_format is not None:
+            # Imported on first use: jsonschema's format checkers take ~1 s to import,
+            # which no request without a responseFormat should pay (app.py warms it up).
+            from sidecar.structured.enforcer import Enforcer, resolve
+
             spec = resolve(params.response_format, services.config.config.format_templates)
         decision = router.select_provider(params.request, params.selection)
         tag = str(ctx.request_id)
@@ -106,7 +107,7 @@ def channels(services: Services) -> list[Channel]:
             else:
                 outcome = await router.stream(params.request, decision, sink, tag=tag)
             return wire_response(build_response(outcome)), outcome
-        enforced = await enforcer.run(params.request, decision, spec, tag=tag, sink=sink)
+        enforced = await Enforcer(router).run(params.request, decision, spec, tag=tag, sink=sink)
         outcome = enforced.outcome
         outcome.attempts = enforced.attempts
         outcome.cost_usd = enforced.cost_usd
@@ -142,6 +143,8 @@ def channels(services: Services) -> list[Channel]:
                 assert ctx.partial is not None
                 ctx.partial.append(content)
                 if json_format:
+                    from sidecar.structured.partial import parse_partial
+
                     partial = parse_partial("".join(ctx.partial))
                     if partial is not None:
                         chunk["partial"] = partial
