@@ -9,7 +9,6 @@ within 2 s: the steps are bounded, and a watchdog exits at :data:`SHUTDOWN_HARD_
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import signal
 import sys
@@ -146,11 +145,6 @@ async def serve(
 
     # Not awaited: requests are served meanwhile; the registry fills in as answers come.
     refresh = loop.create_task(refresh_local_models(services))
-    # Structured output's imports (jsonschema format checkers, xmlschema) take about a
-    # second: load them on a thread now rather than on the first responseFormat request.
-    # A daemon thread, not the loop's executor: asyncio.run would wait for it at exit.
-    threading.Thread(target=importlib.import_module, args=("sidecar.structured.enforcer",),
-                     name="warm-structured", daemon=True).start()
     stop_wait = loop.create_task(services.stop.wait())
     reason = "shutdown"
     try:
