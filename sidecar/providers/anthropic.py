@@ -16,8 +16,6 @@ from sidecar.errors import (
     AuthenticationError,
     ModelError,
     NetworkError,
-    ProviderError,
-    RateLimitError,
     SidecarError,
 )
 from sidecar.providers.base import (
@@ -32,6 +30,7 @@ from sidecar.providers.base import (
 from sidecar.providers.http import (
     aiter_sse,
     as_count,
+    error_from_payload,
     loads_body,
     map_http_errors,
     parse_rate_limit,
@@ -70,9 +69,6 @@ _STOP_REASONS: dict[str, FinishReason] = {
 }
 
 _PROMPT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-# Mid-stream `event: error` types (§2.4, §2.5).
-_TRANSIENT_TYPES = {"overloaded_error", "api_error", "timeout_error"}
-_REQUEST_PROBLEM_TYPES = {"invalid_request_error", "not_found_error", "request_too_large"}
 
 
 def build_messages_body(request: ProviderRequest, *, stream: bool) -> dict[str, Any]:
@@ -233,7 +229,7 @@ class AnthropicProvider(Provider):
                             done = True
                             break
                         if name == "error":
-                            raise self._stream_error(data.get("error"), request.model)
+                            raise error_from_payload(data.get("error"), provider=self.name, model=request.model)
                         if name == "message_start":
                             message = data.get("message")
                             if isinstance(message, dict):
@@ -269,23 +265,6 @@ class AnthropicProvider(Provider):
                 finish_reason="stop" if forced is not None and finish == "tool_calls" else finish,
                 usage=map_usage(usage_fields) if usage_fields else None,
             )
-
-    def _stream_error(self, error: object, model: str) -> ProviderError:
-        """Map an ``event: error`` payload sent after HTTP 200 (§2.4)."""
-        err = error if isinstance(error, dict) else {}
-        err_type = err.get("type") if isinstance(err.get("type"), str) else ""
-        message = err.get("message") if isinstance(err.get("message"), str) else None
-        text = f"{self.name}: {message or 'error in stream'}"
-        ctx: dict[str, Any] = {"provider": self.name, "model_id": model}
-        if err_type:
-            ctx["extra"] = {"providerType": err_type}
-        if err_type == "rate_limit_error":
-            return RateLimitError(text, **ctx)
-        if err_type in ("authentication_error", "permission_error", "billing_error"):
-            return AuthenticationError(text, retryable=False, **ctx)
-        if err_type in _TRANSIENT_TYPES:
-            return ModelError(text, retryable=True, **ctx)
-        return ModelError(text, retryable=err_type not in _REQUEST_PROBLEM_TYPES, **ctx)
 
     async def list_models(self) -> list[ProviderModel]:
         with redact_errors(self.settings.api_key):

@@ -44,6 +44,7 @@ __all__ = [
     "aiter_ndjson",
     "aiter_sse",
     "as_count",
+    "error_from_payload",
     "error_from_status",
     "is_loopback_url",
     "loads_body",
@@ -287,6 +288,36 @@ def error_from_status(
         or bool(message and _CONTEXT_PATTERNS.search(message))
     )
     return ValidationError(text, context_too_long=too_long, retryable=False, **ctx)
+
+
+# Error types seen in payloads that arrive with HTTP 200 (mid-stream or in the body):
+# OpenAI §1.4/§1.6, Anthropic §2.4/§2.5, llama.cpp §4.
+_PAYLOAD_RATE_LIMIT = {"rate_limit_error", "rate_limit_exceeded", "requests", "tokens"}
+_PAYLOAD_AUTH = {"authentication_error", "permission_error", "billing_error"}
+_PAYLOAD_TRANSIENT = {"server_error", "api_error", "overloaded_error", "service_unavailable", "timeout_error"}
+_PAYLOAD_REQUEST_PROBLEM = {"invalid_request_error", "not_found_error", "request_too_large"}
+
+
+def error_from_payload(error: object, *, provider: str, model: str | None) -> ProviderError:
+    """Map an error object that came inside a 200 response (``{"type", "message", "code"}``
+    or a bare string) to the typed error; overload and server errors stay retryable."""
+    if isinstance(error, dict):
+        message = error.get("message") if isinstance(error.get("message"), str) else None
+        err_type = str(error.get("type") or "")
+        code = str(error.get("code") or "")
+    else:
+        message, err_type, code = (error if isinstance(error, str) else None), "", ""
+    text = f"{provider}: {message or 'error in stream'}"
+    ctx: dict[str, Any] = {"provider": provider, "model_id": model}
+    if err_type:
+        ctx["extra"] = {"providerType": err_type}
+    if err_type in _PAYLOAD_RATE_LIMIT or code == "rate_limit_exceeded":
+        return RateLimitError(text, **ctx)
+    if err_type in _PAYLOAD_AUTH:
+        return AuthenticationError(text, retryable=False, **ctx)
+    if err_type in _PAYLOAD_TRANSIENT:
+        return ModelError(text, retryable=True, **ctx)
+    return ModelError(text, retryable=err_type not in _PAYLOAD_REQUEST_PROBLEM, **ctx)
 
 
 async def raise_for_error(response: httpx.Response, *, provider: str, model: str | None) -> None:

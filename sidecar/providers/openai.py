@@ -18,8 +18,6 @@ from sidecar.errors import (
     AuthenticationError,
     ModelError,
     NetworkError,
-    ProviderError,
-    RateLimitError,
     SidecarError,
 )
 from sidecar.providers.base import (
@@ -34,6 +32,7 @@ from sidecar.providers.base import (
 from sidecar.providers.http import (
     aiter_sse,
     as_count,
+    error_from_payload,
     loads_body,
     map_http_errors,
     parse_rate_limit,
@@ -63,10 +62,6 @@ _FINISH_REASONS: dict[str, FinishReason] = {
     "function_call": "tool_calls",
 }
 
-# Mid-stream error types that mean "the service is struggling, try again" (§1.6).
-_TRANSIENT_TYPES = {"server_error", "api_error", "overloaded_error", "service_unavailable"}
-_RATE_LIMIT_TYPES = {"rate_limit_error", "rate_limit_exceeded", "requests", "tokens"}
-_REQUEST_PROBLEM_TYPES = {"invalid_request_error", "not_found_error"}
 
 
 def is_reasoning_model(model: str) -> bool:
@@ -197,7 +192,7 @@ class OpenAIProvider(Provider):
             data = loads_body(response.content, provider=self.name, model=request.model)
             # Some compatible servers answer 200 with an error envelope.
             if isinstance(data, dict) and data.get("error"):
-                raise self._payload_error(data["error"], request.model)
+                raise error_from_payload(data["error"], provider=self.name, model=request.model)
             return self._completion(data, request.model)
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamDelta, None]:
@@ -230,7 +225,7 @@ class OpenAIProvider(Provider):
                                 model_id=request.model,
                             )
                         if chunk.get("error"):
-                            raise self._payload_error(chunk["error"], request.model)
+                            raise error_from_payload(chunk["error"], provider=self.name, model=request.model)
                         model = text_or(chunk.get("model"), model)
                         # The usage chunk has `choices: []` (§1.4); older llama.cpp builds put
                         # usage on the finish chunk instead (§4.3): take it wherever it is.
@@ -251,24 +246,6 @@ class OpenAIProvider(Provider):
                     model_id=request.model,
                 )
             yield StreamDelta(model=model, finish_reason=finish, usage=usage)
-
-    def _payload_error(self, error: object, model: str) -> ProviderError:
-        """Map an ``{"error": ...}`` payload that came with HTTP 200 (§1.4, §1.6)."""
-        if isinstance(error, dict):
-            message = error.get("message") if isinstance(error.get("message"), str) else None
-            err_type = str(error.get("type") or "")
-            code = str(error.get("code") or "")
-        else:
-            message, err_type, code = (error if isinstance(error, str) else None), "", ""
-        text = f"{self.name}: {message or 'error in stream'}"
-        ctx: dict[str, Any] = {"provider": self.name, "model_id": model}
-        if err_type:
-            ctx["extra"] = {"providerType": err_type}
-        if err_type in _RATE_LIMIT_TYPES or code == "rate_limit_exceeded":
-            return RateLimitError(text, **ctx)
-        if err_type in _TRANSIENT_TYPES:
-            return ModelError(text, retryable=True, **ctx)
-        return ModelError(text, retryable=err_type not in _REQUEST_PROBLEM_TYPES, **ctx)
 
     async def list_models(self) -> list[ProviderModel]:
         with redact_errors(self.settings.api_key):
