@@ -48,9 +48,6 @@ class CatalogEntry:
     tier: str = "fast"
     deprecated: bool = False
 
-    def cost_usd(self, usage: Usage) -> float:
-        return (usage.prompt_tokens * self.input_per_1m + usage.completion_tokens * self.output_per_1m) / 1e6
-
 
 class Catalog:
     """Read-only lookups over the shipped catalog."""
@@ -87,13 +84,6 @@ class Catalog:
             if entry is not None:
                 return entry
         return None
-
-    def cost_usd(self, provider_kind: str, model_id: str, usage: Usage | None, *, local: bool) -> float:
-        """What a call cost at list price; local and unknown models cost 0."""
-        if local or usage is None:
-            return 0.0
-        entry = self.lookup(provider_kind, model_id)
-        return 0.0 if entry is None else entry.cost_usd(usage)
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,9 +64,6 @@ class ProviderRateLimit(ResultModel):
     remaining_tokens: int | None = None
     reset_requests_ms: int | None = None
     reset_tokens_ms: int | None = None
-    paused_until_ms: int | None = Field(
-        default=None, description="Milliseconds until a provider-imposed pause (Retry-After) ends."
-    )
 
 
 class LimiterState(ResultModel):
