@@ -3,9 +3,10 @@
 This is what an Electron or Tauri main process does, in Python for brevity: write JSON
 lines to the sidecar's stdin, split its stdout on the byte 0x0A, match responses to ids.
 
-With no provider reachable (no API key, no Ollama), it says so and, unless --no-fake,
-runs the session against the test suite's fake OpenAI-compatible server, clearly
-labelled, so the protocol can still be seen end to end.
+Before the session it starts the embedded local model (SmolLM2-135M served by
+llama-cpp-python, see local_model.py) on the sidecar's default ``local-llm`` address,
+so the session streams a real answer with no API key and no Ollama; with keys set,
+the sidecar may pick a cloud model instead, and says why.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import tempfile
 import threading
 from pathlib import Path
 from typing import Any
+
+import local_model  # scripts/ is on sys.path when this file runs
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOL_VERSION = 1
@@ -110,42 +113,46 @@ def main() -> int:
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--data-dir", type=Path, help="sidecar data dir (default: the platform's)")
     parser.add_argument("--cmd", default=f"{sys.executable} -m sidecar", help="how to start the sidecar")
-    parser.add_argument("--no-fake", action="store_true", help="fail instead of using the fake server")
+    parser.add_argument("--no-local", action="store_true", help="do not start the embedded local model")
     parser.add_argument("--verbose", action="store_true", help="show the sidecar's stderr log")
     args = parser.parse_args()
     command = args.cmd.split()
 
-    sidecar = start(command, args.data_dir, args.verbose)
-    health = sidecar.call("model:health", {})["result"]["providers"]
-    for name, state in health.items():
-        print(f"  {name:<12} {'available' if state['available'] else 'unavailable'}"
-              f"{'' if state['available'] else ' (' + str(state.get('lastError')) + ')'}")
-    if any(state["available"] for state in health.values()):
+    server = None if args.no_local else start_local_model()
+    try:
+        sidecar = start(command, args.data_dir, args.verbose)
+        health = sidecar.call("model:health", {})["result"]["providers"]
+        for name, state in health.items():
+            print(f"  {name:<12} {'available' if state['available'] else 'unavailable'}"
+                  f"{'' if state['available'] else ' (' + str(state.get('lastError')) + ')'}")
+        if not any(state["available"] for state in health.values()):
+            sidecar.close()
+            print("\nno provider is reachable: set OPENAI_API_KEY or ANTHROPIC_API_KEY, start Ollama,"
+                  "\nor install the embedded local model (scripts/setup.sh does)")
+            return 1
         stream_answer(sidecar, args.prompt)
         sidecar.close()
         return 0
-    sidecar.close()
-    if args.no_fake:
-        print("\nno provider is reachable: set OPENAI_API_KEY or ANTHROPIC_API_KEY, or start Ollama")
-        return 1
-    print("\nNo provider is reachable (no API key, no Ollama). Running the session against the test\n"
-          "suite's FAKE OpenAI-compatible server instead: the answer below is canned, the protocol is real.")
-    fake = subprocess.Popen([sys.executable, "-m", "tests.fakes", "--kind", "llamacpp", "--no-stdin"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO)
-    try:
-        assert fake.stdout is not None
-        base_url = fake.stdout.readline().decode().strip()
-        with tempfile.TemporaryDirectory() as tmp:
-            config = {"providers": {"custom": {"demo-fake": {"baseURL": base_url, "defaultModel": "demo"}}},
-                      "defaultProvider": "demo-fake", "fallbackChain": []}
-            Path(tmp, "config.json").write_text(json.dumps(config))
-            sidecar = start(command, Path(tmp), args.verbose)
-            stream_answer(sidecar, args.prompt)
-            sidecar.close()
     finally:
-        fake.terminate()
-        fake.wait(5)
-    return 0
+        if server is not None:
+            local_model.stop(server)
+
+
+def start_local_model() -> subprocess.Popen[bytes] | None:
+    """Serve the embedded model on the default ``local-llm`` address unless it already is."""
+    port = local_model.DEFAULT_PORT
+    if local_model.answering(port):
+        print(f"embedded local model already served at {local_model.base_url(port)}")
+        return None
+    log = Path(tempfile.gettempdir()) / "model-sidecar-local-model.log"
+    print(f"starting the embedded local model ({local_model.MODEL_ALIAS}) at {local_model.base_url(port)} ...")
+    try:
+        server = local_model.start(port, log=log)
+    except local_model.LocalModelError as exc:
+        print(f"  not started: {exc}")
+        return None
+    print(f"  ready (pid {server.pid}, log {log})")
+    return server
 
 
 if __name__ == "__main__":

@@ -18,9 +18,13 @@ PROBE_TIMEOUT_S = 3.0
 
 
 def channels(services: Services) -> list[Channel]:
-    async def probe(provider: Provider) -> tuple[bool, str | None]:
+    async def probe(provider: Provider, in_flight: int) -> tuple[bool, str | None]:
         if provider.settings.kind in ("openai", "anthropic") and not provider.settings.api_key:
             return False, "no API key configured"
+        if in_flight:
+            # Serving our requests right now is the freshest answer; a single-slot local
+            # server (llama-cpp-python) would queue the probe behind them, or worse.
+            return services.stats.available(provider.name), None
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 ok = await provider.is_available()
@@ -31,8 +35,8 @@ def channels(services: Services) -> list[Channel]:
     async def health(_params: EmptyParams, _ctx: RequestContext) -> HealthResult:
         enabled = services.pool.settings()
         providers = [p for name in enabled if (p := services.pool.get(name)) is not None]
-        probes = await asyncio.gather(*(probe(p) for p in providers))
         limiters = services.limits.states()
+        probes = await asyncio.gather(*(probe(p, limiters.get(p.name, {}).get("inFlight", 0)) for p in providers))
         result: dict[str, ProviderHealth] = {}
         for provider, (available, problem) in zip(providers, probes, strict=True):
             stats = services.stats.get(provider.name)

@@ -52,15 +52,24 @@ async def _with_details(provider: Provider, models: list[ProviderModel]) -> list
     return list(await asyncio.gather(*(detail(m) for m in models)))
 
 
-async def fetch_models(services: Services, provider: Provider) -> list[ProviderModel] | None:
-    """Ask a provider for its chat models and tell the registry; None if unreachable."""
+async def fetch_models(services: Services, provider: Provider, *,
+                       note_unreachable: bool = False) -> list[ProviderModel] | None:
+    """Ask a provider for its chat models and tell the registry; None if unreachable.
+
+    With ``note_unreachable`` (the start-up refresh), a provider that cannot be reached
+    starts its cool-down as a failed request would, so the first requests do not try
+    a local server that is not running before the ones that are.
+    """
     try:
         async with asyncio.timeout(LIST_TIMEOUT_S):
             reported = await provider.list_models()
             chat = [m for m in reported if _is_chat_model(provider, m.id)]
             if provider.settings.kind == "ollama":
                 chat = await _with_details(provider, chat)
-    except (SidecarError, TimeoutError):
+    except (SidecarError, TimeoutError) as exc:
+        if note_unreachable and (isinstance(exc, TimeoutError) or exc.type == "NetworkError"):
+            services.stats.failure(provider.name, "NetworkError",
+                                   str(exc) or f"no answer within {LIST_TIMEOUT_S:.0f} s")
         return None
     services.registry.report(provider.name, chat)
     return chat
@@ -70,7 +79,7 @@ async def refresh_local_models(services: Services) -> None:
     """At start-up: learn local models' real windows (``/api/show``, ``n_ctx_train``)
     before the first request needs them; remote providers are not contacted."""
     providers = [p for name in services.pool.settings() if (p := services.pool.get(name)) and p.is_local]
-    await asyncio.gather(*(fetch_models(services, p) for p in providers))
+    await asyncio.gather(*(fetch_models(services, p, note_unreachable=True) for p in providers))
 
 
 def channels(services: Services) -> list[Channel]:

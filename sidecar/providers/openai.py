@@ -9,6 +9,7 @@ finish-reason/usage mapping so the streaming and non-streaming paths cannot drif
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
@@ -18,6 +19,8 @@ from sidecar.errors import (
     AuthenticationError,
     ModelError,
     NetworkError,
+    ProviderError,
+    RateLimitError,
     SidecarError,
 )
 from sidecar.providers.base import (
@@ -245,6 +248,16 @@ class OpenAIProvider(Provider):
                     provider=self.name,
                     model_id=request.model,
                 )
+            if finish is None:
+                # Every server we speak to ends a generation with a finish_reason; a bare
+                # [DONE] is an interrupted one (llama-cpp-python's server does this to a
+                # running stream when another request arrives, unless started with
+                # --interrupt_requests False). Not a success with half an answer.
+                raise NetworkError(
+                    f"{self.name}: stream interrupted by the server ([DONE] without a finish_reason)",
+                    provider=self.name,
+                    model_id=request.model,
+                )
             yield StreamDelta(model=model, finish_reason=finish, usage=usage)
 
     async def list_models(self) -> list[ProviderModel]:
@@ -294,3 +307,51 @@ class OpenAICompatibleProvider(OpenAIProvider):
     kind: ClassVar[str] = "custom"
     capabilities: ClassVar[frozenset[str]] = frozenset({"chat", "streaming", "json_mode", "json_schema"})
     key_env_var: ClassVar[str | None] = None
+
+    #: Set once the server refused OpenAI's nested ``json_schema`` form. Servers differ:
+    #: LM Studio accepts only that form, llama-cpp-python's server only the flat
+    #: ``{"type": "json_object", "schema": ...}`` (it answers 500 "Input should be 'text'
+    #: or 'json_object'"), llama.cpp's server both. The nested form goes first; a refusal
+    #: that names ``response_format`` switches this provider to the flat one.
+    flat_schema_format: bool = False
+
+    def _dialect(self, request: ProviderRequest) -> ProviderRequest:
+        native = request.native_format or {}
+        form = native.get("response_format")
+        if not (self.flat_schema_format and isinstance(form, dict) and form.get("type") == "json_schema"):
+            return request
+        schema = (form.get("json_schema") or {}).get("schema")
+        flat = {"type": "json_object", **({"schema": schema} if schema is not None else {})}
+        return dataclasses.replace(request, native_format={**native, "response_format": flat})
+
+    def _refused_schema_form(self, request: ProviderRequest, exc: ProviderError) -> bool:
+        form = (request.native_format or {}).get("response_format")
+        return (
+            not self.flat_schema_format
+            and isinstance(form, dict) and form.get("type") == "json_schema"
+            and not isinstance(exc, (NetworkError, RateLimitError, AuthenticationError))
+            and "response_format" in str(exc)
+        )
+
+    async def generate(self, request: ProviderRequest) -> Completion:
+        try:
+            return await super().generate(self._dialect(request))
+        except ProviderError as exc:
+            if not self._refused_schema_form(request, exc):
+                raise
+        self.flat_schema_format = True
+        return await super().generate(self._dialect(request))
+
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamDelta, None]:
+        sent = False
+        try:
+            async for delta in super().stream(self._dialect(request)):
+                sent = True
+                yield delta
+            return
+        except ProviderError as exc:
+            if sent or not self._refused_schema_form(request, exc):
+                raise
+        self.flat_schema_format = True
+        async for delta in super().stream(self._dialect(request)):
+            yield delta

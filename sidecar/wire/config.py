@@ -29,6 +29,11 @@ __all__ = [
 ]
 
 BUILTIN_PROVIDERS = ("openai", "anthropic", "ollama")
+#: The embedded local model's default entry (see ``scripts/local_model.py``).
+LOCAL_PROVIDER = "local-llm"
+LOCAL_PORT = 8080
+LOCAL_BASE_URL = f"http://127.0.0.1:{LOCAL_PORT}/v1"
+LOCAL_MODEL = "smollm2-135m-instruct"
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 _HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")
 
@@ -86,7 +91,12 @@ class ProvidersConfig(ParamsModel):
         base_url="https://api.anthropic.com", default_model="claude-haiku-4-5"
     )
     ollama: ProviderEntry = ProviderEntry(base_url="http://127.0.0.1:11434", default_model="llama3.2")
-    custom: dict[str, CustomProviderEntry] = Field(default_factory=dict)
+    #: One default entry: the embedded local model (``scripts/local_model.py`` serves
+    #: SmolLM2 there with llama-cpp-python). Hosts add entries beside it; a stored
+    #: ``"local-llm"`` entry merges over this one, ``enabled: false`` turns it off.
+    custom: dict[str, CustomProviderEntry] = Field(default_factory=lambda: {LOCAL_PROVIDER: CustomProviderEntry(
+        base_url=LOCAL_BASE_URL, default_model=LOCAL_MODEL,
+    )})
 
     @field_validator("custom")
     @classmethod

