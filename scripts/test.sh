@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
-# Set up, then run every check: schema drift, lint, types, and the whole test suite.
+# Set up, then run every check: schema drift, lint, types, the whole test suite from
+# source (the real local model included), then the frozen binary: build it, run the
+# stdio suite and replay transcripts against it, and the Node host tests on it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m sidecar.wire.schemas --check
-.venv/bin/ruff check sidecar tests scripts
+.venv/bin/ruff check sidecar tests scripts packaging
 .venv/bin/mypy
-.venv/bin/python -m pytest -q "$@"
+# The real-model tests must run here, never skip.
+SIDECAR_REQUIRE_LOCAL_MODEL=1 .venv/bin/python -m pytest -q "$@"
+
+echo "--- frozen binary"
+packaging/build
+BIN="$PWD/dist/model-sidecar/model-sidecar"
+SIDECAR_CMD="$BIN" SIDECAR_REQUIRE_LOCAL_MODEL=1 .venv/bin/python -m pytest -q tests/stdio tests/replay
+echo "--- Node host against the frozen binary"
+SIDECAR_BIN="$BIN" packaging/host/run-tests.sh

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import faulthandler
+import io
 import multiprocessing
 import os
 import signal
@@ -45,8 +46,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-message-bytes", type=_positive_int, default=DEFAULT_MAX_MESSAGE_BYTES,
         help="longest accepted input line (default 16 MiB)",
     )
-    parser.add_argument("--version", action="version", version=f"{APP_NAME} {__version__}")
+    parser.add_argument("--version", action="version", version=version_text())
     return parser.parse_args(argv)
+
+
+def version_text() -> str:
+    """``model-sidecar 0.1.0``, plus the commit and date a frozen build was stamped with."""
+    text = f"{APP_NAME} {__version__}"
+    try:
+        from importlib import resources
+
+        raw = resources.files("sidecar.data").joinpath("build.json").read_bytes()
+    except (FileNotFoundError, ModuleNotFoundError, OSError):
+        return text  # a source run: no stamp
+    import json
+
+    stamp = json.loads(raw)
+    return f"{text} (build {stamp.get('commit', '?')}, {stamp.get('builtAt', '?')}, {stamp.get('kind', 'frozen')})"
 
 
 def resolve_data_dir(flag: Path | None) -> Path:
@@ -69,6 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     from sidecar.transport.claim import claim_stdio, ready_line
 
     wire_in, wire_out = claim_stdio()
+    if isinstance(sys.stderr, io.TextIOWrapper):
+        # The log is UTF-8 JSON lines on every platform (a Windows console code page
+        # must not turn a non-ASCII prompt into a crash), flushed per line even in a
+        # frozen build, which ignores PYTHONUNBUFFERED and PYTHONUTF8.
+        sys.stderr.reconfigure(encoding="utf-8", errors="backslashreplace", line_buffering=True)
     faulthandler.enable(file=sys.stderr)
     # A SIGTERM during the imports below must still mean a clean exit 0: remember it
     # until the event loop installs its own handlers.

@@ -33,6 +33,11 @@ def claim_stdio() -> tuple[BinaryIO, BinaryIO]:
     os.close(devnull)
     os.dup2(2, 1)
     if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        import msvcrt
+
+        # Bytes in, bytes out: no CRLF translation of the protocol pipes.
+        msvcrt.setmode(wire_in, os.O_BINARY)  # type: ignore[attr-defined]
+        msvcrt.setmode(wire_out, os.O_BINARY)  # type: ignore[attr-defined]
         _redirect_windows_std_handles()
     return os.fdopen(wire_in, "rb", buffering=0), os.fdopen(wire_out, "wb", buffering=0)
 
