@@ -136,19 +136,24 @@ def channels(services: Services) -> list[Channel]:
             chunk: dict[str, Any] = {"content": content, "done": False}
             if model:
                 chunk["model"] = model
+            assert ctx.partial is not None
             if restart:
                 chunk["restart"] = True
+            elif json_format:
+                from sidecar.structured.partial import parse_partial
+
+                partial = parse_partial("".join(ctx.partial) + content)
+                if partial is not None:
+                    chunk["partial"] = partial
+            # partialContent is exactly what was sent: the text counts once its chunk is
+            # queued for stdout (a cancel while a slow host keeps the queue full stops
+            # the chunk, and must not leave it in partialContent). Nothing awaits after
+            # the notify, so a cancel cannot fall between the two.
+            await ctx.notify(STREAM_CHUNK, {"requestId": ctx.request_id, "seq": seq, "chunk": chunk})
+            if restart:
                 ctx.partial = []
             else:
-                assert ctx.partial is not None
                 ctx.partial.append(content)
-                if json_format:
-                    from sidecar.structured.partial import parse_partial
-
-                    partial = parse_partial("".join(ctx.partial))
-                    if partial is not None:
-                        chunk["partial"] = partial
-            await ctx.notify(STREAM_CHUNK, {"requestId": ctx.request_id, "seq": seq, "chunk": chunk})
             seq += 1
 
         with _request_log("model:stream", ctx, started) as done:

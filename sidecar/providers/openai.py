@@ -206,6 +206,8 @@ class OpenAIProvider(Provider):
             finish: FinishReason | None = None
             usage: Usage | None = None
             done = False
+            # Whether any finish_reason came, even one we do not know (mapped to None).
+            finished = False
             with map_http_errors(self.name, request.model):
                 # Opened inside the generator: aclose() or cancelling the consumer exits
                 # this block, which closes the upstream connection.
@@ -236,7 +238,9 @@ class OpenAIProvider(Provider):
                         choice = _first_choice(chunk)
                         if choice is None:
                             continue
-                        finish = map_finish_reason(choice.get("finish_reason")) or finish
+                        raw_finish = choice.get("finish_reason")
+                        finished = finished or (isinstance(raw_finish, str) and bool(raw_finish))
+                        finish = map_finish_reason(raw_finish) or finish
                         delta = choice.get("delta")
                         # `content` may be null; llama.cpp's `reasoning_content` is not content.
                         text = delta.get("content") if isinstance(delta, dict) else None
@@ -248,7 +252,7 @@ class OpenAIProvider(Provider):
                     provider=self.name,
                     model_id=request.model,
                 )
-            if finish is None:
+            if not finished:
                 # Every server we speak to ends a generation with a finish_reason; a bare
                 # [DONE] is an interrupted one (llama-cpp-python's server does this to a
                 # running stream when another request arrives, unless started with
