@@ -138,6 +138,7 @@ async def serve(
     reader = LineReader(wire_in, loop, max_line_bytes=max_message_bytes)
     reader.start()
     _install_signal_handlers(loop, services.stop)
+    _install_debug_dump(loop, services, dispatcher)
     if early_stop is not None and early_stop.is_set():
         services.stop.set()  # the signal came while we were still importing
 
@@ -208,6 +209,28 @@ def _classify(prompt: str, system: str | None, context: object) -> tuple[str, st
 
     result = classify(prompt, system, context)
     return result.task_type, result.complexity, result.signals
+
+
+def debug_state(loop: asyncio.AbstractEventLoop, services: Services, dispatcher: Dispatcher) -> dict[str, int]:
+    """Counts that show a leak from outside: live asyncio tasks, requests, threads."""
+    return {
+        "tasks": len(asyncio.all_tasks(loop)),
+        "in_flight": len(dispatcher.inflight),
+        "request_tasks": len(dispatcher.tasks),
+        "open_reservations": services.budget.open_reservations,
+        "threads": threading.active_count(),
+    }
+
+
+def _install_debug_dump(loop: asyncio.AbstractEventLoop, services: Services, dispatcher: Dispatcher) -> None:
+    """``SIGUSR1`` logs :func:`debug_state` as one ``debug_state`` line on stderr (POSIX only).
+
+    The tests use it to check that faults leave no task behind; a host may use it to
+    look into a sidecar that seems stuck. Nothing on stdout changes.
+    """
+    if sys.platform == "win32" or not hasattr(signal, "SIGUSR1"):  # pragma: no cover
+        return
+    loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("debug_state", **debug_state(loop, services, dispatcher)))
 
 
 def _hard_exit() -> None:

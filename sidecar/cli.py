@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     early_stop = threading.Event()
     for signum in _STOP_SIGNALS:
         signal.signal(signum, lambda _signum, _frame: early_stop.set())
+    if hasattr(signal, "SIGUSR1"):  # the debug_state dump, once the loop takes it over
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     data_dir = resolve_data_dir(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     # Ready before the heavy imports: what the host sends meanwhile waits in the pipe.
