@@ -3,7 +3,8 @@
 `FakeServer` speaks the OpenAI, Anthropic, Ollama or llama.cpp wire protocol on
 127.0.0.1 (as recorded in ``reference/wire-reference.md``), records every request
 and answers chat requests from a script of behaviours (`Reply`, `Error`, `Hang`,
-`CutStream`, `Drip`, `MidStreamError`, `Raw`, `Malformed`). See README.md.
+`CutStream`, `Drip`, `MidStreamError`, `Raw`, `Malformed`, and `Cycle`
+for a flapping provider). See README.md.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from .behaviours import (
     DEFAULT_TEXT,
     Behaviour,
     CutStream,
+    Cycle,
     Drip,
     Error,
     Hang,
@@ -22,7 +24,7 @@ from .behaviours import (
 )
 from .recording import RecordedRequest
 from .render_openai import mask_key
-from .server import DEFAULT_MODELS, KINDS, FakeServer
+from .server import DEFAULT_MODELS, KINDS, FakeServer, refusing_port, self_signed_context
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -30,6 +32,7 @@ __all__ = [
     "KINDS",
     "Behaviour",
     "CutStream",
+    "Cycle",
     "Drip",
     "Error",
     "FakeServer",
@@ -40,4 +43,6 @@ __all__ = [
     "RecordedRequest",
     "Reply",
     "mask_key",
+    "refusing_port",
+    "self_signed_context",
 ]

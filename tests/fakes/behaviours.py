@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_TEXT",
     "Behaviour",
     "CutStream",
+    "Cycle",
     "Drip",
     "Error",
     "Hang",
@@ -151,4 +152,24 @@ class Malformed:
     text: str = DEFAULT_TEXT
 
 
-Behaviour = Reply | Error | Hang | CutStream | Drip | MidStreamError | Raw | Malformed
+@dataclass(frozen=True, init=False)
+class Cycle:
+    """A flapping provider: each use plays the next of ``behaviours``, round and round.
+
+    ``set_default(Cycle(Error(503), Reply()))`` alternates failure and success for every
+    request that finds the script empty; the position is kept per server and per
+    ``Cycle`` object (so the same object enqueued twice shares one rotation). Nesting a
+    ``Cycle`` inside another is not allowed.
+    """
+
+    behaviours: tuple[Reply | Error | Hang | CutStream | Drip | MidStreamError | Raw | Malformed, ...]
+
+    def __init__(self, *behaviours: Reply | Error | Hang | CutStream | Drip | MidStreamError | Raw | Malformed) -> None:
+        if not behaviours:
+            raise ValueError("Cycle needs at least one behaviour")
+        if any(isinstance(b, Cycle) for b in behaviours):
+            raise TypeError("a Cycle cannot contain another Cycle")
+        object.__setattr__(self, "behaviours", tuple(behaviours))
+
+
+Behaviour = Reply | Error | Hang | CutStream | Drip | MidStreamError | Raw | Malformed | Cycle

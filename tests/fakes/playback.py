@@ -17,7 +17,7 @@ from typing import assert_never
 
 from aiohttp import web
 
-from .behaviours import Behaviour, CutStream, Drip, Error, Hang, Malformed, MidStreamError, Raw, Reply
+from .behaviours import Behaviour, CutStream, Cycle, Drip, Error, Hang, Malformed, MidStreamError, Raw, Reply
 from .recording import RecordedRequest
 from .wire import ChatContext, Plan, Renderer, WireResponse, split_pieces
 
@@ -123,6 +123,8 @@ class Playback:
                 return await self._mid_stream_error(behaviour, ctx)
             case Malformed():
                 return await self._malformed(behaviour, ctx)
+            case Cycle():  # the server resolves a Cycle to one of its behaviours first
+                raise TypeError("a Cycle must be resolved before playback")
             case _:
                 assert_never(behaviour)
 

@@ -33,6 +33,9 @@ class RecordedRequest:
             was fully written.
         completed: set when the full response was written.
         query: the raw query string.
+        behaviour: the scripted behaviour a chat request was answered with (None for
+            other requests and for chat requests refused before the script, such as
+            auth failures).
     """
 
     method: str
@@ -44,6 +47,7 @@ class RecordedRequest:
     json: Any = None
     disconnected: threading.Event = field(default_factory=threading.Event)
     completed: threading.Event = field(default_factory=threading.Event)
+    behaviour: Any = None
 
     def __post_init__(self) -> None:
         if self.json is None and self.body:

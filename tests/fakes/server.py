@@ -13,16 +13,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
+import shutil
 import socket
+import ssl
+import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import TypeVar, get_args
 
 from aiohttp import web
 
-from .behaviours import Behaviour, Reply
+from .behaviours import Behaviour, Cycle, Reply
 from .playback import STATE_KEY, Playback, RequestState
 from .recording import RecordedRequest, RequestLog
 from .render_anthropic import AnthropicRenderer
@@ -31,7 +37,7 @@ from .render_ollama import OllamaRenderer
 from .render_openai import OpenAIRenderer
 from .wire import Renderer, Route, WireResponse
 
-__all__ = ["DEFAULT_MODELS", "KINDS", "FakeServer"]
+__all__ = ["DEFAULT_MODELS", "KINDS", "FakeServer", "refusing_port", "self_signed_context"]
 
 _T = TypeVar("_T")
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -66,6 +72,8 @@ class FakeServer:
         context_lengths: per-model context window reported by Ollama ``/api/show``,
             llama.cpp ``/v1/models`` / ``/props`` and Anthropic ``max_input_tokens``.
         port: fixed port, or 0 for a free one.
+        tls: serve HTTPS with this server-side context (see `self_signed_context`);
+            ``base_url`` then starts with ``https://``.
     """
 
     def __init__(
@@ -77,6 +85,7 @@ class FakeServer:
         strict_models: bool = False,
         context_lengths: Mapping[str, int] | None = None,
         port: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if kind not in RENDERERS:
             raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -98,6 +107,8 @@ class FakeServer:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._stopping = False
+        self._tls = tls
+        self._cycles: dict[int, int] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -154,8 +165,8 @@ class FakeServer:
 
     @property
     def origin(self) -> str:
-        """``http://127.0.0.1:PORT`` (no path)."""
-        return f"http://127.0.0.1:{self.port}"
+        """``http://127.0.0.1:PORT`` (no path; ``https`` when serving TLS)."""
+        return f"{'https' if self._tls is not None else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -203,11 +214,21 @@ class FakeServer:
         """Every request, model listings and health checks included (a snapshot)."""
         return self._all_log.snapshot()
 
+    @property
+    def served(self) -> list[RecordedRequest]:
+        """Chat requests answered with a `Reply` whose last byte was written (a snapshot).
+
+        These are the calls a provider would bill: the answer, with its usage, left the
+        server whole. Faults, errors and replies cut by a client disconnect are not served.
+        """
+        return [r for r in self.requests if isinstance(r.behaviour, Reply) and r.completed.is_set()]
+
     def reset(self) -> None:
         """Clear the script and the recordings; the default goes back to ``Reply()``."""
         with self._lock:
             self._queue.clear()
             self._default = Reply()
+            self._cycles.clear()
         self._chat_log.clear()
         self._all_log.clear()
 
@@ -281,7 +302,7 @@ class FakeServer:
                 app.router.add_route(route.method, route.path, self._route_handler(route))
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
+        await web.SockSite(self._runner, sock, ssl_context=self._tls).start()
 
     async def _shutdown(self) -> None:
         self._stopping = True
@@ -297,7 +318,12 @@ class FakeServer:
 
     def _next_behaviour(self) -> Behaviour:
         with self._lock:
-            return self._queue.popleft() if self._queue else self._default
+            behaviour = self._queue.popleft() if self._queue else self._default
+            if isinstance(behaviour, Cycle):
+                position = self._cycles.get(id(behaviour), 0)
+                self._cycles[id(behaviour)] = position + 1
+                behaviour = behaviour.behaviours[position % len(behaviour.behaviours)]
+            return behaviour
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
@@ -359,7 +385,9 @@ class FakeServer:
             return await playback.send(invalid)
         if self.strict_models and not renderer.knows_model(ctx.model):
             return await playback.send(renderer.unknown_model(ctx))
-        return await playback.run(self._next_behaviour(), ctx)
+        behaviour = self._next_behaviour()
+        record.behaviour = behaviour
+        return await playback.run(behaviour, ctx)
 
     def _route_handler(self, route: Route) -> _Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -373,3 +401,40 @@ class FakeServer:
     def __repr__(self) -> str:
         where = f"port={self._port}" if self._port is not None else "not started"
         return f"FakeServer({self.kind!r}, {where})"
+
+
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port where every connection is refused, held for the ``with`` block.
+
+    The socket is bound but never listens, so nothing else can take the port meanwhile
+    and a connect gets an immediate RST (``ECONNREFUSED``).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+def self_signed_context(directory: Path | None = None) -> ssl.SSLContext:
+    """A server-side TLS context with a fresh self-signed certificate for 127.0.0.1.
+
+    Made with the ``openssl`` command line (``RuntimeError`` when it is missing), so no
+    key material is kept in the repository. No client trusts it: a connection to a fake
+    serving it fails certificate verification, which is the point.
+    """
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("the openssl command is not installed")
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True, timeout=60,
+        )
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+    return context
