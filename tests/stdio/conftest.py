@@ -12,11 +12,11 @@ import pytest
 from tests.stdio.harness import SidecarProcess
 from tests.stdio.schemas import assert_wire_valid
 
-#: Fake keys used in stdio tests; any of them on stdout/stderr fails the test.
-OPENAI_KEY = "sk-test-OPENAIKEY0123456789abcdef"
-ANTHROPIC_KEY = "sk-ant-test-ANTHROPICKEY0123456789"
-CUSTOM_KEY = "local-secret-key-0123456789XYZ"
-ALL_KEYS = (OPENAI_KEY, ANTHROPIC_KEY, CUSTOM_KEY)
+# Fake keys used in stdio tests; any of them on stdout/stderr fails the test (they live in
+# tests.support.keys, which the secret guard of tests/conftest.py watches for every test).
+from tests.support.keys import ALL_KEYS, ANTHROPIC_KEY, CUSTOM_KEY, OPENAI_KEY
+
+__all__ = ["ALL_KEYS", "ANTHROPIC_KEY", "CUSTOM_KEY", "OPENAI_KEY", "Spawn", "fake_config"]
 
 Spawn = Callable[..., SidecarProcess]
 

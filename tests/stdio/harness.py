@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from tests.support.secret_guard import watch
+
 REPO = Path(__file__).resolve().parents[2]
 _KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OLLAMA_HOST", "MODEL_SIDECAR_DATA_DIR")
 
@@ -69,7 +71,16 @@ class SidecarProcess:
         self._err = threading.Thread(target=self._read_stderr, daemon=True)
         self._out.start()
         self._err.start()
+        # The secret guard scans both streams after every test phase, whoever spawned us.
+        watch(f"sidecar pid {self.proc.pid}", self._streams, self._finished)
         self.ready = self.next_message(timeout=30)
+
+    def _streams(self) -> list[tuple[str, bytes]]:
+        return [("stdout", b"\n".join(list(self.raw_lines)) + b"\n" + self.unterminated),
+                ("stderr", bytes(self.stderr))]
+
+    def _finished(self) -> bool:
+        return self.proc.poll() is not None and not self._out.is_alive() and not self._err.is_alive()
 
     # -- reading ---------------------------------------------------------------------
 
