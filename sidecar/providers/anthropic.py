@@ -31,6 +31,7 @@ from sidecar.providers.http import (
     aiter_sse,
     as_count,
     error_from_payload,
+    finish_body,
     loads_body,
     map_http_errors,
     parse_rate_limit,
@@ -208,7 +209,8 @@ class AnthropicProvider(Provider):
                 ) as response:
                     self.last_rate_limit = parse_rate_limit(response.headers)
                     await raise_for_error(response, provider=self.name, model=request.model)
-                    async for event in aiter_sse(response):
+                    events = aiter_sse(response)
+                    async for event in events:
                         if event.event == "ping" or not event.data:
                             continue
                         # Every payload is parsed, so a garbled line is a ModelError even
@@ -254,6 +256,8 @@ class AnthropicProvider(Provider):
                                 if isinstance(text, str) and text:
                                     yield StreamDelta(content=text, model=model)
                         # content_block_start/stop and unknown event types are ignored (§2.4).
+                    if done:
+                        await finish_body(events)  # the connection goes back to the pool
             if not done:
                 raise NetworkError(
                     f"{self.name}: stream ended early (no message_stop)",

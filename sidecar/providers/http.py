@@ -9,6 +9,7 @@ or by ``httpx-sse``'s SSE line decoder (``\\r\\n``, ``\\r``, ``\\n``): never by
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import ipaddress
 import re
@@ -46,6 +47,7 @@ __all__ = [
     "as_count",
     "error_from_payload",
     "error_from_status",
+    "finish_body",
     "is_loopback_url",
     "loads_body",
     "map_http_errors",
@@ -446,6 +448,29 @@ async def aiter_ndjson(response: httpx.Response) -> AsyncIterator[bytes]:
                 yield line
     if buffer.strip():
         yield buffer.rstrip(b"\r")
+
+
+#: How long the end of a body may take to arrive after the stream's terminator.
+FINISH_BODY_TIMEOUT_S = 0.1
+
+
+async def finish_body(rest: AsyncIterator[object], *, limit: int = 64) -> None:
+    """Read what follows a stream's terminator (``[DONE]``, ``message_stop``, ``done``).
+
+    Breaking out at the terminator leaves the end of the chunked body unread, and httpx
+    then closes the connection instead of pooling it: every stream would pay a new TCP
+    (and TLS) handshake. A server that does not end the body promptly, or keeps sending,
+    just loses the connection; nothing here fails the answer already received.
+    """
+    try:
+        async with asyncio.timeout(FINISH_BODY_TIMEOUT_S):
+            count = 0
+            async for _ in rest:
+                count += 1
+                if count >= limit:
+                    return
+    except (TimeoutError, httpx.HTTPError):
+        return
 
 
 async def aiter_sse(response: httpx.Response) -> AsyncIterator[httpx_sse.ServerSentEvent]:

@@ -25,6 +25,7 @@ from sidecar.providers.base import (
 from sidecar.providers.http import (
     aiter_ndjson,
     as_count,
+    finish_body,
     loads_body,
     map_http_errors,
     parse_rate_limit,
@@ -159,7 +160,8 @@ class OllamaProvider(Provider):
                     self.last_rate_limit = parse_rate_limit(response.headers)
                     await raise_for_error(response, provider=self.name, model=request.model)
                     # Split on the byte \n only: U+2028/U+2029 stay inside a line (§3).
-                    async for line in aiter_ndjson(response):
+                    lines = aiter_ndjson(response)
+                    async for line in lines:
                         data = loads_body(line, provider=self.name, model=request.model)
                         error = self._error_line(data, request.model)
                         if error is not None:
@@ -178,6 +180,8 @@ class OllamaProvider(Provider):
                         text = _message_text(data)
                         if text:
                             yield StreamDelta(content=text, model=model)
+                    if final is not None:
+                        await finish_body(lines)  # the connection goes back to the pool
             if final is None:
                 raise NetworkError(
                     f"{self.name}: stream ended early (no done: true)",

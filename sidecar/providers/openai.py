@@ -36,6 +36,7 @@ from sidecar.providers.http import (
     aiter_sse,
     as_count,
     error_from_payload,
+    finish_body,
     loads_body,
     map_http_errors,
     parse_rate_limit,
@@ -216,7 +217,8 @@ class OpenAIProvider(Provider):
                 ) as response:
                     self.last_rate_limit = parse_rate_limit(response.headers)
                     await raise_for_error(response, provider=self.name, model=request.model)
-                    async for event in aiter_sse(response):
+                    events = aiter_sse(response)
+                    async for event in events:
                         if not event.data:
                             continue
                         if event.data.strip() == "[DONE]":
@@ -246,6 +248,8 @@ class OpenAIProvider(Provider):
                         text = delta.get("content") if isinstance(delta, dict) else None
                         if isinstance(text, str) and text:
                             yield StreamDelta(content=text, model=model)
+                    if done:
+                        await finish_body(events)  # the connection goes back to the pool
             if not done:
                 raise NetworkError(
                     f"{self.name}: stream ended early (no [DONE])",
