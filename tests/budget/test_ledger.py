@@ -192,3 +192,24 @@ async def test_closed_ledger_refuses_work(tmp_path: Path) -> None:
     ledger.close()  # idempotent
     with pytest.raises(RuntimeError):
         await ledger.record_count()
+
+
+async def test_money_commits_are_fsynced_free_rows_are_not(ledger: Ledger) -> None:
+    """synchronous=FULL for anything that moves money, NORMAL for a free call's settle."""
+
+    async def mode() -> int:  # 2 = FULL, 1 = NORMAL; read on the ledger's own thread
+        return int(await ledger._run(lambda: ledger._db().execute("PRAGMA synchronous").fetchone()[0]))
+
+    await ledger.settle(None, record(cost=0, provider="local-llm", model="smollm2"))
+    assert await mode() == 1
+    await ledger.settle(None, record(cost=5))
+    assert await mode() == 2
+    await ledger.settle(None, record(cost=0))
+    assert await mode() == 1
+    reserved = await ledger.reserve(ts_ms=2, request_id="b", provider="p", model="m", amount_micros=50,
+                                    caps=[], block=True)
+    assert await mode() == 2
+    assert reserved.reservation_id is not None
+    await ledger.settle(reserved.reservation_id, record(cost=0))  # a reservation released: money
+    assert await mode() == 2
+    assert await ledger.record_count() == 4
