@@ -104,8 +104,14 @@ def stream_answer(sidecar: Sidecar, prompt: str) -> None:
     meta = result["metadata"]
     print(f"\nprovider: {meta['provider']}   model: {result['model']}   task type: {meta['taskType']}")
     print(f"cost: ${meta['costUsd']:.6f}   latency: {meta['latencyMs']:.0f} ms   "
-          f"first token: {meta.get('timeToFirstTokenMs') or 0:.0f} ms   usage: {result.get('usage')}")
+          f"first token: {meta.get('timeToFirstTokenMs') or 0:.0f} ms   usage: {usage_text(result.get('usage'))}")
     print("why: " + "; ".join(meta["selectionReasons"]))
+
+
+def usage_text(usage: dict[str, Any] | None) -> str:
+    if not usage:  # llama-cpp-python's server sends none in streams
+        return "not reported by the server (the usage ledger holds an estimate)"
+    return f"{usage['promptTokens']} prompt + {usage['completionTokens']} completion tokens"
 
 
 def main() -> int:
