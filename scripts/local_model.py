@@ -26,9 +26,11 @@ import urllib.request
 from pathlib import Path
 from types import FrameType
 
+from sidecar.wire.config import LOCAL_MODEL, LOCAL_PORT
+
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MODEL_ALIAS = "smollm2-135m-instruct"  # the sidecar's default local model id
-DEFAULT_PORT = 8080
+MODEL_ALIAS = LOCAL_MODEL  # the model id the sidecar's default local-llm entry asks for
+DEFAULT_PORT = LOCAL_PORT
 CONTEXT = 8192  # SmolLM2's trained context; the catalog entry says the same
 READY_TIMEOUT_S = 120.0
 

@@ -9,6 +9,7 @@ finish-reason/usage mapping so the streaming and non-streaming paths cannot drif
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
@@ -353,13 +354,17 @@ class OpenAICompatibleProvider(OpenAIProvider):
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamDelta, None]:
         sent = False
         try:
-            async for delta in super().stream(self._dialect(request)):
-                sent = True
-                yield delta
+            # aclosing: a consumer that stops early closes the upstream stream at once,
+            # not whenever the inner generator is collected.
+            async with contextlib.aclosing(super().stream(self._dialect(request))) as deltas:
+                async for delta in deltas:
+                    sent = True
+                    yield delta
             return
         except ProviderError as exc:
             if sent or not self._refused_schema_form(request, exc):
                 raise
         self.flat_schema_format = True
-        async for delta in super().stream(self._dialect(request)):
-            yield delta
+        async with contextlib.aclosing(super().stream(self._dialect(request))) as deltas:
+            async for delta in deltas:
+                yield delta
