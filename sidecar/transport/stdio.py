@@ -82,6 +82,19 @@ def encode_message(message: dict[str, Any]) -> bytes:
     return _escape_line_separators(data) + b"\n"
 
 
+class _Inbox(asyncio.Queue[InboxItem]):
+    """The reader's queue: taking a line frees the reader's slot for the next one."""
+
+    def __init__(self, slots: threading.BoundedSemaphore) -> None:
+        super().__init__()
+        self._slots = slots
+
+    def get_nowait(self) -> InboxItem:  # asyncio.Queue.get() ends here too
+        item = super().get_nowait()
+        self._slots.release()
+        return item
+
+
 class LineReader:
     """Reads ``\\n``-terminated lines on a thread and feeds them to an asyncio queue."""
 
@@ -96,15 +109,22 @@ class LineReader:
         self._stream = stream
         self._loop = loop
         self._max = max_line_bytes
-        self.inbox: asyncio.Queue[InboxItem] = asyncio.Queue(maxsize=inbox_size)
+        # At most ``inbox_size`` lines wait for the dispatcher: the reader takes a slot
+        # before handing a line over and the inbox gives it back when the line is taken,
+        # so a host that writes faster than we dispatch fills the pipe, not our memory.
+        self._slots = threading.BoundedSemaphore(inbox_size)
+        self.inbox: asyncio.Queue[InboxItem] = _Inbox(self._slots)
         self._thread = threading.Thread(target=self._run, name="stdin-reader", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def _put(self, item: InboxItem) -> bool:
+        self._slots.acquire()
         try:
-            asyncio.run_coroutine_threadsafe(self.inbox.put(item), self._loop).result()
+            # No waiting for the loop to take it (that was a task and a thread round trip
+            # per line): the thread goes back to reading while the line is dispatched.
+            self._loop.call_soon_threadsafe(self.inbox.put_nowait, item)
         except RuntimeError:  # the loop is closed: the process is exiting
             return False
         return True
