@@ -46,8 +46,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-message-bytes", type=_positive_int, default=DEFAULT_MAX_MESSAGE_BYTES,
         help="longest accepted input line (default 16 MiB)",
     )
-    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument("--version", action=_VersionAction)
     return parser.parse_args(argv)
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: like argparse's, but the text (a resource read) is only built when
+    asked for, not on every start, where it would delay ``sidecar:ready``."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str = "show the version and build stamp, then exit") -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(version_text())
+        parser.exit()
 
 
 def version_text() -> str:
