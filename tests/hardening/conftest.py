@@ -29,6 +29,7 @@ __all__ = [
     "busy_limiters",
     "debug_state",
     "entry",
+    "idle_baseline",
     "rss_mb",
     "spawn",
 ]
@@ -86,6 +87,18 @@ def _debug_lines(sidecar: SidecarProcess) -> list[dict[str, Any]]:
             except ValueError:
                 continue
     return out
+
+
+def idle_baseline(sidecar: SidecarProcess) -> dict[str, Any]:
+    """The counts of a started sidecar once idle: the first call answered and the
+    start-up refresh of local model lists (a background task) ended."""
+    assert "result" in sidecar.call("model:usage")
+    baseline = debug_state(sidecar)
+    deadline = time.monotonic() + 5
+    while baseline["tasks"] > 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        baseline = debug_state(sidecar)
+    return baseline
 
 
 def debug_state(sidecar: SidecarProcess, timeout: float = 5.0) -> dict[str, Any]:
@@ -153,13 +166,6 @@ def hardening_spawn(spawn: Any) -> Any:
 
     def _spawn(config: dict[str, Any], **kwargs: Any) -> tuple[SidecarProcess, dict[str, Any]]:
         sidecar = spawn(config, **kwargs)
-        assert "result" in sidecar.call("model:usage")
-        # The start-up refresh of local model lists runs in the background: let it end.
-        baseline = debug_state(sidecar)
-        deadline = time.monotonic() + 5
-        while baseline["tasks"] > 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
-            baseline = debug_state(sidecar)
-        return sidecar, baseline
+        return sidecar, idle_baseline(sidecar)
 
     return _spawn

@@ -49,8 +49,8 @@ from tests.hardening.conftest import (
     OPENAI_KEY,
     assert_no_leaks,
     build_config,
-    debug_state,
     entry,
+    idle_baseline,
 )
 from tests.stdio.harness import SidecarProcess
 from tests.stdio.schemas import assert_wire_valid
@@ -149,13 +149,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         (data_dir / "config.json").write_text(json.dumps(config))
         sidecar = SidecarProcess(data_dir)
         try:
-            assert "result" in sidecar.call("model:usage")
-            baseline = debug_state(sidecar)
-            deadline = time.monotonic() + 5
-            while baseline["tasks"] > 4 and time.monotonic() < deadline:
-                time.sleep(0.05)
-                baseline = debug_state(sidecar)
-            yield Rig(sidecar, baseline, fakes)
+            yield Rig(sidecar, idle_baseline(sidecar), fakes)
         finally:
             code = sidecar.close()
             assert code == 0, sidecar.stderr.decode(errors="replace")[-3000:]
