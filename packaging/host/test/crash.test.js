@@ -5,20 +5,16 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { SidecarCrashedError, SidecarHost, SidecarUnavailableError } from '../index.js';
-import { HOST_DIR, SIDECAR_ENV, makeDataDir, nextEvent, pidAlive, sidecarCommand, startFake, waitFor } from './helpers.js';
+import { HOST_DIR, SIDECAR_ENV, nextEvent, pidAlive, sidecarCommand, startProviders, waitFor } from './helpers.js';
 
-/** @type {import('./helpers.js').Fake} */ let fast;
-/** @type {import('./helpers.js').Fake} */ let slow;
-/** @type {{ dir: string, remove: () => Promise<void> }} */ let data;
+/** @type {{ dir: string, stop: () => Promise<void> }} */ let data;
 
 before(async () => {
-  [fast, slow] = await Promise.all([startFake(), startFake(['--chunks', '400', '--delay-ms', '50'])]);
-  data = await makeDataDir({ fake: fast.baseUrl, slow: slow.baseUrl });
+  data = await startProviders();
 });
 
 after(async () => {
-  await Promise.all([fast?.stop(), slow?.stop()]);
-  await data?.remove();
+  await data?.stop();
 });
 
 test('kill -9 mid-stream: the stream rejects with SidecarCrashedError, the host reports it and restarts', async () => {

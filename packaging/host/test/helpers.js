@@ -114,6 +114,23 @@ export async function makeDataDir(providers) {
 }
 
 /**
+ * The providers most tests use: a fast fake (`fake`, the default provider), a slow
+ * streaming one (`slow`: 400 chunks 50 ms apart), and a data dir pointing at both.
+ * @returns {Promise<{ dir: string, stop: () => Promise<void> }>}
+ */
+export async function startProviders() {
+  const [fast, slow] = await Promise.all([startFake(), startFake(['--chunks', '400', '--delay-ms', '50'])]);
+  const data = await makeDataDir({ fake: fast.baseUrl, slow: slow.baseUrl });
+  return {
+    dir: data.dir,
+    stop: async () => {
+      await Promise.all([fast.stop(), slow.stop()]);
+      await data.remove();
+    },
+  };
+}
+
+/**
  * Is the process alive? A zombie (exited, not reaped yet: its parent died and nobody reaps
  * in this container) counts as gone.
  * @param {number | undefined} pid

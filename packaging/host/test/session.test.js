@@ -11,11 +11,9 @@ import {
   SidecarHost,
   SidecarRpcError,
 } from '../index.js';
-import { SIDECAR_ENV, makeDataDir, pidAlive, sidecarCommand, startFake, waitFor } from './helpers.js';
+import { SIDECAR_ENV, pidAlive, sidecarCommand, startProviders, waitFor } from './helpers.js';
 
-/** @type {import('./helpers.js').Fake} */ let fast;
-/** @type {import('./helpers.js').Fake} */ let slow;
-/** @type {{ dir: string, remove: () => Promise<void> }} */ let data;
+/** @type {{ dir: string, stop: () => Promise<void> }} */ let data;
 /** @type {SidecarHost} */ let host;
 /** @type {string[]} */ const stderr = [];
 /** @type {import('../types.js').SidecarReadyNotification} */ let ready;
@@ -23,8 +21,7 @@ import { SIDECAR_ENV, makeDataDir, pidAlive, sidecarCommand, startFake, waitFor 
 const SLOW = { provider: 'slow', fallback: false };
 
 before(async () => {
-  [fast, slow] = await Promise.all([startFake(), startFake(['--chunks', '400', '--delay-ms', '50'])]);
-  data = await makeDataDir({ fake: fast.baseUrl, slow: slow.baseUrl });
+  data = await startProviders();
   const { command, args } = sidecarCommand();
   host = new SidecarHost({ command, args, dataDir: data.dir, env: SIDECAR_ENV });
   host.on('stderr', (line) => stderr.push(line));
@@ -32,8 +29,7 @@ before(async () => {
 
 after(async () => {
   await host?.close();
-  await Promise.all([fast?.stop(), slow?.stop()]);
-  await data?.remove();
+  await data?.stop();
 });
 
 test('start: sidecar:ready handshake with protocol version 1', async () => {
