@@ -6,7 +6,7 @@ are run round-robin, so a busy moment of this noisy 2-core machine hits all alik
 medians are reported. Sizes are what a desktop app ships: the onedir folder, the onefile
 executable. Idle RSS is read from /proc after ready.
 
-    .venv/bin/python bench/startup.py [--runs 15]   # builds the binaries if missing
+    .venv/bin/python -m bench.startup [--runs 15]   # builds the binaries if missing
 
 Writes ``bench/results-startup.json``.
 """
@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.compare import rss_mb
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results-startup.json"
 ONEDIR = REPO / "dist" / "model-sidecar" / "model-sidecar"
@@ -35,16 +37,6 @@ def tree_bytes(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def one_start(command: list[str]) -> dict[str, float | None]:

@@ -280,59 +280,58 @@ class SidecarHost:
 
 # --- the command loop ------------------------------------------------------------------
 
-async def seq(client: Any, n: int, stream: bool, model: str) -> dict[str, Any]:
-    lat: list[float] = []
-    ttfc: list[float] = []
-    chunks = errors = 0
-    for _ in range(n):
+class Tally:
+    """Latencies, first-chunk times, chunks and errors of the requests one command runs."""
+
+    def __init__(self) -> None:
+        self.lat: list[float] = []
+        self.ttfc: list[float] = []
+        self.chunks = self.errors = 0
+        self.last_error = ""
+
+    async def one(self, client: Any, stream: bool, model: str) -> None:
         started = time.perf_counter()
         try:
             result = await client.one(stream, model)
         except Exception as exc:
-            errors += 1
-            last_error = repr(exc)[:300]
-            continue
-        lat.append((time.perf_counter() - started) * 1000)
+            self.errors += 1
+            self.last_error = repr(exc)[:300]
+            return
+        self.lat.append((time.perf_counter() - started) * 1000)
         if result.first is not None:
-            ttfc.append((result.first - started) * 1000)
-        chunks += result.chunks
-    out: dict[str, Any] = {"lat": lat, "ttfc": ttfc, "chunks": chunks, "errors": errors}
-    if errors:
-        out["lastError"] = last_error
-    return out
+            self.ttfc.append((result.first - started) * 1000)
+        self.chunks += result.chunks
+
+    def errors_out(self, out: dict[str, Any]) -> dict[str, Any]:
+        if self.errors:
+            out["lastError"] = self.last_error
+        return out
+
+
+async def seq(client: Any, n: int, stream: bool, model: str) -> dict[str, Any]:
+    tally = Tally()
+    for _ in range(n):
+        await tally.one(client, stream, model)
+    return tally.errors_out({"lat": tally.lat, "ttfc": tally.ttfc, "chunks": tally.chunks,
+                             "errors": tally.errors})
 
 
 async def conc(client: Any, n: int, inflight: int, stream: bool, model: str) -> dict[str, Any]:
     remaining = n
-    chunks = errors = 0
-    last_error = ""
-    lat: list[float] = []
-    ttfc: list[float] = []
+    tally = Tally()
 
     async def runner() -> None:
-        nonlocal remaining, chunks, errors, last_error
+        nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            started = time.perf_counter()
-            try:
-                result = await client.one(stream, model)
-            except Exception as exc:
-                errors += 1
-                last_error = repr(exc)[:300]
-                continue
-            lat.append((time.perf_counter() - started) * 1000)
-            if result.first is not None:
-                ttfc.append((result.first - started) * 1000)
-            chunks += result.chunks
+            await tally.one(client, stream, model)
 
     started = time.perf_counter()
     await asyncio.gather(*(runner() for _ in range(min(inflight, n))))
     wall = time.perf_counter() - started
-    out: dict[str, Any] = {"wallS": wall, "done": n - errors, "errors": errors, "chunks": chunks,
-                           "latP50": _pct(lat, 0.5), "ttfcP50": _pct(ttfc, 0.5)}
-    if errors:
-        out["lastError"] = last_error
-    return out
+    return tally.errors_out({"wallS": wall, "done": n - tally.errors, "errors": tally.errors,
+                             "chunks": tally.chunks, "latP50": _pct(tally.lat, 0.5),
+                             "ttfcP50": _pct(tally.ttfc, 0.5)})
 
 
 def _pct(values: list[float], q: float) -> float | None:
