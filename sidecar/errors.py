@@ -23,6 +23,7 @@ retry the same request (``retryable``). Context is keyword-only and ends up in
     ├── BudgetExceededError         -32006
     ├── StructuredOutputError       -32007
     ├── AllProvidersFailedError     -32008  data.attempts
+    ├── StorageError                -32009  data dir not writable; data.path, data.reason
     └── RequestCancelled            -32800  $/cancelRequest or shutdown
 """
 
@@ -46,6 +47,7 @@ __all__ = [
     "RateLimitError",
     "RequestCancelled",
     "SidecarError",
+    "StorageError",
     "StructuredOutputError",
     "ValidationError",
 ]
@@ -255,6 +257,24 @@ class AllProvidersFailedError(SidecarError):
 
     code = -32008
     type = "AllProvidersFailedError"
+
+
+class StorageError(SidecarError):
+    """The data dir cannot be written (disk full, read-only, locked past a bounded wait).
+
+    Raised before anything goes upstream; ``data.path`` and ``data.reason`` say what
+    failed. Retryable: the same request may succeed once the disk is writable again.
+    """
+
+    code = -32009
+    type = "StorageError"
+    default_retryable = True
+
+    def __init__(self, message: str, *, path: str, reason: str, **kwargs: Any) -> None:
+        extra = {"path": path, "reason": reason, **(kwargs.pop("extra", None) or {})}
+        super().__init__(message, extra=extra, **kwargs)
+        self.path = path
+        self.reason = reason
 
 
 class RequestCancelled(SidecarError):

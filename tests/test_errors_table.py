@@ -25,6 +25,7 @@ TABLE = {
     "BudgetExceededError": (-32006, False),
     "StructuredOutputError": (-32007, False),
     "AllProvidersFailedError": (-32008, False),
+    "StorageError": (-32009, True),
     "RequestCancelled": (-32800, False),
 }
 
@@ -46,7 +47,12 @@ def test_every_row_has_a_class_named_like_its_type() -> None:
 
 @pytest.mark.parametrize("cls", concrete_classes(), ids=lambda c: c.__name__)
 def test_data_always_has_type_and_retryable(cls: type[SidecarError]) -> None:
-    exc = cls("m") if cls is not errors.InvalidParams else cls("m", errors=[])
+    if cls is errors.InvalidParams:
+        exc: SidecarError = cls("m", errors=[])
+    elif cls is errors.StorageError:
+        exc = cls("m", path="/x", reason="read-only")
+    else:
+        exc = cls("m")
     data = exc.to_data()
     assert data["type"] == cls.type and isinstance(data["retryable"], bool)
 
