@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
+import signal
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -35,6 +36,9 @@ log = structlog.get_logger("sidecar.config")
 
 CONFIG_FILE = "config.json"
 _KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+#: Test hook, read once at start: ``config-write-pause`` makes the config writer stop the
+#: process (SIGSTOP) with half of the new content written, so a test can SIGKILL it there.
+_FAULT = os.environ.get("MODEL_SIDECAR_FAULT", "")
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -176,6 +180,9 @@ class ConfigManager:
         fd, tmp = tempfile.mkstemp(prefix=CONFIG_FILE + ".tmp-", dir=self.data_dir)
         try:
             view = memoryview(data)
+            if _FAULT == "config-write-pause":
+                view = view[os.write(fd, view[: len(view) // 2]):]
+                os.kill(os.getpid(), signal.SIGSTOP)
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import queue
 import time
 from collections import Counter
 from pathlib import Path
@@ -311,7 +312,7 @@ class SidecarMachine(RuleBasedStateMachine):
             self._drain_available()
             try:
                 self._note(self.sidecar.next_message(timeout=0.5))
-            except Exception:  # queue.Empty: keep waiting until the deadline
+            except queue.Empty:  # nothing yet: keep waiting until the deadline
                 pass
         # A probe flushes anything still on its way: no second answer may follow.
         probe = self._new_id("probe")

@@ -66,6 +66,9 @@ class SidecarProcess:
         self.messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.backlog: list[dict[str, Any]] = []
         self.stderr = bytearray()
+        # Every stream's seq must run 0, 1, 2, ... however long it is (checked as read).
+        self.seq_errors: list[str] = []
+        self._next_seq: dict[Any, int] = {}
         self._ids = itertools.count(1)
         self._out = threading.Thread(target=self._read_stdout, daemon=True)
         self._err = threading.Thread(target=self._read_stderr, daemon=True)
@@ -95,10 +98,25 @@ class SidecarProcess:
             *lines, buffer = buffer.split(b"\n")  # byte 0x0A only, as a host must
             for line in lines:
                 self.raw_lines.append(line)
-                self.messages.put(json.loads(line))
+                message = json.loads(line)
+                self._check_seq(message)
+                self.messages.put(message)
         # An unterminated last line is a framing bug, unless the process was killed mid-write.
         self.unterminated = buffer
         self.messages.put(None)
+
+    def _check_seq(self, message: Any) -> None:
+        if not isinstance(message, dict):
+            return
+        if message.get("method") == "model:stream-chunk":
+            params = message.get("params") or {}
+            request_id, seq = params.get("requestId"), params.get("seq")
+            expected = self._next_seq.get(request_id, 0)
+            if seq != expected:
+                self.seq_errors.append(f"request {request_id!r}: seq {seq!r} where {expected} was due")
+            self._next_seq[request_id] = expected + 1
+        elif "method" not in message:
+            self._next_seq.pop(message.get("id"), None)  # answered: the id may be used again
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -143,6 +161,7 @@ class SidecarProcess:
 
     def notifications(self, method: str, request_id: Any) -> list[dict[str, Any]]:
         """Stream chunks etc. already received for ``request_id`` (in arrival order)."""
+        assert not self.seq_errors, self.seq_errors[:5]
         found = [m for m in self.backlog if m.get("method") == method
                  and m.get("params", {}).get("requestId") == request_id]
         for message in found:
@@ -204,6 +223,7 @@ class SidecarProcess:
             assert secret.encode() not in bytes(self.stderr), "an API key reached stderr"
         if self.proc.returncode == 0:
             assert self.unterminated == b"", "the last stdout line has no newline"
+        assert not self.seq_errors, self.seq_errors[:5]
         for line in self.raw_lines:
             json.loads(line)
             assert b"\r" not in line
