@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from sidecar.errors import InvalidParams, SidecarError
@@ -47,7 +48,9 @@ async def _with_details(provider: Provider, models: list[ProviderModel]) -> list
             shown = await provider.get_model_info(model.id)
         except SidecarError:
             return model
-        return shown or model
+        if shown is None:
+            return model
+        return replace(shown, version=shown.version or model.version)
 
     return list(await asyncio.gather(*(detail(m) for m in models)))
 
@@ -104,6 +107,7 @@ def channels(services: Services) -> list[Channel]:
             capabilities=[Capability(c) for c in sorted(caps & _CAPS)],
             available=available and services.stats.available(provider.name),
             deprecated=True if profile.deprecated else None,
+            version=services.registry.version(provider.name, model_id),
         )
 
     async def provider_models(provider: Provider) -> list[ModelInfo]:

@@ -28,7 +28,7 @@ def channels(services: Services) -> list[Channel]:
                 local=s.candidate.local,
                 available=s.candidate.available,
                 factors=None if s.excluded else s.factors,
-                excluded=s.excluded,
+                excluded=s.excluded.text() if s.excluded else None,
             )
             for s in decision.ranking
         ]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
@@ -46,7 +46,6 @@ __all__ = [
     "call_cost_micros",
     "micros_to_usd",
     "periods_at",
-    "prompt_tokens_upper_bound",
     "resolve_timezone",
     "usd_to_micros",
 ]
@@ -79,12 +78,6 @@ def call_cost_micros(prompt_tokens: int, completion_tokens: int, *, input_per_1m
     """Exact cost of a call at list prices: USD per 1M tokens is micro-dollars per token."""
     total = prompt_tokens * Decimal(str(input_per_1m)) + completion_tokens * Decimal(str(output_per_1m))
     return int(total.quantize(Decimal(1), rounding=ROUND_HALF_UP))
-
-
-def prompt_tokens_upper_bound(texts: Iterable[str], *, per_message_overhead: int = 16) -> int:
-    """A prompt-token count no byte-level BPE tokenizer can exceed: every token covers at
-    least one UTF-8 byte, plus a fixed allowance per message for the chat template."""
-    return sum(len(text.encode("utf-8")) + per_message_overhead for text in texts)
 
 
 def resolve_timezone(name: str | None) -> tzinfo:

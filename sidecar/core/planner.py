@@ -21,24 +21,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from sidecar.core.budget import prompt_tokens_upper_bound
+from sidecar.core import tokens
 from sidecar.core.pool import ProviderPool
 from sidecar.core.registry import ModelProfile, ModelRegistry
-from sidecar.core.selector import WEIGHTS, Need, Scored, estimate_tokens, rank
+from sidecar.core.selector import WEIGHTS, Exclusion, Need, Scored, rank
 from sidecar.core.selector import Candidate as Scorable
 from sidecar.core.stats import StatsBook
+from sidecar.core.tokens import DEFAULT_OUTPUT_TOKENS, context_text
 from sidecar.errors import AllProvidersFailedError, BudgetExceededError, InvalidParams, ValidationError
 from sidecar.providers.base import ProviderSettings
 from sidecar.wire.config import ModelConfig
 from sidecar.wire.model import ModelRequest, ModelSelection
 
-__all__ = ["DEFAULT_OUTPUT_TOKENS", "Classify", "Decision", "Planner", "context_text", "effective_selection",
-           "request_tokens"]
+__all__ = ["DEFAULT_OUTPUT_TOKENS", "Classify", "Decision", "Planner", "context_text", "effective_selection"]
 
-#: Output tokens assumed (for the context fit) when the request sets no maxTokens.
-DEFAULT_OUTPUT_TOKENS = 1024
 #: Output assumed for the worst-case cost of a model whose maximum output is unknown.
 UNBOUNDED_OUTPUT_TOKENS = 8192
 _KEYED_KINDS = {"openai", "anthropic"}
@@ -89,27 +85,6 @@ def effective_selection(selection: ModelSelection | None, cfg: ModelConfig) -> M
         return ModelSelection.model_validate({k: v for k, v in fallbacks.items() if v is not None}, strict=False)
     given = selection.model_fields_set
     return selection.model_copy(update={k: v for k, v in fallbacks.items() if k not in given})
-
-
-def context_text(context: Any) -> str:
-    """``request.context`` as the model sees it: a string as is, anything else as JSON."""
-    if context is None:
-        return ""
-    if isinstance(context, str):
-        return context
-    return orjson.dumps(context, option=orjson.OPT_INDENT_2).decode("utf-8")
-
-
-def _request_texts(request: ModelRequest) -> list[str]:
-    texts = [request.prompt, request.system_prompt or "", context_text(request.context)]
-    texts.extend(turn.content for turn in request.messages or ())
-    return texts
-
-
-def request_tokens(request: ModelRequest) -> int:
-    """Prompt tokens of a request, erring high: every turn, the system prompt and context."""
-    # A few tokens of framing per message, as chat templates add them.
-    return sum(estimate_tokens(t) for t in _request_texts(request)) + 4 * (len(request.messages or ()) + 2)
 
 
 class Planner:
@@ -177,7 +152,7 @@ class Planner:
             )
 
         task_type, complexity, signals = self._task(request)
-        need = Need(task_type, complexity, request_tokens(request), request.max_tokens or DEFAULT_OUTPUT_TOKENS)
+        need = Need(task_type, complexity, tokens.estimate(request), request.max_tokens or DEFAULT_OUTPUT_TOKENS)
         profiles: dict[tuple[str, str], ModelProfile] = {}
         scorables: list[Scorable] = []
         pinned_key = (pinned_provider, model_id) if pinned_provider and model_id else None
@@ -196,8 +171,8 @@ class Planner:
         first: Scored | None = None
         if pinned_key is not None:
             first = next((s for s in ranking if (s.candidate.provider, s.candidate.model) == pinned_key), None)
-            if first is not None and first.excluded and "maxCostUsd" in first.excluded:
-                raise BudgetExceededError(f"{model_id}: {first.excluded}", provider=pinned_provider,
+            if first is not None and first.excluded and first.excluded.kind is Exclusion.MAX_COST:
+                raise BudgetExceededError(f"{model_id}: {first.excluded.text()}", provider=pinned_provider,
                                           model_id=model_id)
         elif pinned_provider is not None:
             first = next((s for s in kept if s.candidate.provider == pinned_provider), None)
@@ -231,7 +206,7 @@ class Planner:
             prompt_tokens=need.prompt_tokens,
             output_tokens=need.output_tokens,
             ranking=tuple(ranking),
-            prompt_bound=prompt_tokens_upper_bound(_request_texts(request)),
+            prompt_bound=tokens.upper_bound(tokens.request_texts(request)),
             requested_max_tokens=request.max_tokens,
         )
 
@@ -261,9 +236,10 @@ class Planner:
     @staticmethod
     def _nothing_fits(ranking: list[Scored]) -> Exception:
         reasons = "; ".join(s.reason() for s in ranking)
-        if ranking and all("maxCostUsd" in (s.excluded or "") for s in ranking):
+        kinds = {s.excluded.kind if s.excluded else None for s in ranking}
+        if kinds == {Exclusion.MAX_COST}:
             return BudgetExceededError(f"no candidate within maxCostUsd: {reasons}")
-        if ranking and all("window is" in (s.excluded or "") for s in ranking):
+        if kinds == {Exclusion.WINDOW}:
             return ValidationError(f"the request does not fit any model's context window: {reasons}",
                                    context_too_long=True, retryable=False)
         return ValidationError(f"no candidate model fits the request: {reasons}", retryable=False)

@@ -20,6 +20,7 @@ from sidecar.providers.base import ProviderModel, ProviderSettings, Usage
 from sidecar.wire.config import ModelOverride
 
 __all__ = [
+    "FREE_KINDS",
     "UNKNOWN_CONTEXT_WINDOW",
     "Catalog",
     "CatalogEntry",
@@ -110,6 +111,9 @@ class ModelProfile:
         return (usage.prompt_tokens * self.input_per_1m + usage.completion_tokens * self.output_per_1m) / 1e6
 
 
+#: Provider kinds whose models cost nothing unless the config prices them.
+FREE_KINDS = frozenset({"ollama", "custom"})
+
 #: Window assumed for a model nobody reports (small, so the estimate errs safe).
 UNKNOWN_CONTEXT_WINDOW = 8192
 
@@ -119,13 +123,16 @@ class ModelRegistry:
 
     Precedence per field: ``modelOverrides`` in config > the provider's own report
     (``/api/show``, ``/v1/models`` metadata) > the shipped catalog (by base model for
-    dated snapshots) > an inference from the model's name. Local models cost 0.
+    dated snapshots) > an inference from the model's name. Ollama and custom models cost 0
+    unless priced; every other model costs its list price wherever it is served.
     """
 
     def __init__(self, catalog: Catalog, overrides: Callable[[], Mapping[str, ModelOverride]]) -> None:
         self.catalog = catalog
         self._overrides = overrides
         self._reported: dict[tuple[str, str], ProviderModel] = {}
+        #: (provider, model asked for) → the id the provider answered with (a dated snapshot).
+        self._served: dict[tuple[str, str], str] = {}
 
     def report(self, provider: str, models: Iterable[ProviderModel]) -> None:
         """Remember what a provider said about its models (from list-models or a refresh)."""
@@ -141,6 +148,23 @@ class ModelRegistry:
             # Ollama names "llama3.2" and "llama3.2:latest" the same model.
             found = self._reported.get((provider, model_id + ":latest"))
         return found
+
+    def note_served(self, provider: str, requested: str, served: str) -> None:
+        """Remember which snapshot a model name resolved to (``gpt-4o`` → ``gpt-4o-2024-08-06``)."""
+        if served and served != requested:
+            self._served[(provider, requested)] = served
+
+    def version(self, provider: str, model_id: str) -> str | None:
+        """The model's version as providers report it: Ollama's digest, the dated snapshot
+        a name was last served as, or the date in a snapshot's own id."""
+        reported = self.reported_model(provider, model_id)
+        if reported is not None and reported.version:
+            return reported.version
+        served = self._served.get((provider, model_id))
+        if served is not None:
+            return served
+        match = _DATE_SUFFIX.search(model_id)
+        return match.group(1) if match else None
 
     def profile(self, settings: ProviderSettings, model_id: str) -> ModelProfile:
         entry = self.catalog.lookup(settings.kind, model_id)
@@ -168,11 +192,13 @@ class ModelRegistry:
             caps = set(override.capabilities)
         if settings.local:
             caps.add("local")
-        # Local models cost nothing, unless the user priced one explicitly (a rented GPU
-        # behind an SSH tunnel is "local" to the network, not free).
+        # Money follows the model, not the address: an openai or anthropic entry pointed
+        # at a loopback proxy still bills gpt-4o as gpt-4o. Only the kinds whose models
+        # are the user's own (Ollama, custom servers) are free, unless the user priced
+        # one (a rented GPU behind an SSH tunnel). "Local" decides where data may go.
         priced_by_user = override is not None and (override.input_per_1m is not None
                                                     or override.output_per_1m is not None)
-        free = settings.local and not priced_by_user
+        free = settings.kind in FREE_KINDS and not priced_by_user
         tier = (override.tier if override and override.tier else None) or (entry.tier if entry else None) or (
             infer_tier(model_id, local=settings.local)
         )

@@ -38,11 +38,11 @@ from typing import Any, Protocol
 
 import structlog
 
-from sidecar.core.planner import Decision, Planner, context_text
+from sidecar.core import tokens
+from sidecar.core.planner import Decision, Planner
 from sidecar.core.pool import ProviderPool
 from sidecar.core.ratelimit import RateLimiter, acquire_all, retry_delay_ms
 from sidecar.core.registry import ModelProfile
-from sidecar.core.selector import estimate_tokens
 from sidecar.core.stats import PROVIDER_WIDE_ERRORS, StatsBook
 from sidecar.errors import (
     AllProvidersFailedError,
@@ -123,24 +123,23 @@ class StreamSink(Protocol):
     async def __call__(self, content: str, model: str | None, *, restart: bool = False) -> None: ...
 
 
-def to_provider_request(request: ModelRequest, model: str) -> ProviderRequest:
+def to_provider_request(request: ModelRequest, model: str, prompt_tokens: int | None = None) -> ProviderRequest:
     """The provider-neutral request for one model.
 
     ``context`` travels ahead of the prompt in the last user turn, so every provider
-    sees it and it counts towards the context size.
+    sees it and it counts towards the context size. ``prompt_tokens`` is the planner's
+    estimate (computed here when not given); it sizes the window a server is asked for.
     """
     messages = [ChatMessage(turn.role, turn.content) for turn in request.messages or ()]
     prompt = request.prompt
     if request.context is not None:
-        prompt = f"Context:\n{context_text(request.context)}\n\n{prompt}" if prompt else context_text(
+        prompt = f"Context:\n{tokens.context_text(request.context)}\n\n{prompt}" if prompt else tokens.context_text(
             request.context
         )
     if prompt:
         messages.append(ChatMessage("user", prompt))
-    chars = sum(len(m.content) for m in messages) + len(request.system_prompt or "")
-    # ~3 characters per token errs high for code and English; Ollama needs num_ctx set
-    # explicitly or it silently truncates the prompt at its default window.
-    needed = chars // 3 + (request.max_tokens or 1024) + 64
+    if prompt_tokens is None:
+        prompt_tokens = tokens.estimate(request)
     return ProviderRequest(
         model=model,
         messages=tuple(messages),
@@ -151,7 +150,7 @@ def to_provider_request(request: ModelRequest, model: str) -> ProviderRequest:
         frequency_penalty=request.frequency_penalty,
         presence_penalty=request.presence_penalty,
         stop=tuple(request.stop) if request.stop else None,
-        context_window=1 << (needed - 1).bit_length() if needed > 4096 else None,
+        context_window=tokens.context_window_for(prompt_tokens, request.max_tokens),
     )
 
 
@@ -306,6 +305,7 @@ class Router:
             latency = (now - started) * 1000
             # The model's own speed: this attempt only, not earlier retries or queueing.
             self.stats.success(candidate.provider, (now - attempt_started) * 1000, candidate.model)
+            self.planner.registry.note_served(candidate.provider, candidate.model, completion.model)
             ttft = None
             if run.stream is not None and run.stream.first_chunk_at is not None:
                 ttft = (run.stream.first_chunk_at - started) * 1000
@@ -376,7 +376,7 @@ class Router:
         run.used_tokens = usage.total_tokens if usage else None
         estimated = usage is None
         if usage is None:  # a server that reports no usage: bill the estimate
-            usage = Usage(run.decision.prompt_tokens, estimate_tokens(completion.content))
+            usage = Usage(run.decision.prompt_tokens, tokens.estimate_text(completion.content))
         await asyncio.shield(self.budget.settle(
             reservation, cost_usd=candidate.cost_usd(usage), prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens, outcome="ok", estimated=estimated))
@@ -390,7 +390,7 @@ class Router:
             return
         # A stream cut or cancelled after some text: the provider bills the prompt and
         # what it generated; count both from our (high) estimates.
-        usage = Usage(run.decision.prompt_tokens, estimate_tokens(text))
+        usage = Usage(run.decision.prompt_tokens, tokens.estimate_text(text))
         await self.budget.settle(reservation, cost_usd=candidate.cost_usd(usage), prompt_tokens=usage.prompt_tokens,
                                  completion_tokens=usage.completion_tokens, outcome="partial", estimated=True)
         log.info("billed_partial", provider=candidate.provider, model=candidate.model, outcome=outcome,
@@ -417,7 +417,7 @@ class Router:
         )
 
     async def _attempt(self, run: _Run, provider: Provider, candidate: ModelProfile) -> Completion:
-        preq = to_provider_request(run.request, candidate.model)
+        preq = to_provider_request(run.request, candidate.model, run.decision.prompt_tokens)
         if run.shape is not None:
             preq = run.shape(candidate, preq)
         timeout_s = (provider.settings.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000

@@ -17,18 +17,19 @@ filters. Scores are in 0..1 and every factor's contribution is kept for the reas
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
+from enum import Enum
 
 __all__ = [
     "COST_SCALE_USD",
     "TIERS",
     "WEIGHTS",
     "Candidate",
+    "Excluded",
+    "Exclusion",
     "Need",
     "Scored",
-    "estimate_tokens",
     "infer_tier",
     "rank",
 ]
@@ -110,18 +111,43 @@ class Candidate:
     priced: bool = True
 
 
+class Exclusion(Enum):
+    """Why a candidate cannot serve the request at all."""
+
+    NOT_LOCAL = "not_local"
+    WINDOW = "window"
+    MAX_COST = "max_cost"
+
+
+@dataclass(frozen=True, slots=True)
+class Excluded:
+    """A typed exclusion: the kind decides, the numbers explain; text only at the edge."""
+
+    kind: Exclusion
+    #: Window case: tokens needed and the window. Cost case: estimate and the cap (USD).
+    needed: float = 0.0
+    limit: float = 0.0
+
+    def text(self) -> str:
+        if self.kind is Exclusion.NOT_LOCAL:
+            return "not local (localOnly)"
+        if self.kind is Exclusion.WINDOW:
+            return f"needs ~{int(self.needed)} tokens, window is {int(self.limit)}"
+        return f"estimated ${self.needed:.4f} > maxCostUsd ${self.limit:.4f}"
+
+
 @dataclass(slots=True)
 class Scored:
     candidate: Candidate
     score: float
     estimated_cost_usd: float
     factors: dict[str, float] = field(default_factory=dict)
-    excluded: str | None = None
+    excluded: Excluded | None = None
 
     def reason(self) -> str:
         c = self.candidate
         if self.excluded:
-            return f"{c.provider}/{c.model}: excluded, {self.excluded}"
+            return f"{c.provider}/{c.model}: excluded, {self.excluded.text()}"
         parts = ", ".join(f"{name} {value:.2f}" for name, value in self.factors.items())
         cost = "free" if self.estimated_cost_usd == 0 and c.priced else f"~${self.estimated_cost_usd:.4f}"
         return f"{c.provider}/{c.model}: score {self.score:.3f} ({parts}; {c.tier} tier, {cost})"
@@ -158,11 +184,11 @@ def rank(
         scored = Scored(candidate, 0.0, cost)
         needed = need.prompt_tokens + need.output_tokens
         if local_only and not candidate.local:
-            scored.excluded = "not local (localOnly)"
+            scored.excluded = Excluded(Exclusion.NOT_LOCAL)
         elif needed > candidate.context_window:
-            scored.excluded = f"needs ~{needed} tokens, window is {candidate.context_window}"
+            scored.excluded = Excluded(Exclusion.WINDOW, needed, candidate.context_window)
         elif max_cost_usd is not None and cost > max_cost_usd:
-            scored.excluded = f"estimated ${cost:.4f} > maxCostUsd ${max_cost_usd:.4f}"
+            scored.excluded = Excluded(Exclusion.MAX_COST, cost, max_cost_usd)
         if scored.excluded:
             excluded.append(scored)
             continue
@@ -194,7 +220,3 @@ def rank(
     kept.sort(key=lambda s: -s.score)
     return kept + excluded
 
-
-def estimate_tokens(text: str) -> int:
-    """Tokens in ``text``, erring high: one per 3 UTF-8 bytes (English runs ~4 per token)."""
-    return math.ceil(len(text.encode("utf-8", "replace")) / 3)

@@ -108,6 +108,8 @@ class ProviderModel:
     max_output_tokens: int | None = None
     capabilities: frozenset[str] = frozenset()
     display_name: str | None = None
+    #: What the provider says identifies this build of the model (Ollama's digest).
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,10 @@ from sidecar.core.budget import (
     call_cost_micros,
     micros_to_usd,
     periods_at,
-    prompt_tokens_upper_bound,
     resolve_timezone,
     usd_to_micros,
 )
+from sidecar.core.tokens import upper_bound
 from sidecar.errors import BudgetExceededError
 from sidecar.store.ledger import Ledger
 from tests.budget.conftest import Alerts, Clock, Config
@@ -53,7 +53,7 @@ def test_micro_dollars_round_half_up_and_never_drift() -> None:
     # USD per 1M tokens is micro-dollars per token.
     assert call_cost_micros(1_000, 500, input_per_1m=0.15, output_per_1m=0.6) == 450
     assert call_cost_micros(3, 0, input_per_1m=0.15, output_per_1m=0.6) == 0  # 0.45 µ$ rounds down
-    assert prompt_tokens_upper_bound(["héllo"], per_message_overhead=4) == 10
+    assert upper_bound(["héllo"], per_message_overhead=4) == 10
 
 
 # -- limits and blocking -------------------------------------------------------------------

@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 
 from sidecar.core.config import config_from_doc
-from sidecar.core.planner import Planner, request_tokens
+from sidecar.core.planner import Planner
 from sidecar.core.pool import ProviderPool
 from sidecar.core.registry import Catalog, ModelRegistry
 from sidecar.core.stats import StatsBook
+from sidecar.core.tokens import estimate as request_tokens
 from sidecar.errors import BudgetExceededError, ValidationError
 from sidecar.providers.base import ProviderSettings
 from sidecar.providers.http import HttpClientFactory

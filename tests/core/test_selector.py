@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.core.selector import Candidate, Need, estimate_tokens, infer_tier, rank
+from sidecar.core.selector import Candidate, Exclusion, Need, infer_tier, rank
+from sidecar.core.tokens import estimate_text as estimate_tokens
 
 FRONTIER = Candidate("anthropic", "anthropic", "claude-opus-4-8", False, "frontier", 1_000_000, 5.0, 25.0,
                      frozenset({"code", "reasoning"}))
@@ -51,7 +52,9 @@ def test_context_window_is_a_hard_filter_with_a_reason() -> None:
     need = Need("code_review", "medium", prompt_tokens=20_000, output_tokens=1_000)
     ranked = rank(need, ALL, priority="cost")
     small = next(s for s in ranked if s.candidate.model == "llama3.2")
-    assert small.excluded and "window is 8192" in small.reason()
+    assert small.excluded is not None and small.excluded.kind is Exclusion.WINDOW
+    assert (small.excluded.needed, small.excluded.limit) == (21_000, 8192)
+    assert "window is 8192" in small.reason()
     assert ranked[-1] is small
     bigger = replace(SMALL, context_window=64_000)
     assert rank(need, [bigger])[0].excluded is None
@@ -80,6 +83,7 @@ def test_hard_filters_max_cost_and_local_only() -> None:
     ranked = rank(HARD, ALL, max_cost_usd=0.001)
     allowed = {s.candidate.model for s in ranked if s.excluded is None}
     assert allowed == {"qwen2.5-coder:7b", "llama3.2"}
+    assert all(s.excluded.kind is Exclusion.MAX_COST for s in ranked if s.excluded)
     assert all("maxCostUsd" in s.reason() for s in ranked if s.excluded)
     ranked = rank(EASY, ALL, local_only=True)
     assert {s.candidate.model for s in ranked if s.excluded is None} == {"qwen2.5-coder:7b", "llama3.2"}
