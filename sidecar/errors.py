@@ -151,6 +151,9 @@ class ProviderError(SidecarError):
     fallback_allowed: ClassVar[bool] = True
     #: Whether the router may retry the same provider after this error.
     retry_same: ClassVar[bool] = True
+    #: Whether the error says something about the whole provider (its address, key or
+    #: rate limit), so that its other models would fail alike and it cools down.
+    provider_wide: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -194,6 +197,7 @@ class NetworkError(ProviderError):
     code = -32001
     type = "NetworkError"
     default_retryable = True
+    provider_wide = True
 
 
 class RateLimitError(ProviderError):
@@ -202,6 +206,19 @@ class RateLimitError(ProviderError):
     code = -32002
     type = "RateLimitError"
     default_retryable = True
+    provider_wide = True
+
+    def __init__(self, message: str, *, limiter: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        #: The sidecar's own limiter that refused (None: the provider itself said 429).
+        self.limiter = limiter
+        if limiter is not None:
+            self.extra.setdefault("limiter", limiter)
+
+    @property
+    def from_local_limiter(self) -> bool:
+        """Refused by the sidecar's own limiter, not by the provider: nobody to blame."""
+        return self.limiter is not None
 
 
 class AuthenticationError(ProviderError):
@@ -210,6 +227,7 @@ class AuthenticationError(ProviderError):
     code = -32003
     type = "AuthenticationError"
     retry_same = False
+    provider_wide = True
 
 
 class ModelError(ProviderError):

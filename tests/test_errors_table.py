@@ -64,3 +64,15 @@ def test_fallback_and_retry_rules_are_class_properties() -> None:
     assert not errors.ModelError("gone", retryable=False).may_retry_same
     assert not errors.ValidationError("bad").may_fall_back
     assert errors.ValidationError("long", context_too_long=True).may_fall_back
+
+
+def test_policy_flags_are_typed_not_read_from_text() -> None:
+    # Provider-wide failures are a property of the class, whatever the message says.
+    assert errors.NetworkError("x").provider_wide and errors.AuthenticationError("x").provider_wide
+    assert errors.RateLimitError("x").provider_wide
+    assert not errors.ModelError("limiter").provider_wide
+    # The sidecar's own limiter is told from a provider 429 by a typed field.
+    own = errors.RateLimitError("queue full", limiter="openai")
+    assert own.from_local_limiter and own.to_data()["limiter"] == "openai"
+    upstream = errors.RateLimitError("limiter says 429", extra={"note": "limiter"})
+    assert not upstream.from_local_limiter

@@ -72,7 +72,7 @@ async def fetch_models(services: Services, provider: Provider, *,
     except (SidecarError, TimeoutError) as exc:
         if note_unreachable and (isinstance(exc, TimeoutError) or exc.type == "NetworkError"):
             services.stats.failure(provider.name, "NetworkError",
-                                   str(exc) or f"no answer within {LIST_TIMEOUT_S:.0f} s")
+                                   str(exc) or f"no answer within {LIST_TIMEOUT_S:.0f} s", provider_wide=True)
         return None
     services.registry.report(provider.name, chat)
     return chat

@@ -396,7 +396,8 @@ class RateLimiter:
             provider=self.provider,
             model_id=self.model_id,
             retry_after_ms=max(1, math.ceil(round(wait_s * 1000, 6))),
-            extra={"limiter": self.name, "reason": reason},
+            limiter=self.name,
+            extra={"reason": reason},
         )
 
 

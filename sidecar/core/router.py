@@ -43,9 +43,10 @@ from sidecar.core.planner import Decision, Planner
 from sidecar.core.pool import ProviderPool
 from sidecar.core.ratelimit import RateLimiter, acquire_all, retry_delay_ms
 from sidecar.core.registry import ModelProfile
-from sidecar.core.stats import PROVIDER_WIDE_ERRORS, StatsBook
+from sidecar.core.stats import StatsBook
 from sidecar.errors import (
     AllProvidersFailedError,
+    AuthenticationError,
     BudgetExceededError,
     ModelError,
     NetworkError,
@@ -280,7 +281,7 @@ class Router:
                 log.info("budget_skipped", provider=candidate.provider, model=candidate.model, error=exc.message)
                 return None  # a cheaper candidate may fit
             except ProviderError as exc:
-                local_limit = "limiter" in exc.extra
+                local_limit = isinstance(exc, RateLimitError) and exc.from_local_limiter
                 self._record_failure(run, candidate, exc, retry, measured=not local_limit)
                 if local_limit:
                     return None  # admission would take too long here: try the next candidate
@@ -291,7 +292,7 @@ class Router:
                     run.stream.needs_restart = True
                     run.stream.sent_any = False
                 if not exc.may_retry_same or retry == max_retries or candidate.provider in run.failed_wide:
-                    if exc.type in PROVIDER_WIDE_ERRORS:
+                    if exc.provider_wide:
                         run.failed_wide.add(candidate.provider)  # its other models would fail alike
                     return None
                 wait = retry_delay_ms(retry, strategy, self._rand(), exc.retry_after_ms)
@@ -318,9 +319,9 @@ class Router:
         run.errors.append(exc)
         run.attempts.append(_attempt_record(candidate, exc))
         if measured:
-            wide = exc.type in PROVIDER_WIDE_ERRORS or (isinstance(exc, ModelError) and exc.retryable)
+            wide = exc.provider_wide or (isinstance(exc, ModelError) and exc.retryable)
             self.stats.failure(candidate.provider, exc.type, exc.message, candidate.model, provider_wide=wide)
-        if exc.type in ("AuthenticationError",) or (isinstance(exc, RateLimitError) and not exc.retryable):
+        if isinstance(exc, AuthenticationError) or (isinstance(exc, RateLimitError) and not exc.retryable):
             run.failed_wide.add(candidate.provider)
         log.info("attempt_failed", provider=candidate.provider, model=candidate.model,
                  error_type=exc.type, error=exc.message, retry=retry)

@@ -16,13 +16,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["COOLDOWN_BASE_S", "COOLDOWN_MAX_S", "PROVIDER_WIDE_ERRORS", "ProviderStats", "StatsBook"]
+__all__ = ["COOLDOWN_BASE_S", "COOLDOWN_MAX_S", "ProviderStats", "StatsBook"]
 
 WINDOW = 100
 COOLDOWN_BASE_S = 30.0
 COOLDOWN_MAX_S = 300.0
-#: Error types that say something about the whole provider, not one request or model.
-PROVIDER_WIDE_ERRORS = frozenset({"NetworkError", "RateLimitError", "AuthenticationError"})
 
 
 @dataclass(slots=True)
@@ -65,8 +63,8 @@ class StatsBook:
             stats.down_until = 0.0
 
     def failure(self, provider: str, error_type: str, message: str, model: str | None = None,
-                *, provider_wide: bool | None = None) -> None:
-        wide = error_type in PROVIDER_WIDE_ERRORS if provider_wide is None else provider_wide
+                *, provider_wide: bool) -> None:
+        wide = provider_wide
         for stats in self._both(provider, model):
             stats.outcomes.append(False)
             stats.last_error = message

@@ -113,7 +113,7 @@ def test_a_provider_in_cool_down_ranks_last() -> None:
     clock = [0.0]
     stats = StatsBook(clock=lambda: clock[0])
     p = planner(stats=stats, task=("planning", "high"))
-    stats.failure("anthropic", "NetworkError", "refused")
+    stats.failure("anthropic", "NetworkError", "refused", provider_wide=True)
     decision = p.decide(req(), ModelSelection(priority="quality"))
     assert decision.candidates[0].provider != "anthropic"
     assert decision.candidates[-1].provider == "anthropic"
