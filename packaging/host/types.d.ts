@@ -32,7 +32,7 @@ export interface SidecarNotifications {
 
 export type JsonValue = unknown;
 /**
- * The seven task types of the seed; ``request.taskType`` overrides the classifier.
+ * The seven task types the classifier tells apart; ``request.taskType`` overrides it.
  */
 export type TaskType =
   | 'code_generation'

@@ -1,6 +1,6 @@
 """The model selector: scores candidate models for one request, with reasons.
 
-Pure: facts in, ranking out (no I/O, no clock). Five factors, as the seed names them:
+Pure: facts in, ranking out (no I/O, no clock). Five factors:
 
 * **task type**: how good the model's quality tier is at this task and complexity
   (a small model is fine for a one-line explanation, not for a high-complexity plan);

@@ -33,7 +33,7 @@ __all__ = [
 
 
 class TaskType(StrEnum):
-    """The seven task types of the seed; ``request.taskType`` overrides the classifier."""
+    """The seven task types the classifier tells apart; ``request.taskType`` overrides it."""
 
     code_generation = "code_generation"
     code_explanation = "code_explanation"
