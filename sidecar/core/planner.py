@@ -31,13 +31,13 @@ from sidecar.core.tokens import DEFAULT_OUTPUT_TOKENS, context_text
 from sidecar.errors import AllProvidersFailedError, BudgetExceededError, InvalidParams, ValidationError
 from sidecar.providers.base import ProviderSettings
 from sidecar.wire.config import ModelConfig
+from sidecar.wire.kinds import KINDS
 from sidecar.wire.model import ModelRequest, ModelSelection
 
 __all__ = ["DEFAULT_OUTPUT_TOKENS", "Classify", "Decision", "Planner", "context_text", "effective_selection"]
 
 #: Output assumed for the worst-case cost of a model whose maximum output is unknown.
 UNBOUNDED_OUTPUT_TOKENS = 8192
-_KEYED_KINDS = {"openai", "anthropic"}
 
 #: ``classify(prompt, system, context) -> (task_type, complexity, signals)``
 Classify = Callable[[str, str | None, Any], tuple[str, str, tuple[str, ...]]]
@@ -117,7 +117,7 @@ class Planner:
                 skipped.append(f"{name}: disabled")
             elif sel.local_only and not item.local:
                 skipped.append(f"{name}: not local (localOnly)")
-            elif not explicit and item.kind in _KEYED_KINDS and not item.api_key:
+            elif not explicit and KINDS[item.kind].needs_key and not item.api_key:
                 skipped.append(f"{name}: no API key configured")
             else:
                 return True
@@ -140,14 +140,15 @@ class Planner:
             candidates_in_order = owners + [n for n in order if n not in owners]
             pinned_provider = next((n for n in candidates_in_order if n in enabled
                                     and (not sel.local_only or enabled[n].local)
-                                    and (enabled[n].kind not in _KEYED_KINDS or enabled[n].api_key)), None)
+                                    and (not KINDS[enabled[n].kind].needs_key or enabled[n].api_key)), None)
         names = [n for n in order if n != pinned_provider and usable(n, explicit=False)]
         if pinned_provider is not None:
             names.insert(0, pinned_provider)
         if not names:
             raise AllProvidersFailedError(
                 "no usable provider: " + "; ".join(dict.fromkeys(skipped))
-                + " (set OPENAI_API_KEY or ANTHROPIC_API_KEY, start Ollama, or add a custom provider)",
+                + f" (set {' or '.join(k.key_env for k in KINDS.values() if k.key_env)},"
+                " start Ollama, or add a custom provider)",
                 attempts=[],
             )
 

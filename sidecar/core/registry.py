@@ -18,9 +18,9 @@ import orjson
 from sidecar.core.selector import infer_tier
 from sidecar.providers.base import ProviderModel, ProviderSettings, Usage
 from sidecar.wire.config import ModelOverride
+from sidecar.wire.kinds import KINDS
 
 __all__ = [
-    "FREE_KINDS",
     "UNKNOWN_CONTEXT_WINDOW",
     "Catalog",
     "CatalogEntry",
@@ -111,9 +111,6 @@ class ModelProfile:
         return (usage.prompt_tokens * self.input_per_1m + usage.completion_tokens * self.output_per_1m) / 1e6
 
 
-#: Provider kinds whose models cost nothing unless the config prices them.
-FREE_KINDS = frozenset({"ollama", "custom"})
-
 #: Window assumed for a model nobody reports (small, so the estimate errs safe).
 UNKNOWN_CONTEXT_WINDOW = 8192
 
@@ -198,7 +195,7 @@ class ModelRegistry:
         # one (a rented GPU behind an SSH tunnel). "Local" decides where data may go.
         priced_by_user = override is not None and (override.input_per_1m is not None
                                                     or override.output_per_1m is not None)
-        free = settings.kind in FREE_KINDS and not priced_by_user
+        free = KINDS[settings.kind].free and not priced_by_user
         tier = (override.tier if override and override.tier else None) or (entry.tier if entry else None) or (
             infer_tier(model_id, local=settings.local)
         )

@@ -63,6 +63,7 @@ from sidecar.providers.base import (
 )
 from sidecar.providers.http import DEFAULT_TIMEOUT_MS
 from sidecar.wire.config import ModelConfig
+from sidecar.wire.kinds import kind_of
 from sidecar.wire.model import ModelRequest, ModelSelection
 
 __all__ = [
@@ -398,9 +399,7 @@ class Router:
                  completion_tokens=usage.completion_tokens)
 
     def _retry_policy(self, name: str, cfg: ModelConfig) -> tuple[str, int]:
-        entry = cfg.providers.custom.get(name) if name not in ("openai", "anthropic", "ollama") else getattr(
-            cfg.providers, name
-        )
+        entry = getattr(cfg.providers, name) if kind_of(name).builtin else cfg.providers.custom.get(name)
         if entry is not None and entry.rate_limit is not None:
             return entry.rate_limit.strategy, entry.rate_limit.max_retries
         return "exponential", DEFAULT_MAX_RETRIES
