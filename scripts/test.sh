@@ -8,8 +8,9 @@ bash scripts/setup.sh
 .venv/bin/python -m sidecar.wire.schemas --check
 .venv/bin/ruff check sidecar tests scripts packaging
 .venv/bin/mypy
-# The real-model tests must run here, never skip.
-SIDECAR_REQUIRE_LOCAL_MODEL=1 .venv/bin/python -m pytest -q "$@"
+# The real-model and OpenAPI-spec tests must run here, never skip.
+SIDECAR_REQUIRE_LOCAL_MODEL=1 SIDECAR_REQUIRE_OPENAPI=1 .venv/bin/python -m pytest -q "$@"
+.venv/bin/python scripts/mutants.py
 
 echo "--- frozen binary"
 packaging/build

@@ -114,7 +114,7 @@ class SidecarProcess:
             expected = self._next_seq.get(request_id, 0)
             if seq != expected:
                 self.seq_errors.append(f"request {request_id!r}: seq {seq!r} where {expected} was due")
-            self._next_seq[request_id] = expected + 1
+            self._next_seq[request_id] = (seq if isinstance(seq, int) else expected) + 1  # report a gap once
         elif "method" not in message:
             self._next_seq.pop(message.get("id"), None)  # answered: the id may be used again
 

@@ -1,0 +1,352 @@
+"""Break each promise the README makes, one at a time, and check that a test notices.
+
+Every mutant is one exact search → replace in one source file (the search text must
+occur exactly once, or the run fails: an anchor that moved must be updated, never
+skipped). For each mutant the repository's files (tracked and untracked, not ignored,
+as they are in the working tree) are copied to a scratch directory, the mutant applied,
+and the tests named for it run there with this repository's ``.venv`` Python, importing
+the copy's ``sidecar`` (checked). A mutant is *killed* when those tests fail, and
+*survives* when they pass: then the promise is unguarded. Before any mutant, the same
+tests run once on an unchanged copy, where they must pass.
+
+    .venv/bin/python scripts/mutants.py            # all, two at a time
+    .venv/bin/python scripts/mutants.py --list
+    .venv/bin/python scripts/mutants.py -m atomic-config -m ledger-fsync-settle --keep
+    .venv/bin/python scripts/mutants.py --commit HEAD   # the last commit, not the work in progress
+
+Exit status: 0 when every mutant was killed, 1 otherwise (survived, failed to apply, or
+its tests could not run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = REPO / ".venv" / "bin" / "python"
+#: Seconds one mutant's tests may take before the run counts as broken.
+MUTANT_TIMEOUT_S = 300
+#: Environment that would make the copy's tests run something else than the copy's source.
+_DROP_ENV = ("SIDECAR_CMD", "SIDECAR_BIN", "PYTHONPATH", "PYTEST_ADDOPTS")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    promise: str
+    path: str
+    search: str
+    replace: str
+    tests: tuple[str, ...]  # pytest arguments: node ids, files, or ``-k`` expressions
+
+
+MUTANTS: tuple[Mutant, ...] = (
+    Mutant(
+        "atomic-config", "config.json is written atomically (temp file, fsync, rename)",
+        "sidecar/core/config.py",
+        'fd, tmp = tempfile.mkstemp(prefix=CONFIG_FILE + ".tmp-", dir=self.data_dir)',
+        "fd, tmp = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), str(self.path)",
+        ("tests/hardening/test_atomic_config.py",),
+    ),
+    Mutant(
+        "config-validated-before-write", "a bad model:set-config patch changes nothing",
+        "sidecar/core/config.py",
+        "            config = self._validate(new_stored)\n",
+        "            config = self.config\n",
+        ("tests/stdio/test_config.py",),
+    ),
+    Mutant(
+        "ledger-fsync-settle", "a priced call's usage row is fsynced before its answer is sent",
+        "sidecar/store/ledger.py",
+        "row_id = self._tx(body, durable=rec.cost_micros > 0 or reservation_id is not None)",
+        "row_id = self._tx(body, durable=False)",
+        ("tests/budget/test_durability.py",),
+    ),
+    Mutant(
+        "ledger-fsync-pragma", "commits that move money use synchronous=FULL",
+        "sidecar/store/ledger.py",
+        'conn.execute("PRAGMA synchronous=FULL")',
+        'conn.execute("PRAGMA synchronous=NORMAL")',
+        ("tests/budget/test_durability.py",),
+    ),
+    Mutant(
+        "budget-cap", "a call that does not fit under the limit is refused (blockOnLimit)",
+        "sidecar/store/ledger.py",
+        "            if over and block:\n",
+        "            if over and block and False:\n",
+        ("tests/stdio/test_spending.py::test_a_burst_never_spends_past_the_daily_limit",),
+    ),
+    Mutant(
+        "reservations-counted", "open reservations count against the cap (no overshoot in a burst)",
+        "sidecar/store/ledger.py",
+        "any(s + reserved + amount > cap.limit_micros",
+        "any(s + amount > cap.limit_micros",
+        ("tests/stdio/test_spending.py::test_a_burst_never_spends_past_the_daily_limit",),
+    ),
+    Mutant(
+        "reservation-before-call", "each attempt reserves its worst case before it is sent",
+        "sidecar/core/router.py",
+        "amount_usd=run.decision.worst_case_cost(candidate))",
+        "amount_usd=0.0)",
+        ("tests/stdio/test_spending.py::test_a_burst_never_spends_past_the_daily_limit",),
+    ),
+    Mutant(
+        "stale-reservations-cleared", "reservations of a dead process are dropped on open",
+        "sidecar/store/ledger.py",
+        '            self._tx(lambda db: db.execute("DELETE FROM reservations"))\n',
+        "            pass\n",
+        ("tests/budget/test_ledger.py",),
+    ),
+    Mutant(
+        "key-redaction", "every key in use is scrubbed from stdout and stderr",
+        "sidecar/secrets.py",
+        "    def scrub_bytes(self, data: bytes) -> bytes:\n",
+        "    def scrub_bytes(self, data: bytes) -> bytes:\n        return data\n",
+        ("tests/test_secrets.py",),
+    ),
+    Mutant(
+        "key-preview", "model:get-config shows keys as sk-…abcd previews",
+        "sidecar/secrets.py",
+        '    return f"{key[:3]}{_ELLIPSIS}{key[-4:]}"',
+        "    return key",
+        ("tests/stdio/test_config.py",),
+    ),
+    Mutant(
+        "seq-numbering", "stream chunks are numbered 0, 1, 2, ... with no gap, however long",
+        "sidecar/channels/generate.py",
+        "            seq += 1\n",
+        "            seq += 1 if seq != 200 else 2\n",
+        ("tests/hardening/test_promises.py::test_a_long_stream_arrives_whole_and_numbered",),
+    ),
+    Mutant(
+        "line-separators", "U+2028/U+2029 are escaped on stdout (one message per line for any reader)",
+        "sidecar/transport/stdio.py",
+        '    return _escape_line_separators(data) + b"\\n"',
+        '    return data + b"\\n"',
+        ("tests/stdio/test_generate.py::test_stream_each_provider",),
+    ),
+    Mutant(
+        "cancel-closes-upstream", "a cancelled or timed-out call closes its upstream request",
+        "sidecar/core/router.py",
+        "                        return await provider.generate(preq)\n",
+        "                        return await asyncio.shield(provider.generate(preq))\n",
+        ("tests/hardening/test_promises.py::test_cancelling_a_generate_closes_the_upstream_request",),
+    ),
+    Mutant(
+        "host-cancel", "$/cancelRequest cancels the request (answered RequestCancelled)",
+        "sidecar/transport/dispatcher.py",
+        "        entry.task.cancel()\n",
+        "        pass\n",
+        ("tests/stdio/test_generate.py", "-k", "cancel"),
+    ),
+    Mutant(
+        "fallback-before-first-chunk", "streams fall back only before the first chunk",
+        "sidecar/core/router.py",
+        "                    if not run.decision.fallback_mid_stream:\n",
+        "                    if False:\n",
+        ("tests/stdio/test_generate.py", "-k", "mid_stream or midstream or after_first"),
+    ),
+    Mutant(
+        "structured-validation", "a response that breaks the requested JSON Schema is not returned as valid",
+        "sidecar/structured/validate.py",
+        "            for e in validator.iter_errors(instance)\n",
+        "            for e in validator.iter_errors(instance) if False\n",
+        ("tests/stdio/test_structured.py",),
+    ),
+    Mutant(
+        "shutdown-cancels-in-flight", "on shutdown every request in flight is answered, within 2 s",
+        "sidecar/app.py",
+        '        await dispatcher.cancel_all(reason="shutdown", timeout=SHUTDOWN_BUDGET_S / 2)\n'
+        "        await dispatcher.wait_idle(timeout=0.2)\n",
+        "        await dispatcher.wait_idle(timeout=0.2)\n",
+        ("tests/stdio/test_generate.py::test_shutdown_answers_in_flight_requests_cancelled",),
+    ),
+    Mutant(
+        "retry-after", "a retry never comes sooner than the provider's Retry-After",
+        "sidecar/core/ratelimit.py",
+        "* (0.75 + 0.25 * rand), retry_after_ms or 0)",
+        "* (0.75 + 0.25 * rand), 0)",
+        ("tests/ratelimit/test_limiter.py::test_retry_delay_grows_is_capped_and_honours_retry_after",),
+    ),
+    Mutant(
+        "one-answer-per-id", "a message reusing an in-flight id is never answered under that id",
+        "sidecar/transport/dispatcher.py",
+        "        if reply_id is not None and reply_id in self.inflight:\n",
+        "        if False:\n",
+        ("tests/stdio/test_generate.py", "-k", "in_flight_id"),
+    ),
+)
+
+
+@dataclass
+class Outcome:
+    mutant: str
+    status: str  # killed | survived | not-applied | error
+    seconds: float
+    detail: str = ""
+
+
+def repo_files() -> list[str]:
+    """Tracked and untracked files of the working tree, without ignored ones."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         cwd=REPO, check=True, capture_output=True).stdout
+    return sorted({name for name in out.decode().split("\0") if name and (REPO / name).is_file()})
+
+
+def make_copy(source: Iterable[str] | bytes, parent: Path, label: str) -> Path:
+    """A scratch copy: the named working-tree files, or a ``git archive`` tar of a commit."""
+    root = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=parent))
+    if isinstance(source, bytes):
+        with tarfile.open(fileobj=io.BytesIO(source)) as tar:
+            tar.extractall(root, filter="data")
+        return root
+    for name in source:
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
+    return root
+
+
+def apply(mutant: Mutant, root: Path) -> None:
+    """Apply the mutant in ``root``; ValueError unless its search text occurs exactly once."""
+    path = root / mutant.path
+    text = path.read_text()
+    count = text.count(mutant.search)
+    if count != 1:
+        raise ValueError(f"search text found {count} times in {mutant.path}: {mutant.search!r}")
+    path.write_text(text.replace(mutant.search, mutant.replace))
+
+
+def copy_env(root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
+    env["PYTHONPATH"] = str(root)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def check_imports_copy(root: Path) -> None:
+    """The copy's tests must import the copy's sidecar, not the editable install's."""
+    found = subprocess.run([str(PYTHON), "-c", "import sidecar, tests; print(sidecar.__file__); print(tests.__file__)"],
+                           cwd=root, env=copy_env(root), check=True, capture_output=True, text=True).stdout.split()
+    for path in found:
+        if not Path(path).resolve().is_relative_to(root.resolve()):
+            raise SystemExit(f"the copy imports {path}, not its own code: mutants would test nothing")
+
+
+def run_tests(root: Path, tests: Sequence[str]) -> tuple[int, str]:
+    command = [str(PYTHON), "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+    try:
+        proc = subprocess.run(command, cwd=root, env=copy_env(root), capture_output=True, text=True,
+                              timeout=MUTANT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return -1, f"timed out after {MUTANT_TIMEOUT_S} s"
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    return proc.returncode, "\n".join(lines[-15:])
+
+
+def last_line(text: str) -> str:
+    return text.splitlines()[-1] if text else ""
+
+
+def run_mutant(mutant: Mutant, files: list[str] | bytes, scratch: Path, keep: bool) -> Outcome:
+    started = time.monotonic()
+    root = make_copy(files, scratch, mutant.name)
+    try:
+        try:
+            apply(mutant, root)
+        except ValueError as exc:
+            return Outcome(mutant.name, "not-applied", time.monotonic() - started, str(exc))
+        code, output = run_tests(root, mutant.tests)
+        seconds = time.monotonic() - started
+        if code == 1:  # tests ran and failed: the mutant was noticed
+            return Outcome(mutant.name, "killed", seconds, failed_test(output))
+        if code == 0:
+            return Outcome(mutant.name, "survived", seconds, last_line(output))
+        return Outcome(mutant.name, "error", seconds, f"pytest exit {code}:\n{output}")
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def failed_test(output: str) -> str:
+    for line in output.splitlines():
+        if line.startswith(("FAILED ", "ERROR ")):
+            return line.split(" - ")[0]
+    return last_line(output)
+
+
+def baseline(mutants: Sequence[Mutant], files: list[str] | bytes, scratch: Path) -> None:
+    """Each mutant's tests pass on the unchanged code, or no kill would mean anything."""
+    root = make_copy(files, scratch, "baseline")
+    try:
+        check_imports_copy(root)
+        groups: dict[tuple[str, ...], None] = dict.fromkeys(m.tests for m in mutants)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            results = list(pool.map(lambda t: (t, run_tests(root, t)), groups))
+        broken = [(tests, output) for tests, (code, output) in results if code != 0]
+        for tests, output in broken:
+            print(f"baseline FAILED for {' '.join(tests)}:\n{output}", flush=True)
+        if broken:
+            raise SystemExit("the mutants' tests fail on the unchanged code; fix that first")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-m", "--mutant", action="append", default=[], help="run only these (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants run at once (default 2)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the run on unchanged code")
+    parser.add_argument("--keep", action="store_true", help="keep the mutated copies (printed)")
+    parser.add_argument("--commit", help="mutate this commit (git archive) instead of the working tree")
+    args = parser.parse_args(argv)
+    if args.list:
+        for m in MUTANTS:
+            print(f"{m.name:30} {m.path:32} {' '.join(m.tests)}\n{'':30} {m.promise}")
+        return 0
+    unknown = set(args.mutant) - {m.name for m in MUTANTS}
+    if unknown:
+        parser.error(f"unknown mutants: {sorted(unknown)}")
+    chosen = [m for m in MUTANTS if not args.mutant or m.name in args.mutant]
+    files: list[str] | bytes = repo_files()
+    if args.commit:
+        files = subprocess.run(["git", "archive", "--format=tar", args.commit], cwd=REPO, check=True,
+                               capture_output=True).stdout
+    scratch = Path(tempfile.mkdtemp(prefix="sidecar-mutants-"))
+    started = time.monotonic()
+    try:
+        if not args.no_baseline:
+            baseline(chosen, files, scratch)
+            print(f"baseline: every mutant's tests pass on the unchanged code ({time.monotonic() - started:.0f} s)",
+                  flush=True)
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            outcomes = []
+            for outcome in pool.map(lambda m: run_mutant(m, files, scratch, args.keep), chosen):
+                print(f"{outcome.status:11} {outcome.seconds:6.1f} s  {outcome.mutant:30} {outcome.detail}",
+                      flush=True)
+                outcomes.append(outcome)
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+        else:
+            print(f"copies kept in {scratch}")
+    bad = [o for o in outcomes if o.status != "killed"]
+    print(f"{len(outcomes) - len(bad)} of {len(outcomes)} mutants killed in {time.monotonic() - started:.0f} s")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
