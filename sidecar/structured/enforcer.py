@@ -21,12 +21,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import structlog
+
 from sidecar.core.planner import Decision, context_text
 from sidecar.core.registry import ModelProfile
 from sidecar.core.router import Outcome, Router, StreamSink
 from sidecar.errors import InvalidParams, StructuredOutputError
 from sidecar.providers.base import ProviderRequest
 from sidecar.structured.extract import ExtractionFailed, extract_json
+from sidecar.structured.grammar_profiles import Dropped
 from sidecar.structured.lower import (
     drop_added_nulls,
     feedback,
@@ -42,6 +45,7 @@ from sidecar.wire.model import ChatTurn, JsonFormat, JsonSchemaFormat, ModelRequ
 __all__ = ["DEFAULT_MAX_RETRIES", "Enforced", "Enforcer", "FormatSpec"]
 
 DEFAULT_MAX_RETRIES = 2
+log = structlog.get_logger("sidecar.structured")
 _NAME = re.compile(r"[^a-zA-Z0-9_-]")
 
 AnyFormat = JsonSchemaFormat | JsonFormat | XmlFormat | TemplateFormat
@@ -157,8 +161,13 @@ class Enforcer:
         # strict mode is tried for every model; Anthropic's JSON output only on models
         # the catalog knows to have it (others get a forced tool).
         supports = candidate.kind != "anthropic" or "json_schema" in candidate.capabilities
-        return native_params(candidate.kind, spec.schema, name=spec.name, model=candidate.model,
-                             supports_native=supports)
+        dropped: list[Dropped] = []
+        params = native_params(candidate.kind, spec.schema, name=spec.name, model=candidate.model,
+                               supports_native=supports, dropped=dropped)
+        if dropped:  # still enforced: the answer is validated against the whole schema
+            log.info("structured.keywords_not_sent", provider=candidate.provider, model=candidate.model,
+                     dropped=[d.to_dict() for d in dropped[:50]], count=len(dropped))
+        return params
 
     @staticmethod
     def _check(spec: FormatSpec, outcome: Outcome) -> tuple[Any, bool, list[dict[str, str]], bool]:

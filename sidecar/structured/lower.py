@@ -16,6 +16,20 @@ from typing import Any
 import orjson
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
+from sidecar.structured import safe_regex
+from sidecar.structured.grammar_profiles import (
+    LLAMA_CPP,
+    STRICT_DROP,
+    STRICT_FORMATS,
+    STRICT_KEEP,
+    STRICT_MAX_DEPTH,
+    STRICT_MAX_ENUM,
+    STRICT_MAX_PROPERTIES,
+    Dropped,
+    lower_for_grammar,
+    profile_for,
+)
+
 __all__ = [
     "drop_added_nulls",
     "feedback",
@@ -25,21 +39,6 @@ __all__ = [
     "sanitize_name",
 ]
 
-_STRICT_FORMATS = {"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid"}
-_KEEP = {
-    "type", "properties", "required", "additionalProperties", "items", "anyOf", "enum", "const", "$defs",
-    "definitions", "$ref", "description", "title", "pattern", "format", "multipleOf", "minimum", "maximum",
-    "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems",
-}  # fmt: skip
-#: Dropped from the wire schema (still enforced by local validation of the original).
-_DROP = {
-    "$schema", "$id", "$comment", "default", "examples", "minLength", "maxLength", "uniqueItems",
-    "minProperties", "maxProperties", "readOnly", "writeOnly", "deprecated", "contentMediaType",
-    "contentEncoding",
-}  # fmt: skip
-_MAX_DEPTH = 10
-_MAX_PROPERTIES = 5000
-_MAX_ENUM = 1000
 _FEEDBACK_LIMIT = 4000
 
 
@@ -59,12 +58,12 @@ def _nullable(node: dict[str, Any]) -> dict[str, Any]:
 
 
 def _strict(node: object, depth: int, counts: list[int]) -> dict[str, Any]:
-    if not isinstance(node, dict) or depth > _MAX_DEPTH:
+    if not isinstance(node, dict) or depth > STRICT_MAX_DEPTH:
         raise _NotStrict
-    unknown = node.keys() - _KEEP - _DROP
+    unknown = node.keys() - STRICT_KEEP - STRICT_DROP
     if unknown:
         raise _NotStrict(sorted(unknown))
-    out = {k: v for k, v in node.items() if k in _KEEP}
+    out = {k: v for k, v in node.items() if k in STRICT_KEEP}
     if "$ref" in out:
         ref = out["$ref"]
         if (
@@ -74,8 +73,10 @@ def _strict(node: object, depth: int, counts: list[int]) -> dict[str, Any]:
         ):
             raise _NotStrict("$ref")
         return {"$ref": ref}
-    if "format" in out and out["format"] not in _STRICT_FORMATS:
+    if "format" in out and out["format"] not in STRICT_FORMATS:
         raise _NotStrict("format")
+    if "pattern" in out and not _portable_pattern(out["pattern"]):
+        del out["pattern"]  # look-around, back-references...: left to local validation
     if "enum" in out:
         counts[1] += len(out["enum"])
     if not ({"type", "anyOf", "enum", "const"} & out.keys()):
@@ -105,6 +106,14 @@ def _strict(node: object, depth: int, counts: list[int]) -> dict[str, Any]:
     return out
 
 
+def _portable_pattern(pattern: object) -> bool:
+    try:
+        safe_regex.parse(pattern) if isinstance(pattern, str) else None
+    except safe_regex.Unsupported:
+        return False
+    return isinstance(pattern, str)
+
+
 def openai_strict_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
     """``schema`` rewritten for OpenAI strict mode, or None when that is not possible.
 
@@ -119,7 +128,7 @@ def openai_strict_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None
         lowered = _strict(copy.deepcopy(schema), 0, counts)
     except (_NotStrict, AttributeError, TypeError):
         return None
-    if counts[0] > _MAX_PROPERTIES or counts[1] > _MAX_ENUM:
+    if counts[0] > STRICT_MAX_PROPERTIES or counts[1] > STRICT_MAX_ENUM:
         return None
     return lowered
 
@@ -181,15 +190,23 @@ def sanitize_name(name: str) -> str:
 
 
 def native_params(
-    kind: str, schema: dict[str, Any] | None, *, name: str, model: str, supports_native: bool
+    kind: str, schema: dict[str, Any] | None, *, name: str, model: str, supports_native: bool,
+    dropped: list[Dropped] | None = None,
 ) -> tuple[dict[str, Any], str]:
     """(fields to merge into the provider request body, mechanism name) for ``kind``.
 
     ``supports_native`` false falls back to the provider's JSON mode (OpenAI, Ollama,
     custom) or a forced tool (Anthropic). ``model`` is accepted for future per-model rules.
-    Unknown kinds, and Anthropic without a schema, get ``({}, "instructions")``.
+    Unknown kinds, and Anthropic without a schema, get ``({}, "instructions")``. Ollama and
+    OpenAI-compatible servers get the schema lowered for llama.cpp's grammar converter;
+    the keywords left out are appended to ``dropped``.
     """
     del model
+    if profile_for(kind) == LLAMA_CPP and schema is not None and supports_native:
+        lowered = lower_for_grammar(schema)
+        schema = lowered.schema
+        if dropped is not None:
+            dropped.extend(lowered.dropped)
     name = sanitize_name(name)
     json_object = {"response_format": {"type": "json_object"}}
     if kind == "openai":

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from sidecar.structured.grammar_profiles import lower_for_grammar
 from sidecar.structured.lower import (
     drop_added_nulls,
     feedback,
@@ -94,8 +95,9 @@ def test_native_params_anthropic_ollama_custom() -> None:
     assert body["tools"][0] == {"name": "r" * 64, "description": "Return the result.", "input_schema": SCHEMA}
     assert body["tool_choice"] == {"type": "tool", "name": "r" * 64, "disable_parallel_tool_use": True}
     assert native_params("anthropic", None, name="r", model="c", supports_native=True) == ({}, "instructions")
+    lowered = lower_for_grammar(SCHEMA).schema  # llama.cpp's converter behind both
     assert native_params("ollama", SCHEMA, name="r", model="m", supports_native=True) == (
-        {"format": SCHEMA}, "ollama-format")  # fmt: skip
+        {"format": lowered}, "ollama-format")  # fmt: skip
     assert native_params("ollama", None, name="r", model="m", supports_native=True) == (
         {"format": "json"},
         "ollama-format",
@@ -103,7 +105,7 @@ def test_native_params_anthropic_ollama_custom() -> None:
     body, used = native_params("custom", SCHEMA, name="r", model="m", supports_native=True)
     assert used == "openai-compatible-json-schema"
     assert body == {
-        "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": SCHEMA}}
+        "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": lowered}}
     }
     assert native_params("custom", None, name="r", model="m", supports_native=True)[0] == {
         "response_format": {"type": "json_object"}}  # fmt: skip
