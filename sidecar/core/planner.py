@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from sidecar.core import tokens
@@ -70,6 +71,21 @@ class Decision:
         return (bound * profile.input_per_1m + output * profile.output_per_1m) / 1e6
 
 
+class Skip(Enum):
+    """Why a provider is not asked at all (the value is how people read it)."""
+
+    DISABLED = "disabled"
+    NOT_LOCAL = "not local (localOnly)"
+    NO_KEY = "no API key configured"
+
+
+@dataclass(frozen=True, slots=True)
+class _Providers:
+    names: list[str]
+    pinned: str | None
+    skipped: dict[str, Skip]
+
+
 def effective_selection(selection: ModelSelection | None, cfg: ModelConfig) -> ModelSelection:
     """The request's selection, with the config's ``selection`` defaults for every field
     the request left out (a request that sets only ``priority`` keeps ``localOnly``)."""
@@ -107,57 +123,82 @@ class Planner:
     def decide(self, request: ModelRequest, selection: ModelSelection | None) -> Decision:
         cfg = self._config()
         sel = effective_selection(selection, cfg)
-        enabled = self.pool.settings()
         model_id = sel.model_id or request.model_id
-        skipped: list[str] = []
+        providers = self._providers(cfg, sel, model_id)
+        task = self._task(request)
+        need = Need(task[0], task[1], tokens.estimate(request), request.max_tokens or DEFAULT_OUTPUT_TOKENS)
+        pinned_key = (providers.pinned, model_id) if providers.pinned and model_id else None
+        profiles, ranking = self._rank(need, cfg, sel, providers, pinned_key)
+        first = self._first(ranking, providers.pinned, pinned_key)
+        rest = [s for s in ranking if s.excluded is None and s is not first] if sel.fallback else []
+        why_first = ("requested by selection.provider" if providers.pinned == sel.provider
+                     else "requested model" if pinned_key else "best score")
+        return Decision(
+            candidates=tuple(profiles[(s.candidate.provider, s.candidate.model)] for s in (first, *rest)),
+            reasons=tuple(_reasons(request, sel, task, (why_first, first), rest, ranking, providers.skipped)),
+            task_type=task[0],
+            complexity=task[1],
+            fallback_mid_stream=sel.fallback_mid_stream,
+            prompt_tokens=need.prompt_tokens,
+            output_tokens=need.output_tokens,
+            ranking=tuple(ranking),
+            prompt_bound=tokens.upper_bound(tokens.request_texts(request)),
+            requested_max_tokens=request.max_tokens,
+        )
 
-        def usable(name: str, *, explicit: bool) -> bool:
+    def _providers(self, cfg: ModelConfig, sel: ModelSelection, model_id: str | None) -> _Providers:
+        """The providers that may serve, in order: a pinned one first, the rest skipped
+        with a typed reason (disabled, not local, no key)."""
+        enabled = self.pool.settings()
+        skipped: dict[str, Skip] = {}
+
+        def why_not(name: str, *, explicit: bool) -> Skip | None:
             item = enabled.get(name)
             if item is None:
-                skipped.append(f"{name}: disabled")
-            elif sel.local_only and not item.local:
-                skipped.append(f"{name}: not local (localOnly)")
-            elif not explicit and KINDS[item.kind].needs_key and not item.api_key:
-                skipped.append(f"{name}: no API key configured")
-            else:
-                return True
-            return False
+                return Skip.DISABLED
+            if sel.local_only and not item.local:
+                return Skip.NOT_LOCAL
+            if not explicit and KINDS[item.kind].needs_key and not item.api_key:
+                return Skip.NO_KEY
+            return None
 
-        order = self._auto_order(cfg, enabled)
-        pinned_provider: str | None = None
+        order = self._auto_order(cfg)
+        pinned: str | None = None
         if sel.provider != "auto":
-            name = sel.provider
-            if name not in cfg.provider_names():
-                raise InvalidParams(f"unknown provider {name!r}", errors=[
-                    {"path": "/selection/provider", "message": f"unknown provider {name!r}"}])
-            if not usable(name, explicit=True):
-                raise InvalidParams(f"provider {name!r} cannot be used: {skipped[-1].split(': ', 1)[1]}",
-                                    errors=[{"path": "/selection/provider", "message": skipped[-1]}])
-            pinned_provider = name
+            pinned = sel.provider
+            if pinned not in cfg.provider_names():
+                raise InvalidParams(f"unknown provider {pinned!r}", errors=[
+                    {"path": "/selection/provider", "message": f"unknown provider {pinned!r}"}])
+            if (why := why_not(pinned, explicit=True)) is not None:
+                raise InvalidParams(f"provider {pinned!r} cannot be used: {why.value}",
+                                    errors=[{"path": "/selection/provider", "message": f"{pinned}: {why.value}"}])
         elif model_id:
             # The provider that owns the model; when none is known to, the first usable one.
             owners = [n for n in order if n in enabled and self._owns(enabled[n], model_id)]
-            candidates_in_order = owners + [n for n in order if n not in owners]
-            pinned_provider = next((n for n in candidates_in_order if n in enabled
-                                    and (not sel.local_only or enabled[n].local)
-                                    and (not KINDS[enabled[n].kind].needs_key or enabled[n].api_key)), None)
-        names = [n for n in order if n != pinned_provider and usable(n, explicit=False)]
-        if pinned_provider is not None:
-            names.insert(0, pinned_provider)
+            pinned = next((n for n in owners + [n for n in order if n not in owners]
+                           if why_not(n, explicit=False) is None), None)
+        names = [] if pinned is None else [pinned]
+        for name in order:
+            if name != pinned and (why := why_not(name, explicit=False)) is not None:
+                skipped.setdefault(name, why)
+            elif name != pinned:
+                names.append(name)
         if not names:
             raise AllProvidersFailedError(
-                "no usable provider: " + "; ".join(dict.fromkeys(skipped))
+                "no usable provider: " + "; ".join(f"{n}: {w.value}" for n, w in skipped.items())
                 + f" (set {' or '.join(k.key_env for k in KINDS.values() if k.key_env)},"
                 " start Ollama, or add a custom provider)",
                 attempts=[],
             )
+        return _Providers(names, pinned, skipped)
 
-        task_type, complexity, signals = self._task(request)
-        need = Need(task_type, complexity, tokens.estimate(request), request.max_tokens or DEFAULT_OUTPUT_TOKENS)
+    def _rank(self, need: Need, cfg: ModelConfig, sel: ModelSelection, providers: _Providers,
+              pinned_key: tuple[str, str] | None) -> tuple[dict[tuple[str, str], ModelProfile], list[Scored]]:
+        """Every model of the usable providers (only the pinned model of a pinned one), ranked."""
+        enabled = self.pool.settings()
         profiles: dict[tuple[str, str], ModelProfile] = {}
         scorables: list[Scorable] = []
-        pinned_key = (pinned_provider, model_id) if pinned_provider and model_id else None
-        for name in names:
+        for name in providers.names:
             settings = enabled[name]
             models: list[str] = [settings.default_model, *settings.models]
             if pinned_key is not None and name == pinned_key[0]:
@@ -168,48 +209,25 @@ class Planner:
                 scorables.append(self._scorable(profile, default=name == cfg.default_provider))
         ranking = rank(need, scorables, priority=sel.priority.value, max_cost_usd=sel.max_cost_usd,
                        local_only=sel.local_only)
+        return profiles, ranking
+
+    def _first(self, ranking: list[Scored], pinned: str | None, pinned_key: tuple[str, str] | None) -> Scored:
+        """The candidate tried first: the pinned model (kept even when the window estimate
+        says it may not fit, never past maxCostUsd), the pinned provider's best, or the best."""
         kept = [s for s in ranking if s.excluded is None]
         first: Scored | None = None
         if pinned_key is not None:
             first = next((s for s in ranking if (s.candidate.provider, s.candidate.model) == pinned_key), None)
             if first is not None and first.excluded and first.excluded.kind is Exclusion.MAX_COST:
-                raise BudgetExceededError(f"{model_id}: {first.excluded.text()}", provider=pinned_provider,
-                                          model_id=model_id)
-        elif pinned_provider is not None:
-            first = next((s for s in kept if s.candidate.provider == pinned_provider), None)
+                raise BudgetExceededError(f"{pinned_key[1]}: {first.excluded.text()}", provider=pinned_key[0],
+                                          model_id=pinned_key[1])
+        elif pinned is not None:
+            first = next((s for s in kept if s.candidate.provider == pinned), None)
         if first is None:
             if not kept:
                 raise self._nothing_fits(ranking)
             first = kept[0]
-        rest = [s for s in kept if s is not first] if sel.fallback else []
-        chosen = [first, *rest]
-
-        reasons = [f"task: {task_type}, complexity {complexity}"
-                   + (" (taskType given)" if request.task_type else f" ({'; '.join(signals[:3])})" if signals else "")]
-        reasons.append(f"priority {sel.priority.value}: " + ", ".join(
-            f"{k} {v:.2f}" for k, v in _weights(sel.priority.value).items()))
-        why_first = ("requested by selection.provider" if pinned_provider == sel.provider
-                     else "requested model" if pinned_key else "best score")
-        reasons.append(f"chosen ({why_first}): {first.reason()}")
-        if not sel.fallback:
-            reasons.append("fallback: disabled by selection.fallback")
-        reasons.extend(f"fallback {i}: {s.reason()}" for i, s in enumerate(rest, start=1))
-        reasons.extend(s.reason() for s in ranking if s.excluded)
-        if sel.local_only:
-            reasons.append("localOnly: only local providers may be contacted")
-        reasons.extend(f"skipped {s}" for s in dict.fromkeys(skipped))
-        return Decision(
-            candidates=tuple(profiles[(s.candidate.provider, s.candidate.model)] for s in chosen),
-            reasons=tuple(reasons),
-            task_type=task_type,
-            complexity=complexity,
-            fallback_mid_stream=sel.fallback_mid_stream,
-            prompt_tokens=need.prompt_tokens,
-            output_tokens=need.output_tokens,
-            ranking=tuple(ranking),
-            prompt_bound=tokens.upper_bound(tokens.request_texts(request)),
-            requested_max_tokens=request.max_tokens,
-        )
+        return first
 
     def _task(self, request: ModelRequest) -> tuple[str, str, tuple[str, ...]]:
         if self._classify is not None:
@@ -253,7 +271,7 @@ class Planner:
         return self.registry.catalog.lookup(settings.kind, model_id) is not None
 
     @staticmethod
-    def _auto_order(cfg: ModelConfig, enabled: dict[str, ProviderSettings]) -> list[str]:
+    def _auto_order(cfg: ModelConfig) -> list[str]:
         order = [cfg.default_provider, *cfg.fallback_chain]
         if not cfg.fallback_chain:  # no chain configured: every provider may serve
             order.extend(cfg.provider_names())
@@ -262,3 +280,24 @@ class Planner:
 
 def _weights(priority: str) -> dict[str, float]:
     return WEIGHTS.get(priority, WEIGHTS["balanced"])
+
+
+def _reasons(request: ModelRequest, sel: ModelSelection, task: tuple[str, str, tuple[str, ...]],
+             chosen: tuple[str, Scored], rest: list[Scored], ranking: list[Scored],
+             skipped: dict[str, Skip]) -> list[str]:
+    """``selectionReasons``: the decision rendered for people (nothing reads it back)."""
+    task_type, complexity, signals = task
+    why_first, first = chosen
+    given = " (taskType given)" if request.task_type else f" ({'; '.join(signals[:3])})" if signals else ""
+    reasons = [f"task: {task_type}, complexity {complexity}{given}"]
+    reasons.append(f"priority {sel.priority.value}: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in _weights(sel.priority.value).items()))
+    reasons.append(f"chosen ({why_first}): {first.reason()}")
+    if not sel.fallback:
+        reasons.append("fallback: disabled by selection.fallback")
+    reasons.extend(f"fallback {i}: {s.reason()}" for i, s in enumerate(rest, start=1))
+    reasons.extend(s.reason() for s in ranking if s.excluded)
+    if sel.local_only:
+        reasons.append("localOnly: only local providers may be contacted")
+    reasons.extend(f"skipped {name}: {why.value}" for name, why in skipped.items())
+    return reasons

@@ -62,6 +62,11 @@ def fakes() -> Iterator[dict[str, Any]]:
         server.stop()
 
 
+FREE = {"inputPer1M": 0.0, "outputPer1M": 0.0}
+FREE_OPENAI = "gpt-4o-mini"
+FREE_ANTHROPIC = "claude-haiku-4-5"
+
+
 def fake_config(fakes: dict[str, Any], **top: Any) -> dict[str, Any]:
     """A config.json pointing every provider at its fake, with fast retries."""
     fast = {"rateLimit": {"maxRetries": 1}}
@@ -82,6 +87,10 @@ def fake_config(fakes: dict[str, Any], **top: Any) -> dict[str, Any]:
         },
         "defaultProvider": "openai",
         "fallbackChain": ["anthropic", "ollama", "local-llm"],
+        # The cloud fakes' default models priced at 0, like the local ones, so that
+        # routing tests see the configured order. Billing at list price wherever a
+        # model is served has its own tests (test_core_fixes.py).
+        "modelOverrides": {f"openai/{FREE_OPENAI}": FREE, f"anthropic/{FREE_ANTHROPIC}": FREE},
     }
     config.update(top)
     return config

@@ -28,7 +28,9 @@ def test_list_models_merges_every_provider(spawn: Spawn, fakes: dict[str, Any]) 
     assert llama["contextWindow"] == 8192  # from the server's n_ctx_train
     haiku = next(m for m in by_provider["anthropic"] if m["id"] == "claude-3-5-haiku-20241022")
     assert haiku["contextWindow"] == 200000
-    assert haiku["costPer1kTokens"] == {"input": 0.0, "output": 0.0}  # loopback: local, free
+    # Served from a loopback address, billed at its list price all the same ($0.80/$4 per 1M).
+    assert haiku["costPer1kTokens"] == {"input": 0.0008, "output": 0.004}
+    assert "local" in haiku["capabilities"]  # the address is local: data stays here
 
 
 def test_an_unreachable_provider_is_marked_not_failed(spawn: Spawn, fakes: dict[str, Any]) -> None:
