@@ -5,9 +5,17 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from sidecar.core.config import redact_url
 from sidecar.providers.base import Provider
 from sidecar.transport.dispatcher import Channel, RequestContext
-from sidecar.wire.methods import EmptyParams, HealthResult, LimiterState, ProviderHealth, ProviderRateLimit
+from sidecar.wire.methods import (
+    EmptyParams,
+    HealthResult,
+    LedgerHealth,
+    LimiterState,
+    ProviderHealth,
+    ProviderRateLimit,
+)
 
 if TYPE_CHECKING:
     from sidecar.app import Services
@@ -30,7 +38,7 @@ def channels(services: Services) -> list[Channel]:
                 ok = await provider.is_available()
         except TimeoutError:
             return False, f"no answer within {PROBE_TIMEOUT_S:.0f} s"
-        return ok, None if ok else f"not reachable at {provider.settings.base_url}"
+        return ok, None if ok else f"not reachable at {redact_url(provider.settings.base_url)}"
 
     async def health(_params: EmptyParams, _ctx: RequestContext) -> HealthResult:
         enabled = services.pool.settings()
@@ -64,6 +72,9 @@ def channels(services: Services) -> list[Channel]:
             if name not in result:
                 result[name] = ProviderHealth(available=False, enabled=False, local=False,
                                               lastError="disabled in config")
-        return HealthResult(providers=result)
+        ledger = services.ledger.status()
+        return HealthResult(providers=result, config=services.config.status(), ledger=LedgerHealth(
+            status=ledger.status, path=str(ledger.path), problem=ledger.problem,
+            movedAside=None if ledger.moved_aside is None else str(ledger.moved_aside), pending=ledger.pending))
 
     return [Channel("model:health", EmptyParams, health)]

@@ -2,19 +2,33 @@
 
 Three layers make the effective :class:`ModelConfig`: built-in defaults, the stored file
 (only what the host set), and the environment (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``,
-``OLLAMA_HOST``), which a stored value overrides. ``model:set-config`` applies a JSON merge
-patch (RFC 7386) to the stored layer, validates the result whole, and only then writes it
+``OLLAMA_HOST``), which a stored value overrides.
+
+``model:set-config`` applies a JSON merge patch (RFC 7386) to the document *on disk*,
+under an inter-process lock (``config.lock``), so two sidecars sharing a data dir never
+drop each other's changes; the result is validated whole, and only then written
 atomically (temp file, fsync, rename, mode 0600): a bad patch changes nothing.
+
+Whatever the file holds, the sidecar starts: a part that does not validate (an entry,
+a field) is ignored and reported (``model:health``'s ``config``), the rest loads; a file
+that cannot be used at all (not JSON, a directory, a FIFO) gives the defaults. Before a
+file that did not load is replaced, it is copied to ``config.json.bad-<UTC time>``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import os
 import signal
+import stat
+import sys
 import tempfile
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,22 +37,49 @@ import orjson
 import pydantic
 import structlog
 
-from sidecar.errors import InvalidParams
+from sidecar.errors import InvalidParams, StorageError
 from sidecar.providers.base import ProviderSettings
 from sidecar.providers.http import is_loopback_url
 from sidecar.secrets import Redactor, is_preview, is_sensitive_header, preview
 from sidecar.transport.dispatcher import validation_errors
-from sidecar.wire.config import BUILTIN_PROVIDERS, ModelConfig
+from sidecar.wire.config import (
+    BUILTIN_PROVIDERS,
+    CROSS_FIELD_ERRORS,
+    ConfigIgnored,
+    ConfigStatus,
+    ModelConfig,
+    check_base_url,
+)
 
-__all__ = ["CONFIG_FILE", "ConfigManager", "config_from_doc", "merge_patch", "normalize_ollama_host"]
+__all__ = [
+    "CONFIG_FILE",
+    "LOCK_FILE",
+    "LOCK_TIMEOUT_S",
+    "MAX_CONFIG_BYTES",
+    "ConfigManager",
+    "config_from_doc",
+    "merge_patch",
+    "normalize_ollama_host",
+    "redact_url",
+]
 
 log = structlog.get_logger("sidecar.config")
 
 CONFIG_FILE = "config.json"
+#: Held (``flock``/``msvcrt.locking``) while a process reads, merges and writes the file.
+LOCK_FILE = "config.lock"
+#: How long ``model:set-config`` waits for another process's write before a StorageError.
+LOCK_TIMEOUT_S = 3.0
+#: A larger file is not read (it cannot be a config a host wrote).
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
 _KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 #: Test hook, read once at start: ``config-write-pause`` makes the config writer stop the
 #: process (SIGSTOP) with half of the new content written, so a test can SIGKILL it there.
 _FAULT = os.environ.get("MODEL_SIDECAR_FAULT", "")
+#: Rounds of dropping invalid parts before the whole file is given up (each round drops
+#: at least one part; a file with more broken parts than this is not worth saving).
+_MAX_PRUNE_ROUNDS = 50
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -80,6 +121,24 @@ def normalize_ollama_host(value: str) -> str:
     return f"{scheme}://{host}:{port}"
 
 
+def _url_password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user info shown as a preview, like a key."""
+    password = _url_password(url)
+    if not password:
+        return url
+    scheme, rest = url.split("://", 1)
+    userinfo, _, hostpart = rest.partition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:{preview(password)}@{hostpart}"
+
+
 def _defaults_doc() -> dict[str, Any]:
     return ModelConfig().model_dump(mode="json", by_alias=True, exclude_none=True)
 
@@ -93,118 +152,401 @@ def config_from_doc(stored: dict[str, Any]) -> ModelConfig:
     return ModelConfig.model_validate(merge_patch(_defaults_doc(), stored))
 
 
+def _pointer(loc: tuple[Any, ...] | list[Any]) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in loc)
+
+
+def _error_entries(exc: pydantic.ValidationError) -> list[dict[str, str]]:
+    """``{path, message}`` under ``/config``; a cross-field error names its field."""
+    out = []
+    for raw, item in zip(exc.errors(include_url=False, include_input=False), validation_errors(exc), strict=True):
+        path = item["path"] or "/" + CROSS_FIELD_ERRORS.get(raw["type"], "").strip("/")
+        out.append({"path": "/config" + path.rstrip("/"), "message": item["message"]})
+    return out
+
+
+class _Unusable(Exception):
+    """``config.json`` exists but cannot be read as a file (``reason`` says why)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _read_regular(path: Path) -> bytes | None:
+    """The bytes of ``path``, ``None`` if it does not exist.
+
+    Opened non-blocking and checked with ``fstat`` before reading, so a FIFO or a device
+    planted there is refused instead of blocking the process.
+
+    Raises:
+        _Unusable: not a regular file, unreadable, or over :data:`MAX_CONFIG_BYTES`.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | _NONBLOCK | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if path.is_dir():
+            raise _Unusable("is a directory, not a file") from None
+        raise _Unusable(f"cannot be opened ({exc.strerror})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+            raise _Unusable(f"is {kind}, not a file")
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_CONFIG_BYTES:
+                raise _Unusable(f"is larger than {MAX_CONFIG_BYTES} bytes")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise _Unusable(f"cannot be read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+
+
+def _drop(doc: dict[str, Any], loc: tuple[Any, ...]) -> tuple[str, ...] | None:
+    """Delete the deepest object member of ``doc`` on the path ``loc``; its path, or None."""
+    node: Any = doc
+    found: tuple[dict[str, Any], str, tuple[str, ...]] | None = None
+    path: tuple[str, ...] = ()
+    for segment in loc:
+        if not (isinstance(node, dict) and isinstance(segment, str) and segment in node):
+            break
+        path += (segment,)
+        found = (node, segment, path)
+        node = node[segment]
+    if found is None:
+        return None
+    del found[0][found[1]]
+    return found[2]
+
+
+def _loadable(doc: dict[str, Any]) -> tuple[ModelConfig, dict[str, Any], list[ConfigIgnored]]:
+    """The valid part of a stored document: each part that fails validation is dropped.
+
+    Returns the config, the document that produced it, and what was dropped and why. When
+    nothing more can be dropped the whole document is given up (defaults).
+    """
+    doc = copy.deepcopy(doc)
+    ignored: list[ConfigIgnored] = []
+    for _ in range(_MAX_PRUNE_ROUNDS):
+        try:
+            return config_from_doc(doc), doc, ignored
+        except pydantic.ValidationError as exc:
+            progress = False
+            for error in exc.errors(include_url=False, include_input=False):
+                loc = tuple(error["loc"]) or (CROSS_FIELD_ERRORS.get(error["type"], ""),)
+                dropped = _drop(doc, loc)
+                if dropped is not None:
+                    progress = True
+                    message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
+                    ignored.append(ConfigIgnored(path=_pointer(dropped), message=message))
+        if not progress:
+            break
+    ignored.append(ConfigIgnored(path="", message="the rest of the file did not validate either"))
+    return ModelConfig(), {}, ignored
+
+
+@dataclass
+class _Disk:
+    """What ``config.json`` held when it was last read."""
+
+    raw: bytes | None = None
+    #: The parsed JSON object (None: no file, or not a JSON object).
+    doc: dict[str, Any] | None = None
+    #: The part of ``doc`` that loaded; the config in use was made from it.
+    stored: dict[str, Any] = field(default_factory=dict)
+    config: ModelConfig = field(default_factory=ModelConfig)
+    ignored: list[ConfigIgnored] = field(default_factory=list)
+    #: Why the file could not be used at all.
+    problem: str | None = None
+
+    @property
+    def broken(self) -> bool:
+        return self.problem is not None or bool(self.ignored)
+
+
+def _parse(path: Path, raw: bytes | None) -> _Disk:
+    if raw is None:
+        return _Disk()
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return _Disk(raw=raw, problem=f"{path} is not valid JSON ({exc}); defaults are used")
+    if not isinstance(parsed, dict):
+        return _Disk(raw=raw, problem=f"{path} does not hold a JSON object; defaults are used")
+    config, stored, ignored = _loadable(parsed)
+    return _Disk(raw=raw, doc=parsed, stored=stored, config=config, ignored=ignored)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # BlockingIOError (POSIX) or PermissionError (Windows): held elsewhere
+        return False
+    return True
+
+
+def _unlock(fd: int) -> None:
+    if sys.platform == "win32":  # pragma: no cover
+        import msvcrt
+
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path, timeout_s: float) -> Iterator[None]:
+    """Hold the inter-process lock on ``path``; StorageError past ``timeout_s``."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NONBLOCK, 0o600)
+    except OSError as exc:
+        reason = f"cannot open the lock file ({exc.strerror})"
+        raise StorageError(f"config: {reason}", path=str(path), reason=reason) from None
+    try:
+        deadline = time.monotonic() + timeout_s
+        pause = 0.002
+        while not _try_lock(fd):
+            if time.monotonic() >= deadline:
+                reason = f"another process held the config lock for over {timeout_s:g} s"
+                raise StorageError(f"config: {reason}", path=str(path), reason=reason)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        try:
+            yield
+        finally:
+            _unlock(fd)
+    finally:
+        os.close(fd)
+
+
 class ConfigManager:
     """Owns the stored config, the effective config and its redacted preview."""
 
     def __init__(self, data_dir: Path, env: Mapping[str, str], redactor: Redactor) -> None:
         self.data_dir = data_dir
         self.path = data_dir / CONFIG_FILE
+        self.lock_path = data_dir / LOCK_FILE
         self._env = dict(env)
         self._redactor = redactor
         self._lock = asyncio.Lock()
         self._listeners: list[Callable[[ModelConfig], None]] = []
         self.stored: dict[str, Any] = {}
-        self.load_error: str | None = None
         self.config = ModelConfig()
+        self._disk = _Disk()
+        self._backup: Path | None = None
         redactor.add(*(env.get(var) for var in _KEY_ENV.values()))
+        self._ollama_env = self._ollama_from_env()
+
+    def _ollama_from_env(self) -> str | None:
+        raw = self._env.get("OLLAMA_HOST")
+        if not raw:
+            return None
+        url = normalize_ollama_host(raw)
+        try:
+            return check_base_url(url)
+        except ValueError as exc:
+            log.warning("ollama_host_ignored", reason=str(exc))
+            return None
+
+    @property
+    def load_error(self) -> str | None:
+        """What made the last read of the file incomplete, in one sentence (None: nothing)."""
+        disk = self._disk
+        if disk.problem:
+            return disk.problem
+        if disk.ignored:
+            parts = ", ".join(item.path or "(whole file)" for item in disk.ignored)
+            return f"{self.path}: ignored what did not validate: {parts}"
+        return None
 
     def load(self) -> None:
-        """Read ``config.json``; a missing file means defaults, a broken one is reported."""
-        for leftover in self.data_dir.glob(CONFIG_FILE + ".tmp-*"):
-            leftover.unlink(missing_ok=True)  # a write interrupted by a crash
+        """Read ``config.json``: what validates is used, the rest is ignored and reported."""
+        self._remove_leftovers()
         try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            raw = None
-        except OSError as exc:
-            self.load_error = f"cannot read {self.path}: {exc.strerror}"
-            raw = None
-        stored: dict[str, Any] = {}
-        if raw is not None:
-            try:
-                parsed = orjson.loads(raw)
-                if not isinstance(parsed, dict):
-                    raise ValueError("top level is not an object")
-                stored = parsed
-                self._validate(stored)
-            except (ValueError, InvalidParams) as exc:
-                self.load_error = f"{self.path} is invalid and was ignored: {exc}"
-                stored = {}
-        if self.load_error:
-            log.error("config_invalid", error=self.load_error)
-        self.stored = stored
-        self.config = self._validate(stored)
+            disk = _parse(self.path, _read_regular(self.path))
+        except _Unusable as exc:
+            disk = _Disk(problem=f"{self.path} {exc.reason}; defaults are used")
+        self._disk = disk
+        if disk.broken:
+            log.error("config_invalid", error=self.load_error,
+                      ignored=[item.model_dump() for item in disk.ignored] or None)
+        self.stored, self.config = disk.stored, disk.config
         self._register_secrets()
+
+    def _remove_leftovers(self) -> None:
+        """Delete temp files of writes interrupted by a crash (only while no one writes)."""
+        if not any(self.data_dir.glob(CONFIG_FILE + ".tmp-*")):
+            return
+        try:
+            with _exclusive(self.lock_path, 0.5):
+                for leftover in self.data_dir.glob(CONFIG_FILE + ".tmp-*"):
+                    leftover.unlink(missing_ok=True)
+        except (StorageError, OSError) as exc:
+            log.warning("config_leftovers_kept", reason=str(exc))
 
     def on_change(self, listener: Callable[[ModelConfig], None]) -> None:
         self._listeners.append(listener)
+
+    def status(self) -> ConfigStatus:
+        """How the file loaded, for ``model:health``."""
+        disk = self._disk
+        state = "defaults" if disk.problem else "partial" if disk.ignored else "loaded"
+        return ConfigStatus(status=state, path=str(self.path), problem=self.load_error,
+                            ignored=list(disk.ignored) or None,
+                            backup=str(self._backup) if self._backup else None)
 
     def _validate(self, stored: dict[str, Any]) -> ModelConfig:
         try:
             return config_from_doc(stored)
         except pydantic.ValidationError as exc:
-            errors = [
-                {"path": "/config" + e["path"], "message": e["message"]} for e in validation_errors(exc)
-            ]
-            raise InvalidParams("invalid config", errors=errors) from exc
+            raise InvalidParams("invalid config", errors=_error_entries(exc)) from exc
 
     async def patch(self, patch: dict[str, Any]) -> dict[str, Any]:
-        """Apply a merge patch to the stored config; returns the new redacted preview.
+        """Apply a merge patch to the config on disk; returns the new redacted preview.
 
-        Once validation passed, the write and the switch to the new config complete even
+        The read, merge, validation and write run under the inter-process lock in a
+        thread. Once started they complete, and the process switches to the result, even
         if the request is cancelled meanwhile (the host then still gets the result), so
         the file and the config in use never disagree.
         """
         async with self._lock:
-            new_stored = merge_patch(self.stored, _drop_previews(patch))
-            config = self._validate(new_stored)
-            commit = asyncio.ensure_future(self._commit(new_stored, config))
-            try:
-                await asyncio.shield(commit)
-            except asyncio.CancelledError:
-                await commit  # finish what was started; the cancel is answered by the result
+            work = asyncio.ensure_future(asyncio.to_thread(self._update, patch))
+            while not work.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(work)
+            self._adopt(*work.result())
         return self.preview()
 
-    async def _commit(self, stored: dict[str, Any], config: ModelConfig) -> None:
-        await asyncio.to_thread(self._write_atomic, stored)
-        self.stored, self.config = stored, config
-        self.load_error = None
+    def _update(self, patch: dict[str, Any]) -> tuple[_Disk, Path | None]:
+        """Under the lock: read the file, merge ``patch`` into it, validate, write it."""
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._storage_error(exc) from None
+        with _exclusive(self.lock_path, LOCK_TIMEOUT_S):
+            try:
+                disk = _parse(self.path, _read_regular(self.path))
+            except _Unusable as exc:
+                reason = f"{CONFIG_FILE} {exc.reason}"
+                raise StorageError(f"cannot replace {self.path}: {reason}", path=str(self.path),
+                                   reason=reason) from None
+            prepared = _prepare_patch(patch, disk.config)
+            stored, config = self._merge(disk, prepared)
+            try:
+                backup = self._write_backup(disk.raw) if disk.broken and disk.raw is not None else None
+            except OSError as exc:
+                reason = f"cannot keep a backup of the file that did not load ({exc.strerror})"
+                raise StorageError(f"config: {reason}", path=str(self.path), reason=reason) from None
+            self._write_atomic(stored)
+        return _Disk(raw=None, doc=stored, stored=stored, config=config), backup
+
+    def _merge(self, disk: _Disk, patch: dict[str, Any]) -> tuple[dict[str, Any], ModelConfig]:
+        """The patched document and its config; a file's broken parts stay out unless fixed."""
+        if disk.doc is not None and disk.ignored:
+            candidate = merge_patch(disk.doc, patch)
+            with contextlib.suppress(InvalidParams):
+                return candidate, self._validate(candidate)  # the patch repaired the file
+        candidate = merge_patch(disk.stored, patch)
+        return candidate, self._validate(candidate)
+
+    def _adopt(self, disk: _Disk, backup: Path | None) -> None:
+        self._disk = disk
+        if backup is not None:
+            self._backup = backup
+            log.warning("config_backup", path=str(backup))
+        self.stored, self.config = disk.stored, disk.config
         self._register_secrets()
         for listener in self._listeners:
-            listener(config)
+            listener(disk.config)
+
+    def _write_backup(self, raw: bytes) -> Path:
+        """Copy the bytes of a file that did not load to ``config.json.bad-<UTC time>``."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        for attempt in range(100):
+            path = self.data_dir / f"{CONFIG_FILE}.bad-{stamp}{f'-{attempt}' if attempt else ''}"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+            except FileExistsError:
+                continue
+            try:
+                view = memoryview(raw)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return path
+        raise FileExistsError(f"{CONFIG_FILE}.bad-{stamp}")
 
     def _write_atomic(self, doc: dict[str, Any]) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        """Temp file, fsync, rename over ``config.json``; StorageError when that fails."""
         data = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
-        # mkstemp: a unique name created 0600 with O_EXCL, so two writers never share it.
-        fd, tmp = tempfile.mkstemp(prefix=CONFIG_FILE + ".tmp-", dir=self.data_dir)
         try:
-            view = memoryview(data)
-            if _FAULT == "config-write-pause":
-                view = view[os.write(fd, view[: len(view) // 2]):]
-                signal.raise_signal(signal.SIGSTOP)  # this thread stops at once, the rest with it
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
-        if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-            dir_fd = os.open(self.data_dir, os.O_RDONLY | os.O_DIRECTORY)
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            # mkstemp: a unique name created 0600 with O_EXCL, so two writers never share it.
+            fd, tmp = tempfile.mkstemp(prefix=CONFIG_FILE + ".tmp-", dir=self.data_dir)
+        except OSError as exc:
+            raise self._storage_error(exc) from None
+        try:
             try:
-                os.fsync(dir_fd)
+                view = memoryview(data)
+                if _FAULT == "config-write-pause":
+                    view = view[os.write(fd, view[: len(view) // 2]):]
+                    signal.raise_signal(signal.SIGSTOP)  # this thread stops at once, the rest with it
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
             finally:
-                os.close(dir_fd)
+                os.close(fd)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise self._storage_error(exc) from None
+            raise
+        if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+            with contextlib.suppress(OSError):
+                dir_fd = os.open(self.data_dir, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+
+    def _storage_error(self, exc: OSError) -> StorageError:
+        reason = exc.strerror or type(exc).__name__
+        return StorageError(f"cannot write {self.path}: {reason}", path=str(self.path), reason=reason)
 
     def _register_secrets(self) -> None:
         for item in self._entries():
             settings = self._resolve(*item)
             self._redactor.add(settings.api_key)
             self._redactor.add(*(v for k, v in settings.headers.items() if is_sensitive_header(k)))
+            password = _url_password(settings.base_url)
+            if password:
+                # The whole URL too: a short password alone is below the scrubber's minimum.
+                self._redactor.add(password, settings.base_url)
 
     def _stored_entry(self, name: str) -> dict[str, Any]:
         providers = self.stored.get("providers", {})
@@ -215,21 +557,15 @@ class ConfigManager:
         return entry if isinstance(entry, dict) else {}
 
     def _entries(self) -> list[tuple[str, str, Any]]:
-        cfg = self.config.providers
-        return [
-            ("openai", "openai", cfg.openai),
-            ("anthropic", "anthropic", cfg.anthropic),
-            ("ollama", "ollama", cfg.ollama),
-            *[(name, "custom", entry) for name, entry in cfg.custom.items()],
-        ]
+        return _entries(self.config)
 
     def _resolve(self, name: str, kind: str, entry: Any) -> ProviderSettings:
         base_url = entry.base_url
         api_key = entry.api_key
         if kind in _KEY_ENV and not api_key:
             api_key = self._env.get(_KEY_ENV[kind]) or None
-        if kind == "ollama" and "baseURL" not in self._stored_entry(name) and self._env.get("OLLAMA_HOST"):
-            base_url = normalize_ollama_host(self._env["OLLAMA_HOST"])
+        if kind == "ollama" and "baseURL" not in self._stored_entry(name) and self._ollama_env:
+            base_url = self._ollama_env
         return ProviderSettings(
             name=name,
             kind=kind,
@@ -259,35 +595,70 @@ class ConfigManager:
         return doc
 
 
+def _entries(config: ModelConfig) -> list[tuple[str, str, Any]]:
+    cfg = config.providers
+    return [
+        ("openai", "openai", cfg.openai),
+        ("anthropic", "anthropic", cfg.anthropic),
+        ("ollama", "ollama", cfg.ollama),
+        *[(name, "custom", entry) for name, entry in cfg.custom.items()],
+    ]
+
+
 def _preview_entry(entry: dict[str, Any], settings: ProviderSettings | None) -> None:
     key = settings.api_key if settings else entry.get("apiKey")
     if key:
         entry["apiKey"] = preview(key)
     else:
         entry.pop("apiKey", None)
-    if settings is not None:
-        entry["baseURL"] = settings.base_url
+    entry["baseURL"] = redact_url(settings.base_url if settings is not None else entry["baseURL"])
     if entry.get("headers"):
         entry["headers"] = {k: preview(v) if is_sensitive_header(k) else v for k, v in entry["headers"].items()}
 
 
-def _drop_previews(patch: dict[str, Any]) -> dict[str, Any]:
-    """Remove ``apiKey`` values that are previews: sending one back keeps the stored key."""
-    patch = copy.deepcopy(patch)
+def _patch_entries(patch: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, entry)`` of every provider entry object in a patch."""
     providers = patch.get("providers")
     if not isinstance(providers, dict):
-        return patch
-    entries = [providers.get(name) for name in BUILTIN_PROVIDERS]
+        return []
+    entries = [(name, providers.get(name)) for name in BUILTIN_PROVIDERS]
     custom = providers.get("custom")
     if isinstance(custom, dict):
-        entries.extend(custom.values())
-    for entry in entries:
-        if isinstance(entry, dict):
-            key = entry.get("apiKey")
-            if isinstance(key, str) and is_preview(key):
+        entries.extend(custom.items())
+    return [(name, entry) for name, entry in entries if isinstance(entry, dict)]
+
+
+def _prepare_patch(patch: dict[str, Any], current: ModelConfig) -> dict[str, Any]:
+    """The patch as it is applied: previews sent back dropped, keys and header values trimmed.
+
+    An ``apiKey``, a sensitive header value or a ``baseURL`` equal to the preview of the
+    current one keeps what is stored. A ``baseURL`` whose password is some other preview
+    is refused: the real password is unknown.
+    """
+    patch = copy.deepcopy(patch)
+    current_urls = {name: entry.base_url for name, _kind, entry in _entries(current)}
+    for name, entry in _patch_entries(patch):
+        key = entry.get("apiKey")
+        if isinstance(key, str):
+            if is_preview(key):
                 del entry["apiKey"]
-            headers = entry.get("headers")
-            if isinstance(headers, dict):
-                for name in [n for n, v in headers.items() if isinstance(v, str) and is_preview(v)]:
-                    del headers[name]
+            else:
+                entry["apiKey"] = key.strip()
+        headers = entry.get("headers")
+        if isinstance(headers, dict):
+            for header, value in list(headers.items()):
+                if isinstance(value, str):
+                    if is_preview(value):
+                        del headers[header]
+                    else:
+                        headers[header] = value.strip()
+        url = entry.get("baseURL")
+        if isinstance(url, str) and is_preview(_url_password(url) or ""):
+            if name in current_urls and url == redact_url(current_urls[name]):
+                del entry["baseURL"]
+            else:
+                where = ("providers", name) if name in BUILTIN_PROVIDERS else ("providers", "custom", name)
+                path = "/config" + _pointer((*where, "baseURL"))
+                raise InvalidParams("invalid config", errors=[{"path": path, "message": (
+                    "the password in baseURL is a redacted preview of another URL; send the whole URL")}])
     return patch

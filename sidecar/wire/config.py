@@ -7,17 +7,24 @@ holds only what the host set, and defaults are applied on top when it is read.
 from __future__ import annotations
 
 import re
+import unicodedata
 import zoneinfo
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import httpx
 from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from sidecar.wire.base import ParamsModel
+from sidecar.wire.base import ParamsModel, ResultModel
 from sidecar.wire.model import Priority
 
 __all__ = [
+    "MAX_BASE_URL_CHARS",
+    "RESERVED_HEADERS",
     "BudgetConfig",
+    "ConfigIgnored",
+    "ConfigStatus",
     "CustomProviderEntry",
     "FormatTemplate",
     "ModelConfig",
@@ -26,6 +33,7 @@ __all__ = [
     "ProvidersConfig",
     "RateLimitConfig",
     "SelectionDefaults",
+    "check_base_url",
 ]
 
 BUILTIN_PROVIDERS = ("openai", "anthropic", "ollama")
@@ -35,16 +43,91 @@ LOCAL_PORT = 8080
 LOCAL_BASE_URL = f"http://127.0.0.1:{LOCAL_PORT}/v1"
 LOCAL_MODEL = "smollm2-135m-instruct"
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
-_HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")
+#: A header value after trimming: visible ASCII, with single spaces or tabs only inside
+#: (RFC 9110 field-value; h11 refuses leading or trailing whitespace and every control).
+_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?")
+#: Longer base URLs are refused: no real endpoint needs one, and httpx refuses URLs over
+#: 64 KiB only when a request is built.
+MAX_BASE_URL_CHARS = 2048
+MAX_HEADER_VALUE_CHARS = 8192
+MAX_HEADERS = 64
+#: Headers the HTTP layer writes itself (framing, connection management, the target
+#: host; RFC 9110 section 7.6.1 and RFC 9112): a configured value would corrupt the
+#: request or be refused by the HTTP library before it is sent.
+RESERVED_HEADERS = frozenset({
+    "connection", "content-length", "content-encoding", "expect", "host", "keep-alive",
+    "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+})
+MAX_PROVIDER_NAME_CHARS = 64
+#: Each provider holds a connection pool and is probed by ``model:health``.
+MAX_CUSTOM_PROVIDERS = 100
+#: Prices, limits and token counts above these are typing errors; the caps keep every
+#: computed amount finite and every count within JSON's safe integer range.
+MAX_PRICE_PER_1M_USD = 100_000.0
+MAX_LIMIT_USD = 1_000_000_000.0
+MAX_TOKENS_CAP = 1_000_000_000
+MAX_WINDOW_MS = 31 * 86_400_000
+
+
+def _invisible(char: str) -> bool:
+    """Control, format, surrogate, unassigned, separator (incl. U+2028/U+2029) or space."""
+    return unicodedata.category(char)[0] in "CZ"
+
+
+def _describe(text: str, field: str) -> str | None:
+    """Why ``text`` may not be sent, naming the position but never the text itself."""
+    for index, char in enumerate(text):
+        if _invisible(char):
+            return f"{field} contains a control or whitespace character (U+{ord(char):04X}) at index {index}"
+    return None
+
+
+def check_base_url(value: str) -> str:
+    """``value`` if it is an http(s) URL with a host that httpx can send to.
+
+    Raises:
+        ValueError: the reason, without the URL (it may hold a password).
+    """
+    if len(value) > MAX_BASE_URL_CHARS:
+        raise ValueError(f"baseURL is longer than {MAX_BASE_URL_CHARS} characters")
+    problem = _describe(value, "baseURL")
+    if problem:
+        raise ValueError(problem)
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises ValueError when the port is out of range or not a number
+    except ValueError:
+        raise ValueError("baseURL is not a valid URL (port or IPv6 host)") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("baseURL must be an http:// or https:// URL with a host")
+    if parts.query or parts.fragment or value.endswith(("?", "#")):
+        raise ValueError("baseURL must not have a query or a fragment (request paths are appended to it)")
+    try:
+        httpx.URL(value)
+    except httpx.InvalidURL:
+        raise ValueError("baseURL is not a URL httpx can send to (invalid host name?)") from None
+    return value
+
+
+def _check_api_key(value: str | None) -> str | None:
+    """The key without surrounding whitespace (a paste often adds a newline)."""
+    if value is None:
+        return None
+    value = value.strip()
+    for index, char in enumerate(value):
+        if not " " <= char <= "~":
+            raise ValueError(f"apiKey contains a control or non-ASCII character at index {index} "
+                             "(it is sent in an HTTP header)")
+    return value
 
 
 class RateLimitConfig(ParamsModel):
-    max_requests: int = Field(default=0, ge=0, description="Requests per window; 0 = no limit.")
-    window_ms: int = Field(default=60_000, ge=1)
+    max_requests: int = Field(default=0, ge=0, le=MAX_TOKENS_CAP, description="Requests per window; 0 = no limit.")
+    window_ms: int = Field(default=60_000, ge=1, le=MAX_WINDOW_MS)
     strategy: Literal["linear", "exponential"] = "exponential"
     max_retries: int = Field(default=2, ge=0, le=10)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_concurrent: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
+    max_concurrent: int | None = Field(default=None, ge=1, le=100_000)
 
 
 class ProviderEntry(ParamsModel):
@@ -62,21 +145,35 @@ class ProviderEntry(ParamsModel):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("baseURL must be an http:// or https:// URL with a host")
-        _ = parts.port  # raises ValueError when the port is out of range
-        return value
+        return check_base_url(value)
+
+    @field_validator("api_key")
+    @classmethod
+    def _trimmed_key(cls, value: str | None) -> str | None:
+        return _check_api_key(value)
 
     @field_validator("headers")
     @classmethod
     def _http_headers(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        for name, text in (value or {}).items():
-            if not _HEADER_NAME.fullmatch(name):
-                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
-            if not _HEADER_VALUE.fullmatch(text):
-                raise ValueError(f"header {name!r}: the value must be printable ASCII")
-        return value
+        if value is None:
+            return None
+        if len(value) > MAX_HEADERS:
+            raise ValueError(f"at most {MAX_HEADERS} headers")
+        out: dict[str, str] = {}
+        seen: set[str] = set()
+        for name, raw in value.items():
+            if not _HEADER_NAME.fullmatch(name) or len(name) > 256:
+                shown = name[:40] if _describe(name, "") is None else "with control characters"
+                raise ValueError(f"header name {shown!r} is not a valid HTTP header name")
+            if name.lower() in RESERVED_HEADERS or name.lower() in seen:
+                raise ValueError(f"header {name!r} is set by the HTTP layer or given twice")
+            seen.add(name.lower())
+            text = raw.strip()  # a pasted value often ends in a newline
+            if len(text) > MAX_HEADER_VALUE_CHARS or not _HEADER_VALUE.fullmatch(text):
+                raise ValueError(f"header {name!r}: the value must be printable ASCII without control "
+                                 f"characters, at most {MAX_HEADER_VALUE_CHARS} characters")
+            out[name] = text
+        return out
 
 
 class CustomProviderEntry(ProviderEntry):
@@ -101,15 +198,20 @@ class ProvidersConfig(ParamsModel):
     @field_validator("custom")
     @classmethod
     def _custom_names(cls, value: dict[str, CustomProviderEntry]) -> dict[str, CustomProviderEntry]:
+        if len(value) > MAX_CUSTOM_PROVIDERS:
+            raise ValueError(f"at most {MAX_CUSTOM_PROVIDERS} custom providers")
         for name in value:
             if name in (*BUILTIN_PROVIDERS, "auto") or not name.strip():
                 raise ValueError(f"custom provider name {name!r} is reserved or empty")
+            if len(name) > MAX_PROVIDER_NAME_CHARS or "/" in name or _describe(name, "name"):
+                raise ValueError(f"a custom provider name has at most {MAX_PROVIDER_NAME_CHARS} characters, "
+                                 "no '/', no control or whitespace characters")
         return value
 
 
 class BudgetConfig(ParamsModel):
-    daily_limit: float | None = Field(default=None, ge=0)
-    monthly_limit: float | None = Field(default=None, ge=0)
+    daily_limit: float | None = Field(default=None, ge=0, le=MAX_LIMIT_USD)
+    monthly_limit: float | None = Field(default=None, ge=0, le=MAX_LIMIT_USD)
     alert_threshold: float = Field(default=0.8, ge=0, le=1)
     block_on_limit: bool = True
     #: Extension: IANA zone for day and month boundaries (default UTC).
@@ -120,9 +222,11 @@ class BudgetConfig(ParamsModel):
     def _known_zone(cls, value: str | None) -> str | None:
         if value is not None:
             try:
+                if len(value) > 64:
+                    raise ValueError("too long")
                 zoneinfo.ZoneInfo(value)
-            except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-                raise ValueError(f"unknown time zone {value!r}") from exc
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:
+                raise ValueError(f"unknown time zone {value[:64]!r}") from exc
         return value
 
 
@@ -137,10 +241,10 @@ class FormatTemplate(ParamsModel):
 class ModelOverride(ParamsModel):
     """What the user knows better than the catalog about one model (``provider/model``)."""
 
-    context_window: int | None = Field(default=None, ge=256)
-    max_output_tokens: int | None = Field(default=None, ge=1)
-    input_per_1m: float | None = Field(default=None, ge=0, alias="inputPer1M")
-    output_per_1m: float | None = Field(default=None, ge=0, alias="outputPer1M")
+    context_window: int | None = Field(default=None, ge=256, le=MAX_TOKENS_CAP)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
+    input_per_1m: float | None = Field(default=None, ge=0, le=MAX_PRICE_PER_1M_USD, alias="inputPer1M")
+    output_per_1m: float | None = Field(default=None, ge=0, le=MAX_PRICE_PER_1M_USD, alias="outputPer1M")
     tier: Literal["frontier", "strong", "fast", "small"] | None = None
     capabilities: list[str] | None = None
 
@@ -152,7 +256,7 @@ class SelectionDefaults(ParamsModel):
     fallback: bool = True
     fallback_mid_stream: bool = False
     local_only: bool = False
-    max_cost_usd: float | None = Field(default=None, ge=0)
+    max_cost_usd: float | None = Field(default=None, ge=0, le=MAX_LIMIT_USD)
 
 
 class ModelConfig(ParamsModel):
@@ -173,10 +277,39 @@ class ModelConfig(ParamsModel):
 
     @model_validator(mode="after")
     def _names_exist(self) -> ModelConfig:
+        # The error types name the field at fault (a model-level error has no location).
         known = set(self.provider_names())
         if self.default_provider not in known:
-            raise ValueError(f"defaultProvider {self.default_provider!r} is not a configured provider")
-        unknown = [name for name in self.fallback_chain if name not in known]
+            raise PydanticCustomError(UNKNOWN_DEFAULT_PROVIDER, "defaultProvider {name} is not a configured provider",
+                                      {"name": repr(self.default_provider[:MAX_PROVIDER_NAME_CHARS])})
+        unknown = [name[:MAX_PROVIDER_NAME_CHARS] for name in self.fallback_chain if name not in known]
         if unknown:
-            raise ValueError(f"fallbackChain names unknown providers: {', '.join(unknown)}")
+            raise PydanticCustomError(UNKNOWN_FALLBACK_PROVIDER, "fallbackChain names unknown providers: {names}",
+                                      {"names": ", ".join(unknown[:10])})
         return self
+
+
+#: pydantic error types of :meth:`ModelConfig._names_exist`, and the field each is about.
+UNKNOWN_DEFAULT_PROVIDER = "unknown_default_provider"
+UNKNOWN_FALLBACK_PROVIDER = "unknown_fallback_provider"
+CROSS_FIELD_ERRORS = {UNKNOWN_DEFAULT_PROVIDER: "defaultProvider", UNKNOWN_FALLBACK_PROVIDER: "fallbackChain"}
+
+
+class ConfigIgnored(ResultModel):
+    """One part of ``config.json`` that did not load: where (JSON pointer) and why."""
+
+    path: str
+    message: str
+
+
+class ConfigStatus(ResultModel):
+    """How ``config.json`` loaded (``model:health``'s ``config``)."""
+
+    status: Literal["loaded", "partial", "defaults"] = Field(description=(
+        "loaded: the file (or its absence) gave the config; partial: some entries or fields "
+        "were ignored (see ignored); defaults: the file could not be used at all (see problem)."))
+    path: str
+    problem: str | None = None
+    ignored: list[ConfigIgnored] | None = None
+    backup: str | None = Field(default=None, description=(
+        "Where the last file that did not load was copied before set-config replaced it."))

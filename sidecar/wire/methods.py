@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
 from sidecar.wire.base import ParamsModel, ResultModel
+from sidecar.wire.config import ConfigStatus
 from sidecar.wire.model import ModelInfo, ModelRequest, ModelSelection, ResponseFormat, StreamingChunk
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "EmptyResult",
     "GenerateParams",
     "HealthResult",
+    "LedgerHealth",
     "ListModelsParams",
     "ListModelsResult",
     "ProviderHealth",
@@ -98,8 +100,25 @@ class ProviderHealth(ResultModel):
         default=None, description="Per-model limiters configured with modelRateLimits.")
 
 
+class LedgerHealth(ResultModel):
+    """The usage ledger: where spending is recorded, and whether it can be."""
+
+    status: Literal["persistent", "memory", "readonly"] = Field(
+        description="persistent: the file, writable; readonly: the file can be read, not written (paid calls "
+                    "are refused); memory: no file (paid calls are refused, free calls are served).")
+    path: str
+    problem: str | None = Field(default=None, description="Why the ledger is not plainly writable, or the "
+                                                          "last write it could not make.")
+    moved_aside: str | None = Field(default=None, description="Where a corrupt ledger was moved at start: "
+                                                              "the spend recorded in it no longer counts.")
+    pending: int = Field(default=0, description="Usage records journalled or held in memory, counted in "
+                                                "model:usage, not written into the ledger yet.")
+
+
 class HealthResult(ResultModel):
     providers: dict[str, ProviderHealth]
+    config: ConfigStatus | None = Field(default=None, description="How config.json loaded.")
+    ledger: LedgerHealth | None = Field(default=None, description="The usage ledger's state.")
 
 
 class ReadyParams(ResultModel):

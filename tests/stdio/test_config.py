@@ -68,11 +68,11 @@ def test_set_config_patches_validates_and_writes_0600(spawn: Spawn) -> None:
 @pytest.mark.parametrize(
     ("patch", "path"),
     [
-        ({"defaultProvider": "nope"}, "/config"),
+        ({"defaultProvider": "nope"}, "/config/defaultProvider"),
         ({"providers": {"openai": {"baseURL": "ftp://x"}}}, "/config/providers/openai/baseURL"),
         ({"providers": {"openai": {"timeoutMs": 5}}}, "/config/providers/openai/timeoutMs"),
         ({"budget": {"alertThreshold": 2}}, "/config/budget/alertThreshold"),
-        ({"fallbackChain": ["openai", "ghost"]}, "/config"),
+        ({"fallbackChain": ["openai", "ghost"]}, "/config/fallbackChain"),
         ({"providers": {"custom": {"x": {"baseURL": "http://127.0.0.1:1/v1"}}}},
          "/config/providers/custom/x/defaultModel"),
         ({"provdiers": {}}, "/config/provdiers"),
