@@ -56,6 +56,7 @@ __all__ = [
     "LOCK_FILE",
     "LOCK_TIMEOUT_S",
     "MAX_CONFIG_BYTES",
+    "MAX_CONFIG_DEPTH",
     "ConfigManager",
     "config_from_doc",
     "merge_patch",
@@ -70,8 +71,12 @@ CONFIG_FILE = "config.json"
 LOCK_FILE = "config.lock"
 #: How long ``model:set-config`` waits for another process's write before a StorageError.
 LOCK_TIMEOUT_S = 3.0
-#: A larger file is not read (it cannot be a config a host wrote).
+#: A larger file is not read, and set-config refuses to write one.
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
+#: Arrays and objects nested in the file; deeper documents are not loaded (copies and
+#: merges recurse, and Python's recursion limit is 1000), nor written by set-config.
+#: A patch arrives inside a request, which the protocol caps at 128 levels itself.
+MAX_CONFIG_DEPTH = 128
 _KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 #: Test hook, read once at start: ``config-write-pause`` makes the config writer stop the
 #: process (SIGSTOP) with half of the new content written, so a test can SIGKILL it there.
@@ -163,6 +168,23 @@ def _error_entries(exc: pydantic.ValidationError) -> list[dict[str, str]]:
         path = item["path"] or "/" + CROSS_FIELD_ERRORS.get(raw["type"], "").strip("/")
         out.append({"path": "/config" + path.rstrip("/"), "message": item["message"]})
     return out
+
+
+def _deeper_than(root: Any, limit: int) -> bool:
+    """Whether ``root`` nests arrays and objects more than ``limit`` levels (level by level)."""
+    level, depth = [root], 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for value in level:
+            if isinstance(value, dict):
+                below.extend(v for v in value.values() if isinstance(v, dict | list))
+            elif isinstance(value, list):
+                below.extend(v for v in value if isinstance(v, dict | list))
+        level = below
+    return False
 
 
 class _Unusable(Exception):
@@ -283,6 +305,8 @@ def _parse(path: Path, raw: bytes | None) -> _Disk:
         return _Disk(raw=raw, problem=f"{path} is not valid JSON ({exc}); defaults are used")
     if not isinstance(parsed, dict):
         return _Disk(raw=raw, problem=f"{path} does not hold a JSON object; defaults are used")
+    if _deeper_than(parsed, MAX_CONFIG_DEPTH):
+        return _Disk(raw=raw, problem=f"{path} is nested deeper than {MAX_CONFIG_DEPTH} levels; defaults are used")
     config, stored, ignored = _loadable(parsed)
     return _Disk(raw=raw, doc=parsed, stored=stored, config=config, ignored=ignored)
 
@@ -452,6 +476,7 @@ class ConfigManager:
                                    reason=reason) from None
             prepared = _prepare_patch(patch, disk.config)
             stored, config = self._merge(disk, prepared)
+            _check_writable(stored)
             try:
                 backup = self._write_backup(disk.raw) if disk.broken and disk.raw is not None else None
             except OSError as exc:
@@ -593,6 +618,17 @@ class ConfigManager:
         for name, entry in providers.get("custom", {}).items():
             _preview_entry(entry, resolved.get(name))
         return doc
+
+
+def _check_writable(doc: dict[str, Any]) -> None:
+    """Refuse a document the next start would not load (too large or too deep)."""
+    if _deeper_than(doc, MAX_CONFIG_DEPTH):
+        problem = f"the config would be nested deeper than {MAX_CONFIG_DEPTH} levels"
+    elif len(orjson.dumps(doc, option=orjson.OPT_INDENT_2)) >= MAX_CONFIG_BYTES:
+        problem = f"the stored config would be larger than {MAX_CONFIG_BYTES} bytes"
+    else:
+        return
+    raise InvalidParams("invalid config", errors=[{"path": "/config", "message": problem}])
 
 
 def _entries(config: ModelConfig) -> list[tuple[str, str, Any]]:

@@ -115,3 +115,27 @@ def test_keys_are_registered_with_the_redactor(tmp_path: Path) -> None:
                                                         "apiKey": "custom-secret-987654321"}}}}))
     text = "a sk-ant-env-key-123456789 b custom-secret-987654321"
     assert redactor.scrub_text(text) == "a [redacted] b [redacted]"
+
+
+def test_redact_url_previews_the_password_only() -> None:
+    from sidecar.core.config import redact_url
+
+    assert redact_url("https://user:hunter2-correct-horse@h.example/v1") == "https://user:hun\u2026orse@h.example/v1"
+    assert redact_url("http://user:pw@127.0.0.1:8080/v1") == "http://user:\u2026@127.0.0.1:8080/v1"
+    assert redact_url("http://127.0.0.1:8080/v1") == "http://127.0.0.1:8080/v1"
+
+
+def test_a_file_loads_all_but_its_broken_parts(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "providers": {"openai": {"apiKey": "sk-kept-000000000000", "timeoutMs": 5},
+                      "custom": {"half": {"baseURL": "http://127.0.0.1:1/v1"}}},
+        "defaultProvider": "half", "fallbackChain": ["openai"], "typo": 1, "budget": {"dailyLimit": 2}}))
+    m = manager(tmp_path)
+    status = m.status()
+    assert status.status == "partial"
+    assert {item.path for item in status.ignored or []} == {
+        "/providers/openai/timeoutMs", "/providers/custom/half", "/defaultProvider", "/typo"}
+    assert m.config.providers.openai.api_key == "sk-kept-000000000000"
+    assert m.config.budget.daily_limit == 2 and m.config.fallback_chain == ["openai"]

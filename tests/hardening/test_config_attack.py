@@ -293,6 +293,42 @@ def test_a_file_that_is_not_json_is_backed_up_before_it_is_replaced(spawn: Spawn
     assert backup.read_bytes().endswith(b'"sk-typed-by-hand"')
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {}
+    node = schema
+    for _ in range(depth):
+        node["not"] = {}
+        node = node["not"]
+    return schema
+
+
+@pytest.mark.parametrize("content", ["deep", "large"])
+def test_a_file_too_deep_or_too_large_gives_the_defaults(spawn: Spawn, tmp_path: Path, content: str) -> None:
+    data_dir = tmp_path / content
+    data_dir.mkdir()
+    if content == "deep":  # copies and merges recurse: 500 levels used to end the process at start
+        doc = {"formatTemplates": {"t": {"schema": _nested(500)}}, "budget": {"dailyLimit": 2}}
+        (data_dir / "config.json").write_text(json.dumps(doc))
+    else:
+        (data_dir / "config.json").write_text(json.dumps({"deadlineMs": 5000, "pad": "x" * (17 << 20)}))
+    sidecar = spawn(data_dir=data_dir)
+    assert sidecar.result("model:get-config")["deadlineMs"] == 600_000  # was -32603: too deep to serialize
+    status = sidecar.result("model:health", timeout=30)["config"]
+    assert status["status"] == "defaults"
+    assert ("nested deeper" if content == "deep" else "larger than") in status["problem"]
+
+
+def test_set_config_refuses_a_config_the_next_start_could_not_load(spawn: Spawn) -> None:
+    sidecar = spawn()
+    big = {"type": "string", "description": "x" * (9 << 20)}
+    sidecar.result("model:set-config", {"config": {"formatTemplates": {"a": {"schema": big}}}}, timeout=60)
+    before = config_bytes(sidecar)
+    response = sidecar.call("model:set-config", {"config": {"formatTemplates": {"b": {"schema": big}}}}, timeout=60)
+    assert error_type(response) == "InvalidParams" and error_paths(response) == ["/config"], response
+    assert config_bytes(sidecar) == before
+    assert "a" in restart(sidecar, spawn).result("model:get-config", timeout=30)["formatTemplates"]
+
+
 # -- 5. not a file ----------------------------------------------------------------------
 
 
