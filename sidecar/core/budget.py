@@ -9,8 +9,13 @@ Policy only; the :class:`~sidecar.store.ledger.Ledger` stores everything. Rules:
   connection) can slip in between: a burst of concurrent reserves never overshoots, and
   no asyncio lock is held across an fsync. A zero amount (local models) always fits.
   Not blocking, the reservation is made anyway and marked ``over``.
+* A reservation the ledger cannot write (another process holds it past the wait, a
+  read-only or full disk, no ledger file at all) is ``StorageError``: the call is not
+  made. A paid call on the in-memory fallback ledger is refused alike; free calls
+  (nothing to reserve) go on.
 * ``settle`` replaces the reservation by the real cost; ``release`` drops it (nothing was
-  used). Settling for more than was reserved is recorded as is (the provider's usage is
+  used). Neither fails because of the storage: the ledger defers what it cannot write
+  (journal) and this manager retries it in the background until it is in. Settling for more than was reserved is recorded as is (the provider's usage is
   what it is): that is the only way spending can pass a limit, and the next paid
   ``reserve`` is then refused. Spend counts in the period where the call is settled.
 * Alerts: when settled spend reaches ``alertThreshold * limit`` (kind ``threshold``) or
@@ -35,8 +40,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
 
-from sidecar.errors import BudgetExceededError
-from sidecar.store.ledger import OUTCOMES, Cap, Ledger, UsageRecord
+from sidecar.errors import BudgetExceededError, StorageError
+from sidecar.store.ledger import OUTCOMES, Cap, Ledger, LedgerWriteError, UsageRecord
 from sidecar.wire.config import BudgetConfig
 
 __all__ = [
@@ -56,6 +61,9 @@ MICROS_PER_USD = 1_000_000
 #: Largest amount handled (SQLite integers are 64-bit); larger limits mean "no limit".
 MAX_MICROS = 2**62
 AlertCallback = Callable[[dict[str, Any]], Awaitable[None]]
+#: Retries of records the ledger could not take: the first after this, then doubling.
+RETRY_FIRST_S = 0.25
+RETRY_MAX_S = 5.0
 
 
 def usd_to_micros(usd: float | Decimal) -> int:
@@ -154,6 +162,7 @@ class BudgetManager:
         self._free_ids = 0
         self._alerted: set[tuple[str, str]] = set()
         self._background: set[asyncio.Future[Any]] = set()
+        self._retrying: asyncio.Task[None] | None = None
 
     def set_timezone(self, name: str | None) -> None:
         """Change the zone of day/month boundaries (``ValueError`` for an unknown one)."""
@@ -190,6 +199,13 @@ class BudgetManager:
         except asyncio.CancelledError:
             job.add_done_callback(self._release_orphan)  # admitted for nobody: give it back
             raise
+        except LedgerWriteError as exc:
+            # Nothing may go upstream that the ledger cannot answer for.
+            log.error("budget_reservation_not_written", request_id=request_id, provider=provider,
+                      amount_micros=amount, reason=exc.reason)
+            raise StorageError(f"the usage ledger cannot be written ({exc.reason}); the request was not sent",
+                               path=str(exc.path), reason=exc.reason, provider=provider,
+                               model_id=model) from exc
         if result.reservation_id is None:
             worst = [f"{p.name} limit ${micros_to_usd(c.limit_micros)}: spent ${micros_to_usd(s)}"
                      f" + reserved ${micros_to_usd(result.reserved_micros)}"
@@ -303,6 +319,7 @@ class BudgetManager:
         except BaseException:
             self._open[reservation.id] = reservation  # nothing written: still held
             raise
+        self._retry_deferred()
         if record.cost_micros > reservation.amount_micros:
             log.warning("budget_settled_over_reservation", request_id=record.request_id,
                         reserved_micros=reservation.amount_micros, cost_micros=record.cost_micros)
@@ -319,6 +336,22 @@ class BudgetManager:
         except BaseException:
             self._open[reservation.id] = reservation
             raise
+        self._retry_deferred()
+
+    def _retry_deferred(self) -> None:
+        """While the ledger holds deferred records, keep trying to write them (they are
+        also written by the next write that succeeds, and at the next start)."""
+        if self._ledger.pending and (self._retrying is None or self._retrying.done()):
+            self._retrying = asyncio.get_running_loop().create_task(self._retry_loop())
+
+    async def _retry_loop(self) -> None:
+        delay = RETRY_FIRST_S
+        try:
+            while await self._ledger.flush():
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+        except RuntimeError:
+            return  # the ledger closed: what is left is in the journal or charged at next start
 
     def _release_orphan(self, job: asyncio.Future[Any]) -> None:
         if job.cancelled() or job.exception() is not None:

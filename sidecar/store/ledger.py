@@ -19,14 +19,31 @@ This is the only module that touches the database. Rules it keeps:
 * Reserve is a compare-and-insert run in one transaction: the spend of each capped period,
   the open reservations and the new amount are checked and the reservation row inserted
   with nothing in between, not even another connection (the write lock is held).
-* On open, reservations left by a previous process are deleted (those requests died with
-  it; nothing was settled for them) and counted in :class:`OpenReport`. A file SQLite
-  finds corrupt is moved aside (with its ``-wal``/``-shm``) as
-  ``usage.sqlite3.corrupt-<ts>`` and a fresh ledger started; a file that cannot be opened
-  at all (permissions, a newer schema) leaves the sidecar on an in-memory ledger. Neither
-  raises: the report says what happened.
+* **Writes that cannot be made.** Another process may hold the write lock, the disk may be
+  full or read-only. A reservation waits up to :data:`RESERVE_WAIT_S` for the lock, then
+  fails with :class:`LedgerWriteError` (the call must not go upstream). A settle or a
+  release comes after the call went upstream and must never be lost: it waits up to
+  :data:`SETTLE_WAIT_S`, then is *deferred*: appended (fsynced) to this process's journal
+  (:mod:`sidecar.store.journal`) and kept in memory, and written into the ledger by the
+  next write that succeeds (:meth:`Ledger.flush` retries) or, if this process dies first,
+  by the next sidecar that opens the ledger. Deferred records count in :meth:`spend`,
+  :meth:`breakdown` and :meth:`reserved` at once. Should the journal fail too (a full
+  disk), the record stays in memory, and its reservation in the ledger stands for it.
+* **Reservations belong to their process** (``owner``: the token of
+  :class:`~sidecar.store.journal.Owner`, whose lock file shows whether it still runs).
+  Opening the ledger touches only the reservations of owners that are gone: their
+  journals are replayed first, then every reservation still open is *charged* at its
+  reserved amount (a usage row with outcome ``abandoned``: the call may have been made
+  and billed, nobody knows its real cost), counted in :class:`OpenReport`. A settle whose
+  reservation was charged that way replaces the ``abandoned`` row; a settle whose
+  reservation is gone for any other reason is written all the same (never an error).
+* A file SQLite finds corrupt is moved aside (with its ``-wal``/``-shm``) as
+  ``usage.sqlite3.corrupt-<ts>`` and a fresh ledger started (the day's spend starts from
+  zero: :attr:`OpenReport.moved_aside` says so). A file that exists but cannot be written
+  is opened read-only (status ``readonly``: spend is shown, reservations are refused); a
+  location that cannot be opened at all leaves the sidecar on an in-memory ledger
+  (status ``memory``: free calls only). Neither raises: the report says what happened.
 
-One process owns a data dir's ledger: opening it clears every reservation in it.
 Per-period totals (per provider and model) are cached in the worker thread, kept exact
 by every settle and dropped whenever another connection commits (``PRAGMA
 data_version``): a check or a breakdown costs the same however long the month.
@@ -35,24 +52,33 @@ data_version``): a check or a breakdown costs the same however long the month.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import structlog
 
+from sidecar.store.journal import JOURNAL_DIR, Owner, forget, known_tokens, owner_alive, read_journal
+
 __all__ = [
+    "ABANDONED",
     "DB_NAME",
     "OUTCOMES",
+    "RESERVE_WAIT_S",
     "SCHEMA_VERSION",
+    "SETTLE_WAIT_S",
     "Cap",
     "Ledger",
+    "LedgerStatus",
+    "LedgerWriteError",
     "OpenReport",
     "ReserveResult",
     "SpendRow",
@@ -62,11 +88,26 @@ __all__ = [
 log = structlog.get_logger("sidecar.budget")
 
 DB_NAME = "usage.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 OUTCOMES = ("ok", "cancelled", "failed", "partial")
+#: The outcome of a reservation charged at its amount because its process died.
+ABANDONED = "abandoned"
+#: How long a reservation waits for another process's write lock before it is refused.
+RESERVE_WAIT_S = 5.0
+#: How long a settle waits for the lock before it goes to the journal instead.
+SETTLE_WAIT_S = 2.0
+#: The wait of a retry of deferred records (the caller retries again later).
+RETRY_WAIT_S = 0.05
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
+#: SQLite primary result codes of a write the storage refused, by kind.
+_WRITE_FAILURES = {5: "locked", 6: "locked", 8: "readonly", 10: "io", 13: "full", 14: "io", 15: "locked"}
+_OS_FAILURES = {errno.EROFS: "readonly", errno.EACCES: "readonly", errno.EPERM: "readonly",
+                errno.ENOSPC: "full", errno.EDQUOT: "full", errno.EFBIG: "full"}
+#: Deferred free-call records kept in memory at most (paid ones are never dropped).
+_MAX_DEFERRED_FREE = 10_000
 _MAX_CACHED_RANGES = 16
 T = TypeVar("T")
+Status = Literal["persistent", "readonly", "memory"]
 #: (provider, model) -> [cost_micros, requests, prompt_tokens, completion_tokens]
 Totals = dict[tuple[str, str], list[int]]
 
@@ -88,6 +129,28 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE TABLE alerts (period_key TEXT NOT NULL,"
         " kind TEXT NOT NULL CHECK (kind IN ('threshold', 'limit')), sent_at_ms INTEGER NOT NULL,"
         " PRIMARY KEY (period_key, kind))",
+    ),
+    # Reservations get their owner; usage rows the reservation they settle, the journal
+    # key they came from, and the 'abandoned' outcome (a CHECK change: the table is rebuilt).
+    2: (
+        "ALTER TABLE reservations ADD COLUMN owner TEXT",
+        "ALTER TABLE reservations ADD COLUMN owner_pid INTEGER",
+        "CREATE TABLE usage_v2 (id INTEGER PRIMARY KEY AUTOINCREMENT, ts_ms INTEGER NOT NULL,"
+        " request_id TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL,"
+        " prompt_tokens INTEGER NOT NULL CHECK (prompt_tokens >= 0),"
+        " completion_tokens INTEGER NOT NULL CHECK (completion_tokens >= 0),"
+        " cost_micros INTEGER NOT NULL CHECK (cost_micros >= 0),"
+        " outcome TEXT NOT NULL CHECK (outcome IN ('ok', 'cancelled', 'failed', 'partial', 'abandoned')),"
+        " estimated INTEGER NOT NULL CHECK (estimated IN (0, 1)),"
+        " reservation_id INTEGER, journal_id TEXT)",
+        "INSERT INTO usage_v2 (id, ts_ms, request_id, provider, model, prompt_tokens, completion_tokens,"
+        " cost_micros, outcome, estimated) SELECT id, ts_ms, request_id, provider, model, prompt_tokens,"
+        " completion_tokens, cost_micros, outcome, estimated FROM usage",
+        "DROP TABLE usage",
+        "ALTER TABLE usage_v2 RENAME TO usage",
+        "CREATE INDEX usage_ts ON usage (ts_ms)",
+        "CREATE INDEX usage_reservation ON usage (reservation_id)",
+        "CREATE UNIQUE INDEX usage_journal ON usage (journal_id)",
     ),
 }
 
@@ -138,7 +201,9 @@ class SpendRow:
 
 @dataclass(frozen=True, slots=True)
 class OpenReport:
-    """How opening went. ``persistent`` is False when running on an in-memory fallback."""
+    """How opening went. ``status``: ``persistent`` (the file, writable), ``readonly`` (the
+    file, read only) or ``memory`` (an in-memory fallback). ``stale_*``: reservations of
+    dead processes charged at their amount; ``replayed``: journal records settled."""
 
     path: Path
     persistent: bool
@@ -146,6 +211,62 @@ class OpenReport:
     stale_reserved_micros: int = 0
     moved_aside: Path | None = None
     problem: str | None = None
+    status: Status = "memory"
+    replayed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerStatus:
+    """The ledger as ``model:health`` shows it."""
+
+    status: Status
+    path: Path
+    problem: str | None
+    moved_aside: Path | None
+    pending: int  # usage records not in the ledger yet (journalled or in memory)
+
+
+class LedgerWriteError(Exception):
+    """A write the storage refused: ``kind`` is locked | readonly | full | io | unavailable."""
+
+    def __init__(self, path: Path, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.path = path
+        self.kind = kind
+        self.reason = f"{kind}: {detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Deferred:
+    """A settle (``record``) or a release (``record`` None) the ledger could not take yet."""
+
+    key: str
+    reservation_id: int | None
+    record: UsageRecord | None
+
+    def line(self) -> dict[str, Any]:
+        return {"key": self.key, "reservation": self.reservation_id,
+                "record": None if self.record is None else asdict(self.record)}
+
+    @classmethod
+    def from_line(cls, line: dict[str, Any]) -> _Deferred | None:
+        try:
+            raw = line["record"]
+            record = None if raw is None else UsageRecord(**raw)
+            reservation = line["reservation"]
+            return cls(str(line["key"]), None if reservation is None else int(reservation), record)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def _failure_kind(exc: BaseException) -> str | None:
+    """The kind of a storage refusal, or None for anything else (a bug)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return _WRITE_FAILURES.get(int(code) & 0xFF, "io") if code is not None else "io"
+    if isinstance(exc, OSError):
+        return _OS_FAILURES.get(exc.errno or 0, "io")
+    return None
 
 
 class Ledger:
@@ -159,6 +280,12 @@ class Ledger:
         self._ranges: dict[tuple[int, int], Totals] = {}
         self._data_version = -1
         self._durable = True  # the connection's synchronous mode: FULL (True) or NORMAL
+        self._wait_ms = -1  # the connection's busy_timeout
+        self._owner = Owner(path.parent / JOURNAL_DIR)
+        #: Settles and releases not in the ledger yet, oldest first (worker thread only).
+        self._deferred: list[_Deferred] = []
+        self._journalled = 0  # how many of them (from the front) are in the journal
+        self._failure: str | None = None  # the last write refused, until one succeeds
         self.report = OpenReport(path=path, persistent=False)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -172,7 +299,8 @@ class Ledger:
         return ledger
 
     def close(self) -> None:
-        """Finish queued work, close the connection and stop the worker thread."""
+        """Finish queued work, try once more to write deferred records, close the
+        connection and stop the worker thread."""
         if self._closed:
             return
         self._closed = True
@@ -189,19 +317,32 @@ class Ledger:
 
     # -- async API ---------------------------------------------------------------------
 
+    @property
+    def pending(self) -> int:
+        """Usage records (and releases) not in the ledger yet."""
+        return len(self._deferred)
+
+    def status(self) -> LedgerStatus:
+        """A snapshot for ``model:health`` (safe from any thread: plain attribute reads)."""
+        return LedgerStatus(status=self.report.status, path=self.path,
+                            problem=self._failure or self.report.problem,
+                            moved_aside=self.report.moved_aside, pending=len(self._deferred))
+
     async def reserve(self, *, ts_ms: int, request_id: str, provider: str, model: str,
                       amount_micros: int, caps: Sequence[Cap], block: bool) -> ReserveResult:
         """Insert a reservation unless ``block`` and spent + reserved + amount > a cap.
 
-        A zero amount always fits (it cannot add to spending)."""
+        A zero amount always fits (it cannot add to spending). ``LedgerWriteError`` when
+        the reservation cannot be written (then nothing may go upstream)."""
         if amount_micros < 0:
             raise ValueError("amount_micros must be >= 0")
         return await self._run(self._reserve, ts_ms, request_id, provider, model, amount_micros,
                                tuple(caps), block)
 
-    async def settle(self, reservation_id: int | None, record: UsageRecord) -> int:
+    async def settle(self, reservation_id: int | None, record: UsageRecord) -> int | None:
         """Delete the reservation and insert the usage row in one transaction; returns the
-        row id. ``LookupError`` (and nothing written) when the reservation is not open."""
+        row id, or None when the record was deferred (journalled, written later) or the
+        reservation was already settled. Never fails because of the storage."""
         if record.outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}")
         if min(record.cost_micros, record.prompt_tokens, record.completion_tokens) < 0:
@@ -209,19 +350,25 @@ class Ledger:
         return await self._run(self._settle, reservation_id, record)
 
     async def release(self, reservation_id: int) -> bool:
-        """Delete an open reservation; False when it was not open."""
-        return await self._run(self._write, "DELETE FROM reservations WHERE id = ?", (reservation_id,)) == 1
+        """Delete an open reservation; False when it was not open. Deferred like a settle
+        when the storage refuses (True then)."""
+        return await self._run(self._release, reservation_id)
+
+    async def flush(self) -> int:
+        """Try to write the deferred records now (a short wait); returns how many remain."""
+        return await self._run(self._flush)
 
     async def spend(self, start_ms: int, end_ms: int) -> int:
-        """Micro-dollars settled in ``[start_ms, end_ms)``."""
+        """Micro-dollars settled in ``[start_ms, end_ms)``, deferred records included."""
         return await self._run(self._spend_now, start_ms, end_ms)
 
     async def breakdown(self, start_ms: int, end_ms: int) -> list[SpendRow]:
-        """Spend, requests and tokens per (provider, model) in ``[start_ms, end_ms)``."""
+        """Spend, requests and tokens per (provider, model) in ``[start_ms, end_ms)``.
+        ``requests`` leaves out ``abandoned`` charges (calls whose fate is unknown)."""
         return await self._run(self._breakdown, start_ms, end_ms)
 
     async def reserved(self) -> tuple[int, int]:
-        """(number, micro-dollars) of open reservations."""
+        """(number, micro-dollars) of open reservations (deferred settles excluded)."""
         return await self._run(self._reserved_now)
 
     async def record_count(self) -> int:
@@ -244,7 +391,7 @@ class Ledger:
     async def integrity_check(self) -> str:
         return "; ".join(str(row[0]) for row in await self._run(self._query, "PRAGMA integrity_check", ()))
 
-    # -- worker thread -----------------------------------------------------------------
+    # -- opening (worker thread) -------------------------------------------------------
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -254,32 +401,64 @@ class Ledger:
     def _open_in_thread(self) -> OpenReport:
         moved: Path | None = None
         problem: str | None = None
+        status: Status = "persistent"
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                self._conn = self._connect(str(self.path))
-            except sqlite3.DatabaseError as exc:
-                if not _is_corrupt(exc):
-                    raise
-                problem = f"corrupt ledger: {exc}"
-                moved = self._move_aside()
-                log.error("ledger_corrupt_moved_aside", path=str(self.path), moved_to=str(moved), error=str(exc))
-                self._conn = self._connect(str(self.path))
-            persistent = True
+            moved = self._open_file()
+            if moved is not None:
+                problem = f"corrupt ledger moved aside to {moved}: spending starts again from zero"
         except (sqlite3.Error, OSError) as exc:
-            problem = f"ledger unavailable, usage kept in memory only: {exc}"
-            log.error("ledger_unavailable", path=str(self.path), error=str(exc))
-            self._conn = self._connect(":memory:")
-            persistent = False
-        count, micros = self._reserved_now()
-        if count:
-            self._tx(lambda db: db.execute("DELETE FROM reservations"))
-            log.warning("ledger_stale_reservations_cleared", count=count, amount_micros=micros)
-        return OpenReport(path=self.path, persistent=persistent, stale_reservations=count,
-                          stale_reserved_micros=micros, moved_aside=moved, problem=problem)
+            problem = f"{_failure_kind(exc) or 'unusable'}: {exc}"
+            status = "readonly" if self._open_read_only() else "memory"
+            if status == "memory":
+                self._conn = self._connect(":memory:")
+            log.error("ledger_unavailable", path=str(self.path), status=status, error=str(exc))
+        charged = (0, 0, 0)
+        if status == "persistent":
+            try:
+                self._owner.acquire()
+            except OSError as exc:
+                problem = f"{_failure_kind(exc)}: cannot lock {self._owner.lock_path}: {exc}"
+                log.error("ledger_owner_lock_failed", error=str(exc))
+            charged = self._settle_dead_owners()
+        return OpenReport(path=self.path, persistent=status == "persistent", stale_reservations=charged[0],
+                          stale_reserved_micros=charged[1], moved_aside=moved, problem=problem,
+                          status=status, replayed=charged[2])
+
+    def _open_file(self) -> Path | None:
+        """Open the file read-write; a corrupt one is moved aside first (returned)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = self._connect(str(self.path))
+            return None
+        except sqlite3.DatabaseError as exc:
+            if not _is_corrupt(exc):
+                raise
+            moved = self._move_aside()
+            log.error("ledger_corrupt_moved_aside", path=str(self.path), moved_to=str(moved), error=str(exc))
+            self._conn = self._connect(str(self.path))
+            return moved
+
+    def _open_read_only(self) -> bool:
+        """Open an existing file that cannot be written, to show its spend."""
+        if not self.path.is_file():
+            return False
+        for query in ("mode=ro", "immutable=1"):  # immutable: no -shm can be made beside it
+            conn: sqlite3.Connection | None = None
+            try:
+                conn = sqlite3.connect(f"{self.path.as_uri()}?{query}", uri=True, isolation_level=None,
+                                       timeout=RESERVE_WAIT_S)
+                conn.execute("SELECT COUNT(*) FROM usage").fetchone()
+                conn.execute("SELECT COUNT(*) FROM reservations").fetchone()
+            except sqlite3.Error:
+                if conn is not None:
+                    conn.close()
+                continue
+            self._conn = conn
+            return True
+        return False
 
     def _connect(self, target: str) -> sqlite3.Connection:
-        conn = sqlite3.connect(target, isolation_level=None, timeout=5.0)
+        conn = sqlite3.connect(target, isolation_level=None, timeout=RESERVE_WAIT_S)
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if target != ":memory:" and str(mode).lower() != "wal":
@@ -322,25 +501,250 @@ class Ledger:
                 os.replace(source, Path(f"{target}{suffix}"))
         return target
 
-    def _close_in_thread(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    def _settle_dead_owners(self) -> tuple[int, int, int]:
+        """Replay the journals of processes that are gone, then charge their reservations
+        still open at the reserved amount. Returns (charged, micro-dollars, replayed)."""
+        directory = self._owner.directory
+        owners = {row[0] for row in self._db().execute("SELECT DISTINCT owner FROM reservations")}
+        dead = {t for t in owners | known_tokens(directory)
+                if t != self._owner.token and not owner_alive(directory, t)}
+        if not dead:
+            return 0, 0, 0
 
-    def _tx(self, body: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        def body(db: sqlite3.Connection) -> tuple[int, int, int]:
+            replayed = 0
+            for token in (t for t in dead if t is not None):
+                for entry in filter(None, map(_Deferred.from_line, read_journal(directory, token))):
+                    self._apply(db, entry)
+                    replayed += 1
+            named = [t for t in dead if t is not None]
+            rows = db.execute(
+                "SELECT id, ts_ms, request_id, provider, model, amount_micros FROM reservations WHERE owner IS NULL"
+                f" OR owner IN ({','.join('?' * len(named))})", named).fetchall()
+            for rid, ts_ms, request_id, provider, model, amount in rows:
+                db.execute("INSERT INTO usage (ts_ms, request_id, provider, model, prompt_tokens, completion_tokens,"
+                           " cost_micros, outcome, estimated, reservation_id) VALUES (?, ?, ?, ?, 0, 0, ?, ?, 1, ?)",
+                           (ts_ms, request_id, provider, model, amount, ABANDONED, rid))
+                db.execute("DELETE FROM reservations WHERE id = ?", (rid,))
+            return len(rows), sum(int(r[5]) for r in rows), replayed
+
+        try:
+            result = self._tx(body)
+        except (sqlite3.Error, OSError) as exc:
+            self._note_failure(exc)
+            log.error("ledger_dead_owners_not_settled", error=str(exc))
+            return 0, 0, 0
+        self._ranges.clear()
+        for token in dead:
+            if token is not None:
+                forget(directory, token)
+        if result[0] or result[2]:
+            log.warning("ledger_dead_owners_settled", owners=len(dead), charged=result[0],
+                        charged_micros=result[1], replayed=result[2])
+        return result
+
+    def _close_in_thread(self) -> None:
+        if self._conn is None:
+            return
+        if self._deferred:
+            self._flush()
+            self._journal()
+        if self._deferred:
+            log.error("ledger_closed_with_deferred_records", count=len(self._deferred),
+                      journalled=self._journalled)
+        self._owner.release(keep_journal=bool(self._deferred))
+        self._conn.close()
+        self._conn = None
+
+    # -- writes (worker thread) --------------------------------------------------------
+
+    def _tx(self, body: Callable[[sqlite3.Connection], T], *, durable: bool = True,
+            wait_s: float = RESERVE_WAIT_S) -> T:
         db = self._db()
         if durable != self._durable:  # takes effect at the next commit; not allowed inside one
             db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
             self._durable = durable
+        wait_ms = round(wait_s * 1000)
+        if wait_ms != self._wait_ms:
+            db.execute(f"PRAGMA busy_timeout = {wait_ms}")
+            self._wait_ms = wait_ms
         db.execute("BEGIN IMMEDIATE")
         try:
             result = body(db)
             db.execute("COMMIT")
         except BaseException:
+            self._ranges.clear()  # the cache may hold what was rolled back
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
         return result
+
+    def _write_tx(self, body: Callable[[sqlite3.Connection], T], *, durable: bool, wait_s: float) -> T:
+        """A write transaction that first writes every deferred record (oldest first), so
+        the ledger takes them at the first write that succeeds. A storage refusal is
+        raised as :class:`LedgerWriteError`; the deferred records stay deferred."""
+        held, journalled = self._deferred, self._journalled
+        taken = False
+
+        def run(db: sqlite3.Connection) -> T:
+            nonlocal taken
+            if held:
+                self._deferred, self._journalled, taken = [], 0, True
+                self._ranges.clear()
+                for entry in held:
+                    self._apply(db, entry)
+            return body(db)
+
+        try:
+            result = self._tx(run, durable=durable or bool(held), wait_s=wait_s)
+        except BaseException as exc:
+            if taken:  # rolled back: they are deferred still, ahead of anything newer
+                self._deferred, self._journalled = held + self._deferred, journalled
+            kind = _failure_kind(exc)
+            if kind is None:
+                raise
+            self._note_failure(exc)
+            raise LedgerWriteError(self.path, kind, str(exc)) from exc
+        self._failure = None
+        if held:
+            self._owner.clear()
+            log.info("ledger_deferred_written", count=len(held))
+        return result
+
+    def _note_failure(self, exc: BaseException) -> None:
+        self._failure = f"{_failure_kind(exc) or 'error'}: {exc}"
+
+    def _writable(self) -> None:
+        if self.report.status != "persistent":
+            raise LedgerWriteError(self.path, "unavailable" if self.report.status == "memory" else "readonly",
+                                   self.report.problem or "the ledger cannot be written")
+
+    def _apply(self, db: sqlite3.Connection, entry: _Deferred) -> int | None:
+        """Write one settle or release; the row id, or None when nothing was inserted."""
+        rid = entry.reservation_id
+        if rid is not None and db.execute("DELETE FROM reservations WHERE id = ?", (rid,)).rowcount != 1:
+            # Not open any more. Charged at its amount by a process that took ours for dead:
+            # the real record replaces that charge. Already settled (a replayed journal
+            # line): nothing to add. Gone otherwise: the record is written all the same.
+            self._ranges.clear()
+            replaced = db.execute("DELETE FROM usage WHERE reservation_id = ? AND outcome = ?",
+                                  (rid, ABANDONED)).rowcount
+            if not replaced and db.execute("SELECT 1 FROM usage WHERE reservation_id = ?", (rid,)).fetchone():
+                return None
+            log.warning("ledger_reservation_not_open", reservation_id=rid, replaced_abandoned=bool(replaced))
+        rec = entry.record
+        if rec is None:
+            return None
+        cursor = db.execute(
+            "INSERT INTO usage (ts_ms, request_id, provider, model, prompt_tokens, completion_tokens,"
+            " cost_micros, outcome, estimated, reservation_id, journal_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (journal_id) DO NOTHING",
+            (rec.ts_ms, rec.request_id, rec.provider, rec.model, rec.prompt_tokens, rec.completion_tokens,
+             rec.cost_micros, rec.outcome, int(rec.estimated), rid, entry.key))
+        return cursor.lastrowid if cursor.rowcount == 1 else None
+
+    def _defer(self, entry: _Deferred) -> None:
+        """Keep ``entry`` for later: journalled (fsynced) if the disk lets us, in memory always."""
+        self._deferred.append(entry)
+        self._journal()
+        free = [e for e in self._deferred if e.record is not None and e.record.cost_micros == 0
+                and e.reservation_id is None]
+        if len(free) > _MAX_DEFERRED_FREE:  # a long outage: drop the oldest free rows, never money
+            drop = free[0]
+            position = self._deferred.index(drop)
+            del self._deferred[position]
+            self._journalled -= position < self._journalled
+            log.warning("ledger_deferred_free_row_dropped", request_id=drop.record and drop.record.request_id)
+        log.warning("ledger_write_deferred", reservation_id=entry.reservation_id, pending=len(self._deferred),
+                    journalled=self._journalled, problem=self._failure)
+
+    def _journal(self) -> None:
+        todo = self._deferred[self._journalled:]
+        if not todo or not self._owner.held:
+            return
+        try:
+            self._owner.append([entry.line() for entry in todo])
+        except OSError as exc:
+            log.error("ledger_journal_failed", path=str(self._owner.journal_path), error=str(exc))
+            return
+        self._journalled = len(self._deferred)
+
+    @property
+    def _can_write(self) -> bool:
+        """Persistent, or the in-memory fallback (it takes rows, not reservations)."""
+        return self.report.status != "readonly"
+
+    def _flush(self) -> int:
+        if self._deferred and self._can_write:
+            try:
+                self._write_tx(lambda _db: None, durable=True, wait_s=RETRY_WAIT_S)
+            except LedgerWriteError:
+                self._journal()  # the disk may take the journal again before the ledger
+        return len(self._deferred)
+
+    def _deferred_write(self, reservation_id: int | None, record: UsageRecord | None,
+                        durable: bool) -> int | None:
+        entry = _Deferred(uuid.uuid4().hex, reservation_id, record)
+        if self._deferred:  # earlier records wait: queue behind them, then try them all briefly
+            self._defer(entry)
+            self._flush()
+            return None
+        if self._can_write:
+            try:
+                return self._write_tx(lambda db: self._apply(db, entry), durable=durable, wait_s=SETTLE_WAIT_S)
+            except LedgerWriteError:
+                pass
+        self._defer(entry)
+        return None
+
+    def _settle(self, reservation_id: int | None, rec: UsageRecord) -> int | None:
+        row_id = self._deferred_write(reservation_id, rec, rec.cost_micros > 0 or reservation_id is not None)
+        if row_id is not None:
+            added = (rec.cost_micros, 1, rec.prompt_tokens, rec.completion_tokens)
+            for (start, end), totals in self._ranges.items():  # committed: keep the cached totals exact
+                if start <= rec.ts_ms < end:
+                    row = totals.setdefault((rec.provider, rec.model), [0, 0, 0, 0])
+                    row[:] = [a + b for a, b in zip(row, added, strict=True)]
+        return row_id
+
+    def _release(self, reservation_id: int) -> bool:
+        if self._deferred or not self._can_write:
+            self._deferred_write(reservation_id, None, True)
+            return True
+        try:
+            return self._write_tx(
+                lambda db: db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,)).rowcount == 1,
+                durable=True, wait_s=SETTLE_WAIT_S)
+        except LedgerWriteError:
+            self._defer(_Deferred(uuid.uuid4().hex, reservation_id, None))
+            return True
+
+    def _reserve(self, ts_ms: int, request_id: str, provider: str, model: str, amount: int,
+                 caps: tuple[Cap, ...], block: bool) -> ReserveResult:
+        self._writable()
+
+        def body(db: sqlite3.Connection) -> ReserveResult:
+            self._check_version(db)
+            spent = tuple(self._spend(db, cap.start_ms, cap.end_ms) for cap in caps)
+            reserved = self._reserved_now()[1]
+            over = amount > 0 and any(s + reserved + amount > cap.limit_micros
+                                      for s, cap in zip(spent, caps, strict=True))
+            if over and block:
+                return ReserveResult(None, spent, reserved, over)
+            cursor = db.execute(
+                "INSERT INTO reservations (ts_ms, request_id, provider, model, amount_micros, over, owner, owner_pid)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (ts_ms, request_id, provider, model, amount, int(over), self._owner.token, self._owner.pid))
+            return ReserveResult(cursor.lastrowid, spent, reserved, over)
+
+        return self._write_tx(body, durable=True, wait_s=RESERVE_WAIT_S)
+
+    def _write(self, sql: str, args: tuple[object, ...]) -> int:
+        if not self._can_write:
+            raise LedgerWriteError(self.path, "readonly", self.report.problem or "the ledger is read-only")
+        return self._write_tx(lambda db: db.execute(sql, args).rowcount, durable=True, wait_s=SETTLE_WAIT_S)
+
+    # -- reads (worker thread) ---------------------------------------------------------
 
     def _check_version(self, db: sqlite3.Connection) -> None:
         version = int(db.execute("PRAGMA data_version").fetchone()[0])
@@ -353,74 +757,51 @@ class Ledger:
         cached = self._ranges.get(key)
         if cached is None:
             rows = db.execute(
-                "SELECT provider, model, SUM(cost_micros), COUNT(*), SUM(prompt_tokens), SUM(completion_tokens)"
-                " FROM usage WHERE ts_ms >= ? AND ts_ms < ? GROUP BY provider, model", key)
+                "SELECT provider, model, SUM(cost_micros), SUM(outcome != ?), SUM(prompt_tokens),"
+                " SUM(completion_tokens) FROM usage WHERE ts_ms >= ? AND ts_ms < ? GROUP BY provider, model",
+                (ABANDONED, *key))
             cached = {(str(p), str(m)): [int(c), int(n), int(pt), int(ct)] for p, m, c, n, pt, ct in rows}
             if len(self._ranges) >= _MAX_CACHED_RANGES:
                 self._ranges.clear()
             self._ranges[key] = cached
         return cached
 
+    def _with_deferred(self, totals: Totals, start_ms: int, end_ms: int) -> Totals:
+        """``totals`` plus the deferred records settled in ``[start_ms, end_ms)``."""
+        records = [e.record for e in self._deferred if e.record is not None and start_ms <= e.record.ts_ms < end_ms]
+        if not records:
+            return totals
+        merged = {key: list(row) for key, row in totals.items()}
+        for rec in records:
+            row = merged.setdefault((rec.provider, rec.model), [0, 0, 0, 0])
+            row[:] = [a + b for a, b in zip(row, (rec.cost_micros, 1, rec.prompt_tokens, rec.completion_tokens),
+                                             strict=True)]
+        return merged
+
     def _spend(self, db: sqlite3.Connection, start_ms: int, end_ms: int) -> int:
-        return sum(row[0] for row in self._totals(db, start_ms, end_ms).values())
+        return sum(row[0] for row in self._with_deferred(self._totals(db, start_ms, end_ms), start_ms,
+                                                         end_ms).values())
 
     def _spend_now(self, start_ms: int, end_ms: int) -> int:
         self._check_version(self._db())
         return self._spend(self._db(), start_ms, end_ms)
 
     def _reserved_now(self) -> tuple[int, int]:
-        row = self._db().execute("SELECT COUNT(*), COALESCE(SUM(amount_micros), 0) FROM reservations").fetchone()
-        return int(row[0]), int(row[1])
-
-    def _reserve(self, ts_ms: int, request_id: str, provider: str, model: str, amount: int,
-                 caps: tuple[Cap, ...], block: bool) -> ReserveResult:
-        def body(db: sqlite3.Connection) -> ReserveResult:
-            self._check_version(db)
-            spent = tuple(self._spend(db, cap.start_ms, cap.end_ms) for cap in caps)
-            reserved = self._reserved_now()[1]
-            over = amount > 0 and any(s + reserved + amount > cap.limit_micros
-                                      for s, cap in zip(spent, caps, strict=True))
-            if over and block:
-                return ReserveResult(None, spent, reserved, over)
-            cursor = db.execute(
-                "INSERT INTO reservations (ts_ms, request_id, provider, model, amount_micros, over)"
-                " VALUES (?, ?, ?, ?, ?, ?)", (ts_ms, request_id, provider, model, amount, int(over)))
-            return ReserveResult(cursor.lastrowid, spent, reserved, over)
-
-        return self._tx(body)
-
-    def _settle(self, reservation_id: int | None, rec: UsageRecord) -> int:
-        def body(db: sqlite3.Connection) -> int:
-            self._check_version(db)
-            if reservation_id is not None:
-                gone = db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,)).rowcount
-                if gone != 1:
-                    raise LookupError(f"reservation {reservation_id} is not open")
-            cursor = db.execute(
-                "INSERT INTO usage (ts_ms, request_id, provider, model, prompt_tokens, completion_tokens,"
-                " cost_micros, outcome, estimated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (rec.ts_ms, rec.request_id, rec.provider, rec.model, rec.prompt_tokens,
-                 rec.completion_tokens, rec.cost_micros, rec.outcome, int(rec.estimated)))
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid
-
-        row_id = self._tx(body, durable=rec.cost_micros > 0 or reservation_id is not None)
-        added = (rec.cost_micros, 1, rec.prompt_tokens, rec.completion_tokens)
-        for (start, end), totals in self._ranges.items():  # committed: keep the cached totals exact
-            if start <= rec.ts_ms < end:
-                row = totals.setdefault((rec.provider, rec.model), [0, 0, 0, 0])
-                row[:] = [a + b for a, b in zip(row, added, strict=True)]
-        return row_id
-
-    def _write(self, sql: str, args: tuple[object, ...]) -> int:
-        return self._tx(lambda db: db.execute(sql, args).rowcount)
+        db = self._db()
+        count, micros = db.execute("SELECT COUNT(*), COALESCE(SUM(amount_micros), 0) FROM reservations").fetchone()
+        ids = [e.reservation_id for e in self._deferred if e.reservation_id is not None]
+        if ids:  # settled or released already, only not written yet
+            done = db.execute(f"SELECT COUNT(*), COALESCE(SUM(amount_micros), 0) FROM reservations"
+                              f" WHERE id IN ({','.join('?' * len(ids))})", ids).fetchone()
+            count, micros = count - done[0], micros - done[1]
+        return int(count), int(micros)
 
     def _query(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
         return self._db().execute(sql, args).fetchall()
 
     def _breakdown(self, start_ms: int, end_ms: int) -> list[SpendRow]:
         self._check_version(self._db())
-        totals = self._totals(self._db(), start_ms, end_ms)
+        totals = self._with_deferred(self._totals(self._db(), start_ms, end_ms), start_ms, end_ms)
         return [SpendRow(p, m, *totals[(p, m)]) for p, m in sorted(totals)]
 
 

@@ -45,8 +45,8 @@ async def test_settle_deletes_reservation_and_inserts_usage_atomically(ledger: L
     row = await ledger.settle(result.reservation_id, record(cost=300))
     assert await ledger.reserved() == (0, 0)
     assert await ledger.record_ids() == {row}
-    with pytest.raises(LookupError):  # settled twice: nothing written the second time
-        await ledger.settle(result.reservation_id, record(cost=300))
+    # Settled twice (a journal replayed): no error, nothing written the second time.
+    assert await ledger.settle(result.reservation_id, record(cost=300)) is None
     assert await ledger.record_count() == 1
     with pytest.raises(ValueError):
         await ledger.settle(None, UsageRecord(1, "r", "p", "m", 1, 1, 1, outcome="weird"))
@@ -91,19 +91,22 @@ async def test_spend_cache_sees_other_connections(tmp_path: Path) -> None:
         ledger.close()
 
 
-async def test_stale_reservations_are_cleared_and_counted_on_reopen(tmp_path: Path) -> None:
+async def test_reservations_of_a_gone_owner_are_charged_at_their_amount(tmp_path: Path) -> None:
     ledger = Ledger.open(tmp_path)
     for i in range(3):
         await ledger.reserve(ts_ms=1, request_id=str(i), provider="p", model="m", amount_micros=100 + i,
                              caps=[], block=True)
-    await ledger.settle(None, record())
+    await ledger.settle(None, record(ts_ms=1))
     ledger.close()
     again = Ledger.open(tmp_path)
     try:
         assert again.report.stale_reservations == 3
         assert again.report.stale_reserved_micros == 303
         assert await again.reserved() == (0, 0)
-        assert await again.record_count() == 1
+        assert await again.record_count() == 4
+        assert await again.spend(0, 10) == 100 + 303  # the worst case of each, charged
+        (row,) = [r for r in await again.breakdown(0, 10) if r.provider == "p"]
+        assert row.cost_micros == 303 and row.requests == 0  # charged, not counted as answered
     finally:
         again.close()
     third = Ledger.open(tmp_path)
