@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.structured.safe_regex import Unsupported, to_grammar_pattern
+from sidecar.structured.safe_regex import Unsupported, lower_pattern, to_grammar_pattern
 
 __all__ = [
     "LLAMA_CPP",
@@ -79,6 +79,14 @@ _TYPES = ("string", "number", "integer", "boolean", "null", "object", "array")
 #: "Any JSON value" in a form the converter understands (it reads ``{}`` as an object).
 _ANY: dict[str, Any] = {"type": ["string", "number", "boolean", "null", "object", "array"]}
 _GRAMMAR_FORMATS = frozenset({"date", "time", "date-time", "uuid"})
+#: Formats the converter has no grammar for, sent as a pattern whose every match is a
+#: valid instance of the format (narrower than the format: the grammar can only help).
+FORMAT_PATTERNS = {
+    "email": r"^[A-Za-z0-9._+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$",
+    "uri": r"^https?://[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(/[A-Za-z0-9._~-]+)*/?$",
+    "ipv4": r"^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$",
+    "hostname": r"^[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?){0,3}$",
+}
 _ANNOTATIONS = frozenset({
     "title", "description", "default", "examples", "$schema", "$id", "$comment", "$anchor",
     "deprecated", "readOnly", "writeOnly", "$defs", "definitions", "contentMediaType", "contentEncoding",
@@ -298,17 +306,24 @@ def _const(low: _Lowerer, out: dict[str, Any], value: Any, at: _At, ctx: _Contex
 
 
 def _pattern(low: _Lowerer, out: dict[str, Any], value: Any, at: _At, ctx: _Context) -> None:
+    if not isinstance(value, str):
+        low.drop(at.node, at.key, "not a string")
+        return
     try:
-        out["pattern"] = to_grammar_pattern(value) if isinstance(value, str) else None
+        out["pattern"], loosened = lower_pattern(value)
     except Unsupported as exc:
         low.drop(at.node, at.key, f"outside the grammar-safe regex subset ({exc})")
-    if out.get("pattern") is None:
-        out.pop("pattern", None)
+        return
+    if loosened:
+        low.drop(at.node, at.key, f"sent without its {', '.join(loosened)}: checked locally")
 
 
 def _format(low: _Lowerer, out: dict[str, Any], value: Any, at: _At, ctx: _Context) -> None:
+    schema = ctx[0]
     if value in _GRAMMAR_FORMATS:
         out["format"] = value
+    elif value in FORMAT_PATTERNS and "pattern" not in schema:
+        out["pattern"] = to_grammar_pattern(FORMAT_PATTERNS[value])
     else:
         low.drop(at.node, at.key, "no grammar for this format: checked locally")
 

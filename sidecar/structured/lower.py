@@ -107,11 +107,12 @@ def _strict(node: object, depth: int, counts: list[int]) -> dict[str, Any]:
 
 
 def _portable_pattern(pattern: object) -> bool:
+    """Within the safe regex subset, assertions (look-around, ``\\b``) included."""
     try:
-        safe_regex.parse(pattern) if isinstance(pattern, str) else None
+        tree = safe_regex.parse(pattern) if isinstance(pattern, str) else None
     except safe_regex.Unsupported:
         return False
-    return isinstance(pattern, str)
+    return tree is not None and not {"look-around", "word boundary"} & set(tree.loosened)
 
 
 def openai_strict_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -11,9 +11,10 @@ match ``"``, ``\\`` or a control character lets the model write invalid JSON.
 :func:`parse` accepts only: literal characters, escaped punctuation, ``\\d \\w \\s \\D
 \\W \\S``, ``.``, character classes (negated too), groups ``(...)``/``(?:...)``,
 ``\\xHH``, alternation, the quantifiers ``* + ? {n} {n,} {n,m} {,m}`` (lazy forms too), and ``^``
-``$`` only at the very start and end. Anything else (look-around, back-references,
-``\\b``, inline flags, ``\\u`` escapes, unicode) is refused: the caller drops the
-pattern and leaves it to local validation.
+``$`` only at the very start and end. Look-around and ``\\b``/``\\B`` are zero-width:
+they are left out and the result says so (the grammar then accepts more than the
+pattern). Anything else (back-references, inline flags, named groups, ``\\u`` escapes,
+unicode) is refused: the caller drops the pattern and leaves it to local validation.
 
 :func:`to_grammar_pattern` re-emits a parsed pattern in the one form those converters
 translate faithfully: alphanumerics bare, every other character inside a class spelled
@@ -21,14 +22,15 @@ translate faithfully: alphanumerics bare, every other character inside a class s
 classes and ``.`` become positive classes over that alphabet), always anchored, with a
 top-level alternation grouped. Every string the re-written pattern fully matches is
 matched by the original (``re.search``): the grammar may be narrower, never wider,
-except that repetition bounds above :data:`MAX_REPEAT` are loosened to unbounded.
+except where ``loosened`` says so (assertions left out, bounds above :data:`MAX_REPEAT`
+made unbounded).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MAX_PATTERN_LENGTH", "MAX_REPEAT", "Pattern", "parse", "to_grammar_pattern"]
+__all__ = ["MAX_PATTERN_LENGTH", "MAX_REPEAT", "Pattern", "lower_pattern", "parse", "to_grammar_pattern"]
 
 MAX_PATTERN_LENGTH = 512
 #: Repetition bounds up to this are kept; larger upper bounds become unbounded and a
@@ -72,12 +74,14 @@ class Pattern:
     body: Group
     anchored_start: bool
     anchored_end: bool
+    loosened: tuple[str, ...] = ()  # what was left out: the grammar may accept more
 
 
 class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
         self.pos = 0
+        self.loosened: list[str] = []
 
     def peek(self, offset: int = 0) -> str:
         index = self.pos + offset
@@ -104,27 +108,40 @@ class _Parser:
         while self.peek() and self.peek() not in "|)":
             if self.peek() == "$" and self.pos == len(self.text) - 1:
                 break
-            items.append(self.quantified(self.atom(depth)))
+            atom = self.atom(depth)
+            if atom is not None:
+                items.append(self.quantified(atom))
+            elif self.peek() in ("*", "+", "?", "{"):
+                raise Unsupported("quantified assertion")
         if not items:
             raise Unsupported("empty alternative")
         return tuple(items)
 
-    def atom(self, depth: int) -> Chars | Group:
+    def atom(self, depth: int) -> Chars | Group | None:
+        """The next atom; None for a zero-width assertion, which is left out (loosened)."""
         char = self.take()
         if char == "(":
-            if self.peek() == "?":
-                if self.peek(1) != ":":
-                    raise Unsupported("look-around, named group or inline flag")
-                self.pos += 2
+            marker = self.text[self.pos : self.pos + 3]
+            look = marker[:2] in ("?=", "?!") or marker in ("?<=", "?<!")
+            if self.peek() == "?" and not look and marker[:2] != "?:":
+                raise Unsupported("named group or inline flag")
+            self.pos += 0 if self.peek() != "?" else (2 if marker[:2] in ("?=", "?!", "?:") else 3)
             group = self.alternatives(depth + 1)
             if self.take() != ")":
                 raise Unsupported("unbalanced group")
+            if look:
+                self.loosened.append("look-around")
+                return None
             return group
         if char == "[":
             return self.char_class()
         if char == ".":
             return Chars(ALPHABET)
         if char == "\\":
+            if self.peek() in ("b", "B"):
+                self.pos += 1
+                self.loosened.append("word boundary")
+                return None
             return self.escape()
         if char in _SPECIAL:
             raise Unsupported(f"{char!r} where a character was expected")
@@ -214,7 +231,10 @@ class _Parser:
             raise Unsupported("inverted repetition bounds")
         if low > MAX_REPEAT:
             raise Unsupported(f"repetition of more than {MAX_REPEAT}")
-        return low, (None if high is not None and high > MAX_REPEAT else high)
+        if high is not None and high > MAX_REPEAT:
+            self.loosened.append(f"upper bound above {MAX_REPEAT}")
+            return low, None
+        return low, high
 
 
 def _literal(char: str) -> Chars:
@@ -234,7 +254,7 @@ def parse(pattern: str) -> Pattern:
     end = parser.peek() == "$" and parser.pos == len(pattern) - 1
     if parser.pos + end != len(pattern):
         raise Unsupported(f"{parser.peek()!r} at {parser.pos}")
-    return Pattern(body, start, end)
+    return Pattern(body, start, end, tuple(dict.fromkeys(parser.loosened)))
 
 
 def _emit_chars(chars: frozenset[str]) -> str:
@@ -271,6 +291,11 @@ def _emit_item(item: Item) -> str:
 
 def to_grammar_pattern(pattern: str) -> str:
     """``pattern`` in the converter-safe form; raises :class:`Unsupported`."""
+    return lower_pattern(pattern)[0]
+
+
+def lower_pattern(pattern: str) -> tuple[str, tuple[str, ...]]:
+    """(``pattern`` in the converter-safe form, what was loosened); raises :class:`Unsupported`."""
     tree = parse(pattern)
     body = _emit_group(tree.body)
     if len(tree.body.alternatives) > 1 or not (tree.anchored_start and tree.anchored_end):
@@ -278,4 +303,4 @@ def to_grammar_pattern(pattern: str) -> str:
     anywhere = _emit_chars(ALPHABET) + "*"
     head = "" if tree.anchored_start else anywhere
     tail = "" if tree.anchored_end else anywhere
-    return f"^{head}{body}{tail}$"
+    return f"^{head}{body}{tail}$", tree.loosened
