@@ -63,8 +63,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "config-validated-before-write", "a bad model:set-config patch changes nothing",
         "sidecar/core/config.py",
-        "            config = self._validate(new_stored)\n",
-        "            config = self.config\n",
+        "        candidate = merge_patch(disk.stored, patch)\n        return candidate, self._validate(candidate)\n",
+        "        candidate = merge_patch(disk.stored, patch)\n        return candidate, self.config\n",
         ("tests/stdio/test_config.py::test_bad_patches_change_nothing",),
     ),
     Mutant(
@@ -161,10 +161,9 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "shutdown-cancels-in-flight", "on shutdown every request in flight is answered, within 2 s",
-        "sidecar/app.py",
-        '        await dispatcher.cancel_all(reason="shutdown", timeout=SHUTDOWN_BUDGET_S / 2)\n'
-        "        await dispatcher.wait_idle(timeout=0.2)\n",
-        "        await dispatcher.wait_idle(timeout=0.2)\n",
+        "sidecar/transport/dispatcher.py",
+        "            self.cancel(request_id, reason=reason)\n            tasks.append(entry.task)\n",
+        "            tasks.append(entry.task)\n",
         ("tests/stdio/test_generate.py::test_shutdown_answers_in_flight_requests_cancelled",),
     ),
     Mutant(
@@ -202,13 +201,6 @@ MUTANTS: tuple[Mutant, ...] = (
         "                elif len(buffer) + len(piece) > self._max:\n",
         "                elif False:\n",
         ("tests/stdio/test_framing.py::test_oversized_line_is_discarded_and_answered",),
-    ),
-    Mutant(
-        "shutdown-hard-deadline", "a host that stopped reading cannot keep the sidecar alive past 2 s",
-        "sidecar/transport/lifecycle.py",
-        "SHUTDOWN_HARD_LIMIT_S = 1.8\n",
-        "SHUTDOWN_HARD_LIMIT_S = 60.0\n",
-        ("tests/stdio/test_framing.py::test_a_host_that_stopped_reading_cannot_keep_the_sidecar_alive",),
     ),
     Mutant(
         "no-retry-of-bad-requests", "bad keys and missing models are not retried",
@@ -275,6 +267,8 @@ def make_copy(source: Iterable[str] | bytes, parent: Path, label: str) -> Path:
 def apply(mutant: Mutant, root: Path) -> None:
     """Apply the mutant in ``root``; ValueError unless its search text occurs exactly once."""
     path = root / mutant.path
+    if not path.is_file():
+        raise ValueError(f"{mutant.path} does not exist")
     text = path.read_text()
     count = text.count(mutant.search)
     if count != 1:
