@@ -2,8 +2,13 @@
 
 Shutdown comes from ``sidecar:shutdown``, stdin EOF or SIGTERM (SIGINT/CTRL_BREAK on
 Windows). The sidecar then stops accepting requests, cancels the ones in flight (each
-answered ``RequestCancelled``), closes provider connections, flushes stdout and exits 0,
-within 2 s: the steps are bounded, and a watchdog exits at :data:`SHUTDOWN_HARD_LIMIT_S`.
+answered ``RequestCancelled``; one whose effect is already committed, such as a config
+write, finishes and gets its real answer), closes provider connections, flushes stdout
+and exits 0, within 2 s: every step takes its budget from one clock started at the
+signal, and a watchdog exits at :data:`SHUTDOWN_HARD_LIMIT_S` whatever is still running.
+
+The stdin loop never waits on the writer past a stop: when the host does not read,
+answers the loop gives itself are held, and the wait for room ends at a signal or EOF.
 """
 
 from __future__ import annotations
@@ -34,18 +39,22 @@ from sidecar.providers.http import HttpClientFactory
 from sidecar.secrets import Redactor
 from sidecar.store.ledger import Ledger
 from sidecar.transport.dispatcher import Dispatcher, RequestId
+from sidecar.transport.lifecycle import SHUTDOWN_HARD_LIMIT_S, StopClock, install_stop_handlers
 from sidecar.transport.stdio import EndOfInput, LineReader, LineWriter
 from sidecar.wire.config import ModelConfig, ProviderEntry
 
-__all__ = ["SHUTDOWN_BUDGET_S", "Services", "serve"]
+__all__ = ["SHUTDOWN_BUDGET_S", "SHUTDOWN_HARD_LIMIT_S", "Services", "serve"]
 
 log = structlog.get_logger("sidecar.app")
 
-#: The protocol allows 2 s from the shutdown signal to exit. The steps below are bounded
-#: to about 1.5 s in all; past SHUTDOWN_HARD_LIMIT_S the process exits regardless (a host
-#: that stopped reading stdout must not keep it alive).
+#: The protocol allows 2 s from the shutdown signal to exit; past SHUTDOWN_HARD_LIMIT_S
+#: (from the signal) the process exits regardless (a host that stopped reading stdout
+#: must not keep it alive). SHUTDOWN_BUDGET_S bounds the wait of ``sidecar:shutdown`` for
+#: the other requests' answers.
 SHUTDOWN_BUDGET_S = 1.0
-SHUTDOWN_HARD_LIMIT_S = 1.8
+#: Held back from the request tasks for the steps after them: ledger drain (0.3 s),
+#: provider close (0.2 s), the last stdout flush.
+_AFTER_TASKS_S = 0.45
 
 
 @dataclass
@@ -64,6 +73,7 @@ class Services:
     #: Sends a notification to the host (set once the writer runs).
     notify: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    clock: StopClock = field(default_factory=StopClock)
 
     @classmethod
     def build(cls, data_dir: Path, env: Mapping[str, str], redactor: Redactor,
@@ -101,6 +111,7 @@ class Services:
 
     async def begin_shutdown(self, *, keep: RequestId | None = None) -> None:
         """Stop accepting, cancel in-flight requests (answered), then signal the loop."""
+        self.clock.start()
         dispatcher = self.dispatcher
         if dispatcher is not None:
             dispatcher.accepting = False
@@ -116,17 +127,28 @@ async def serve(
     max_message_bytes: int,
     redactor: Redactor,
     env: Mapping[str, str],
-    early_stop: threading.Event | None = None,
+    clock: StopClock | None = None,
 ) -> None:
-    """Run the sidecar until shutdown; returns when everything has been answered."""
+    """Run the sidecar until shutdown; returns when everything has been answered.
+
+    ``clock`` is the one the command line armed for signals during start-up; it is
+    already started when such a signal came.
+    """
     from sidecar.channels import build_channels
 
     loop = asyncio.get_running_loop()
     services = Services.build(data_dir, env, redactor)
-    writer = LineWriter(wire_out, scrub=redactor.scrub_bytes, on_broken_pipe=services.stop.set)
+    if clock is not None:
+        services.clock = clock
+
+    def stop() -> None:
+        services.clock.start()
+        services.stop.set()
+
+    writer = LineWriter(wire_out, scrub=redactor.scrub_bytes, on_broken_pipe=stop)
     writer.start()
     channels = build_channels(services)
-    dispatcher = Dispatcher(channels=channels, send=writer.send)
+    dispatcher = Dispatcher(channels=channels, send=writer.send, post=writer.post)
     services.dispatcher = dispatcher
 
     async def notify(method: str, params: dict[str, Any]) -> None:
@@ -135,61 +157,119 @@ async def serve(
     services.notify = notify
     # sidecar:ready already went out (sidecar.transport.claim), before these imports.
     log.info("serving", version=__version__, data_dir=str(data_dir), pid=os.getpid())
-    reader = LineReader(wire_in, loop, max_line_bytes=max_message_bytes)
+    input_closed = asyncio.Event()
+    reader = LineReader(wire_in, loop, max_line_bytes=max_message_bytes, on_eof=input_closed.set)
     reader.start()
-    _install_signal_handlers(loop, services.stop)
+    def stop_soon() -> None:  # from a signal handler: the loop may be busy, or mid-step
+        loop.call_soon_threadsafe(services.stop.set)
+
+    install_stop_handlers(stop_soon, services.clock)
     _install_debug_dump(loop, services, dispatcher)
-    if early_stop is not None and early_stop.is_set():
+    if services.clock.started is not None:
         services.stop.set()  # the signal came while we were still importing
 
     from sidecar.channels.models import refresh_local_models
 
     # Not awaited: requests are served meanwhile; the registry fills in as answers come.
     refresh = loop.create_task(refresh_local_models(services))
-    stop_wait = loop.create_task(services.stop.wait())
     reason = "shutdown"
     try:
-        while not services.stop.is_set():
-            get = loop.create_task(reader.inbox.get())
-            await asyncio.wait({get, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-            if not get.done():
-                get.cancel()
-            try:
-                item = await get
-            except asyncio.CancelledError:
-                break  # stop was set while waiting; nothing was taken from the inbox
-            if isinstance(item, EndOfInput):
-                reason = "eof"
-                break
-            await dispatcher.handle_line(item)
+        reason = await _read_loop(reader, dispatcher, services.stop, input_closed)
     finally:
+        services.clock.start()
         log.info("shutting_down", reason=reason, in_flight=len(dispatcher.inflight))
-        watchdog = threading.Timer(SHUTDOWN_HARD_LIMIT_S, _hard_exit)
-        watchdog.daemon = True
-        watchdog.start()
-        dispatcher.accepting = False
-        # Lines already read are still answered (requests with RequestCancelled); give
-        # the reader a moment to hand over what the host wrote just before.
-        await asyncio.sleep(0.02)
-        while not reader.inbox.empty():
-            pending = reader.inbox.get_nowait()
-            if not isinstance(pending, EndOfInput):
-                await dispatcher.handle_line(pending)
-        await dispatcher.cancel_all(reason="shutdown", timeout=SHUTDOWN_BUDGET_S / 2)
-        await dispatcher.wait_idle(timeout=0.2)
-        try:
-            # Every settle of a cancelled call reaches the ledger before we go.
-            await asyncio.wait_for(services.budget.drain(), 0.3)
-        except TimeoutError:
-            log.warning("ledger_drain_timeout")
-        services.ledger.close()
-        try:
-            await asyncio.wait_for(services.pool.aclose(), 0.2)
-        except TimeoutError:
-            log.warning("provider_close_timeout")
-        await writer.drain_and_close(timeout=0.4)
-        stop_wait.cancel()
+        await _shut_down(services, dispatcher, reader, writer)
         refresh.cancel()
+
+
+async def _first(task: asyncio.Task[Any], *others: asyncio.Future[Any]) -> bool:
+    """Wait for ``task`` or any of ``others``; False (``task`` cancelled) when one of those came first."""
+    await asyncio.wait({task, *others}, return_when=asyncio.FIRST_COMPLETED)
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})
+    return not task.cancelled()
+
+
+async def _read_loop(reader: LineReader, dispatcher: Dispatcher, stop: asyncio.Event,
+                     input_closed: asyncio.Event) -> str:
+    """Hand each line to the dispatcher until a stop or EOF; returns why it ended.
+
+    Nothing here waits on the output queue unless the stop (and EOF) can end that wait:
+    the dispatcher never waits, and the answers it could not queue are sent here with
+    the stop in sight.
+    """
+    loop = asyncio.get_running_loop()
+    stop_wait = loop.create_task(stop.wait())
+    eof_wait = loop.create_task(input_closed.wait())
+    try:
+        while not stop.is_set():
+            if reader.inbox.empty():
+                get = loop.create_task(reader.inbox.get())
+                if not await _first(get, stop_wait):
+                    break
+                item = get.result()
+            else:
+                item = reader.inbox.get_nowait()
+            if isinstance(item, EndOfInput):
+                # The requests read just before EOF take their first step before the
+                # shutdown cancels them: as they would have, had the EOF come later.
+                await asyncio.sleep(0)
+                return "eof"
+            dispatcher.handle_line(item)
+            # The host is not reading stdout: wait for room, but not past a stop or EOF.
+            if dispatcher.held and not await _first(loop.create_task(dispatcher.flush_held()), stop_wait, eof_wait):
+                return "shutdown" if stop.is_set() else "eof"
+        return "shutdown"
+    finally:
+        stop_wait.cancel()
+        eof_wait.cancel()
+
+
+async def _settle(aws: set[asyncio.Task[None]], timeout: float, writer: LineWriter) -> None:
+    """Wait for ``aws`` up to ``timeout``, or until the host has stopped reading stdout."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    pending = {task for task in aws if task is not asyncio.current_task()}
+    while pending and not writer.stalled() and loop.time() < end:
+        _done, pending = await asyncio.wait(pending, timeout=min(0.05, max(0.0, end - loop.time())))
+
+
+async def _shut_down(services: Services, dispatcher: Dispatcher, reader: LineReader, writer: LineWriter) -> None:
+    """Answer what was read, cancel what runs, let committed work finish, flush, close.
+
+    Each step's budget comes from the clock started at the stop signal.
+    """
+    clock = services.clock
+    dispatcher.accepting = False
+    # Lines already read are still answered (requests with RequestCancelled); give the
+    # reader a moment to hand over what the host wrote just before.
+    await asyncio.sleep(0.02)
+    while not reader.inbox.empty():
+        pending = reader.inbox.get_nowait()
+        if not isinstance(pending, EndOfInput):
+            dispatcher.handle_line(pending)
+    flush = asyncio.get_running_loop().create_task(dispatcher.flush_held())
+    await dispatcher.cancel_all(reason="shutdown", timeout=0)
+    # Cancelled requests answer at once; one past its point of no return (a config being
+    # written) swallows the cancel and finishes, and its real answer still goes out.
+    # Waiting ends early when the host has stopped reading: nothing could reach it.
+    await _settle({*dispatcher.tasks, flush}, clock.left(reserve=_AFTER_TASKS_S), writer)
+    flush.cancel()
+    try:
+        # Every settle of a cancelled call reaches the ledger before we go.
+        await asyncio.wait_for(services.budget.drain(), min(0.3, clock.left(reserve=0.15)))
+    except TimeoutError:
+        log.warning("ledger_drain_timeout")
+    services.ledger.close()
+    try:
+        await asyncio.wait_for(services.pool.aclose(), min(0.2, clock.left(reserve=0.1)))
+    except TimeoutError:
+        log.warning("provider_close_timeout")
+    await writer.drain_and_close(timeout=clock.left(reserve=0.05))
+    unanswered = len(dispatcher.inflight) + len(dispatcher.held)
+    if unanswered or writer.pending:
+        log.warning("shutdown_dropped", unanswered=unanswered, lines_unwritten=writer.pending)
 
 
 def _configure_limits(book: LimiterBook, cfg: ModelConfig) -> None:
@@ -231,22 +311,3 @@ def _install_debug_dump(loop: asyncio.AbstractEventLoop, services: Services, dis
     if sys.platform == "win32" or not hasattr(signal, "SIGUSR1"):  # pragma: no cover
         return
     loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("debug_state", **debug_state(loop, services, dispatcher)))
-
-
-def _hard_exit() -> None:
-    # Runs on the watchdog thread: stdout may be blocked forever, stderr too, so write
-    # nothing that could block and leave at once.
-    os._exit(0)
-
-
-def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    if sys.platform == "win32":  # pragma: no cover - no add_signal_handler on Windows
-        def handler(_signum: int, _frame: object) -> None:
-            loop.call_soon_threadsafe(stop.set)
-
-        signal.signal(signal.SIGINT, handler)
-        if hasattr(signal, "SIGBREAK"):
-            signal.signal(signal.SIGBREAK, handler)
-        return
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)

@@ -10,22 +10,22 @@ import argparse
 import asyncio
 import faulthandler
 import io
+import json
 import multiprocessing
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from sidecar import __version__
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "main", "parse_args", "resolve_data_dir"]
+__all__ = ["DATA_DIR_UNUSABLE_EXIT", "DEFAULT_MAX_MESSAGE_BYTES", "main", "parse_args", "resolve_data_dir"]
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-_STOP_SIGNALS = (
-    (signal.SIGINT, signal.SIGBREAK) if sys.platform == "win32" else (signal.SIGTERM, signal.SIGINT)  # type: ignore[attr-defined]
-)
 APP_NAME = "model-sidecar"
+#: Exit status when the data dir cannot be created (sysexits.h EX_CANTCREAT); no
+#: ``sidecar:ready`` was sent.
+DATA_DIR_UNUSABLE_EXIT = 73
 
 
 def _positive_int(value: str) -> int:
@@ -105,15 +105,19 @@ def main(argv: list[str] | None = None) -> None:
         # frozen build, which ignores PYTHONUNBUFFERED and PYTHONUTF8.
         sys.stderr.reconfigure(encoding="utf-8", errors="backslashreplace", line_buffering=True)
     faulthandler.enable(file=sys.stderr)
-    # A SIGTERM during the imports below must still mean a clean exit 0: remember it
-    # until the event loop installs its own handlers.
-    early_stop = threading.Event()
-    for signum in _STOP_SIGNALS:
-        signal.signal(signum, lambda _signum, _frame: early_stop.set())
+    # A SIGTERM during the imports below must still mean a clean exit 0 within 2 s: the
+    # clock starts its watchdog now, and serve() sees that it started.
+    from sidecar.transport.lifecycle import StopClock, install_stop_handlers
+
+    clock = StopClock()
+    install_stop_handlers(lambda: None, clock)
     if hasattr(signal, "SIGUSR1"):  # the debug_state dump, once the loop takes it over
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     data_dir = resolve_data_dir(args.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _exit_data_dir_unusable(data_dir, exc)
     # Ready before the heavy imports: what the host sends meanwhile waits in the pipe.
     wire_out.write(ready_line(PROTOCOL_VERSION, __version__, list(CHANNEL_NAMES)))
 
@@ -130,10 +134,28 @@ def main(argv: list[str] | None = None) -> None:
             max_message_bytes=args.max_message_bytes,
             redactor=redactor,
             env=os.environ,
-            early_stop=early_stop,
+            clock=clock,
         ))
     except KeyboardInterrupt:  # pragma: no cover - SIGINT before the handler was installed
         pass
     sys.stderr.flush()
     # The stdin reader thread may sit in a blocking read: leave without joining it.
     os._exit(0)
+
+
+def _exit_data_dir_unusable(data_dir: Path, exc: OSError) -> None:
+    """One JSON log line saying why, then exit :data:`DATA_DIR_UNUSABLE_EXIT`, before ready.
+
+    No ``sidecar:ready``: the config and the usage ledger live in the data dir, so no
+    request could be served as the protocol describes (and spending could not be
+    recorded). The host sees stdout close without ready and this exit status.
+    """
+    reason = exc.strerror or type(exc).__name__
+    if isinstance(exc, FileExistsError):
+        reason = "it exists and is not a directory"
+    message = f"cannot create the data dir {data_dir}: {reason}"
+    line = {"event": "data_dir_unusable", "level": "error", "path": str(data_dir), "reason": reason,
+            "message": message}
+    sys.stderr.write(json.dumps(line, ensure_ascii=False) + "\n")
+    sys.stderr.flush()
+    os._exit(DATA_DIR_UNUSABLE_EXIT)

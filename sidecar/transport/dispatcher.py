@@ -6,12 +6,20 @@ Each request runs in its own task, so requests are served concurrently and
 upstream HTTP stream. Every request id gets exactly one response: a duplicate of an id
 still in flight is refused with ``id: null`` (answering it under its own id would give
 that id two responses).
+
+:meth:`Dispatcher.handle_line` never waits: the stdin loop calls it, and a loop that
+waited for room in the output queue could not see a shutdown signal while the host is
+not reading. An error it answers at once is queued without waiting (``post``); when the
+queue is full it is held in :attr:`Dispatcher.held`, and the loop decides how long to
+wait for room (:meth:`Dispatcher.flush_held`). Request tasks send with ``send``, which
+waits, so a stream is slowed down by a slow host instead of filling memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import traceback
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +38,7 @@ from sidecar.errors import (
     RequestCancelled,
     SidecarError,
 )
+from sidecar.transport.decode import MAX_DEPTH, Decoded, decode_line, pointer
 from sidecar.transport.stdio import Oversized
 
 __all__ = ["Channel", "Dispatcher", "RequestContext", "validation_errors"]
@@ -38,6 +47,8 @@ log = structlog.get_logger("sidecar.dispatch")
 
 RequestId = int | str
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+#: Queue a message without waiting; False when the output queue is full.
+Post = Callable[[dict[str, Any]], bool]
 
 CANCEL_METHOD = "$/cancelRequest"
 _JS_SAFE_INT = 2**53 - 1
@@ -86,70 +97,90 @@ class Dispatcher:
 
     channels: Mapping[str, Channel]
     send: Send
+    post: Post
     accepting: bool = True
     inflight: dict[RequestId, _InFlight] = field(default_factory=dict)
     #: Every request task not yet finished, answered or not (shutdown waits for them).
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    #: Answers from the read path that did not fit in the output queue, in order.
+    held: deque[dict[str, Any]] = field(default_factory=deque)
 
-    async def handle_line(self, item: bytes | Oversized) -> None:
-        """Handle one inbound line (or the marker of a discarded oversized one)."""
+    def handle_line(self, item: bytes | Oversized) -> None:
+        """Handle one inbound line (or the marker of a discarded oversized one); never waits."""
         if isinstance(item, Oversized):
-            await self._error(None, MessageTooLarge(f"message of {item.size} bytes exceeds the limit"))
+            self._reply_error(None, MessageTooLarge(f"message of {item.size} bytes exceeds the limit"))
             return
         line = item.rstrip(b"\r")
         if not line.strip():
             return
         try:
-            message = orjson.loads(line)
+            decoded = decode_line(line)
         except orjson.JSONDecodeError as exc:
-            await self._error(None, ParseError(f"line is not valid JSON: {exc}"))
+            self._reply_error(None, ParseError(f"line is not valid JSON: {exc}"))
             return
-        await self.handle_message(message)
+        self.handle_message(decoded.message, decoded)
 
-    async def handle_message(self, message: Any) -> None:
+    def handle_message(self, message: Any, decoded: Decoded | None = None) -> None:
         if isinstance(message, list):
-            await self._error(None, InvalidRequest("batches are not supported"))
+            self._reply_error(None, InvalidRequest("batches are not supported"))
             return
         if not isinstance(message, dict):
-            await self._error(None, InvalidRequest("a message must be a JSON object"))
+            self._reply_error(None, InvalidRequest("a message must be a JSON object"))
             return
+        shape = decoded or Decoded(message)
+        envelope_twice = sorted({str(path[0]) for path in shape.duplicates if len(path) == 1})
         has_id = "id" in message
         msg_id = message.get("id")
-        id_ok = _valid_id(msg_id)
+        id_ok = _valid_id(msg_id) and "id" not in envelope_twice
         reply_id = msg_id if has_id and id_ok else None
         if reply_id is not None and reply_id in self.inflight:
             # Whatever else is wrong with it, a message reusing an in-flight id is never
             # answered under that id: the request in flight owns it.
-            await self._error(
+            self._reply_error(
                 None, InvalidRequest(f"id {msg_id!r} is already in flight", extra={"id": msg_id})
             )
             return
+        if envelope_twice:
+            # Which of two ids, methods or params did the host mean? Refuse to guess; an
+            # id given twice makes the answer's id null. Without an id it is a
+            # notification: never answered, and not acted on either.
+            if has_id:
+                keys = ", ".join(f'"{key}"' for key in envelope_twice)
+                self._reply_error(reply_id, InvalidRequest(f"duplicate key {keys} in the message"))
+            return
         if message.get("jsonrpc") != "2.0":
-            await self._error(reply_id, InvalidRequest('"jsonrpc" must be "2.0"'))
+            self._reply_error(reply_id, InvalidRequest('"jsonrpc" must be "2.0"'))
             return
         method = message.get("method")
         if not isinstance(method, str) or not method:
-            await self._error(reply_id, InvalidRequest('"method" must be a non-empty string'))
+            self._reply_error(reply_id, InvalidRequest('"method" must be a non-empty string'))
             return
         if has_id and not id_ok:
-            await self._error(None, InvalidRequest('"id" must be a string or an integer'))
+            self._reply_error(None, InvalidRequest('"id" must be a string or an integer'))
             return
-        params = message.get("params", {})
+        self._dispatch(msg_id if has_id else None, has_id, method, message.get("params", {}), shape)
+
+    def _dispatch(self, msg_id: RequestId | None, has_id: bool, method: str, params: Any, shape: Decoded) -> None:
+        problem = _params_problem(shape)
         if not has_id:
-            await self._notification(method, params)
+            if problem is None:  # an ambiguous cancel is not acted on
+                self._notification(method, params)
             return
         assert msg_id is not None
         if not isinstance(params, dict):
-            await self._error(msg_id, InvalidParams('"params" must be an object', errors=[
+            self._reply_error(msg_id, InvalidParams('"params" must be an object', errors=[
                 {"path": "", "message": "params must be an object"}
             ]))
             return
         channel = self.channels.get(method)
         if channel is None:
-            await self._error(msg_id, MethodNotFound(f"unknown method {method!r}"))
+            self._reply_error(msg_id, MethodNotFound(f"unknown method {method!r}"))
+            return
+        if problem is not None:
+            self._reply_error(msg_id, problem)
             return
         if not self.accepting:
-            await self._error(msg_id, RequestCancelled("the sidecar is shutting down"))
+            self._reply_error(msg_id, RequestCancelled("the sidecar is shutting down"))
             return
         ctx = RequestContext(request_id=msg_id, method=method, send=self.send)
         task = asyncio.get_running_loop().create_task(
@@ -158,6 +189,12 @@ class Dispatcher:
         self.inflight[msg_id] = _InFlight(task, ctx)
         self._track(task)
         task.add_done_callback(lambda _t: self._ensure_answered(ctx))
+
+    async def flush_held(self) -> None:
+        """Send the held answers, waiting for room in the output queue."""
+        while self.held:
+            await self.send(self.held[0])
+            self.held.popleft()
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self.tasks.add(task)
@@ -171,7 +208,7 @@ class Dispatcher:
                 self._finish_error(ctx, RequestCancelled("request cancelled before it started"))
             ))
 
-    async def _notification(self, method: str, params: Any) -> None:
+    def _notification(self, method: str, params: Any) -> None:
         if method == CANCEL_METHOD:
             if isinstance(params, dict) and _valid_id(params.get("id")):
                 self.cancel(params["id"], reason="host")
@@ -244,7 +281,7 @@ class Dispatcher:
             await self.send({"jsonrpc": "2.0", "id": ctx.request_id, "result": payload})
         except TypeError as exc:  # orjson could not encode the result: still answer once
             log.error("result_not_encodable", method=ctx.method, request_id=ctx.request_id, error=repr(exc))
-            await self._error(ctx.request_id, InternalError("internal error: the result could not be encoded"))
+            await self._send_error(ctx.request_id, InternalError("internal error: the result could not be encoded"))
 
     async def _finish_error(self, ctx: RequestContext, exc: SidecarError) -> None:
         if ctx.answered:
@@ -253,11 +290,35 @@ class Dispatcher:
         self.inflight.pop(ctx.request_id, None)
         if ctx.partial is not None and "partialContent" not in exc.extra:
             exc.extra["partialContent"] = "".join(ctx.partial)
-        await self._error(ctx.request_id, exc)
+        await self._send_error(ctx.request_id, exc)
 
-    async def _error(self, request_id: RequestId | None, exc: SidecarError) -> None:
-        error = {"code": exc.code, "message": exc.message, "data": exc.to_data()}
-        await self.send({"jsonrpc": "2.0", "id": request_id, "error": error})
+    async def _send_error(self, request_id: RequestId | None, exc: SidecarError) -> None:
+        await self.send(_error_message(request_id, exc))
+
+    def _reply_error(self, request_id: RequestId | None, exc: SidecarError) -> None:
+        message = _error_message(request_id, exc)
+        if self.held or not self.post(message):
+            self.held.append(message)
+
+
+def _error_message(request_id: RequestId | None, exc: SidecarError) -> dict[str, Any]:
+    error = {"code": exc.code, "message": exc.message, "data": exc.to_data()}
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def _params_problem(shape: Decoded) -> InvalidParams | None:
+    """Duplicate keys or too deep a nesting inside ``params`` (paths relative to it)."""
+    inside = [path[1:] for path in shape.duplicates if len(path) > 1 and path[0] == "params"]
+    if inside:
+        return InvalidParams("duplicate keys in params", errors=[
+            {"path": pointer(path), "message": "duplicate key"} for path in inside
+        ])
+    deep = shape.too_deep
+    if deep is not None and deep[:1] == ("params",):
+        return InvalidParams(f"params nested deeper than {MAX_DEPTH} levels", errors=[
+            {"path": pointer(deep[1:]), "message": f"nesting deeper than {MAX_DEPTH} levels"}
+        ])
+    return None
 
 
 def _valid_id(value: Any) -> bool:

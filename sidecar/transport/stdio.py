@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ __all__ = [
 ]
 
 READ_CHUNK = 64 * 1024
+#: Output is handed to the pipe in pieces this big, so progress is seen within a long line.
+WRITE_CHUNK = 64 * 1024
+#: A write that made no progress for this long means the host has stopped reading.
+STALL_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +110,14 @@ class LineReader:
         *,
         max_line_bytes: int,
         inbox_size: int = 64,
+        on_eof: Callable[[], None] | None = None,
     ) -> None:
         self._stream = stream
         self._loop = loop
         self._max = max_line_bytes
+        # Called on the event loop as soon as the reader meets end of file, before the
+        # EOF marker queues up behind lines the loop has not taken yet.
+        self._on_eof = on_eof
         # At most ``inbox_size`` lines wait for the dispatcher: the reader takes a slot
         # before handing a line over and the inbox gives it back when the line is taken,
         # so a host that writes faster than we dispatch fills the pipe, not our memory.
@@ -161,6 +170,11 @@ class LineReader:
                 if not self._put(item):
                     return
                 start = nl + 1
+        if self._on_eof is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._on_eof)
+            except RuntimeError:  # the loop is closed: the process is exiting
+                return
         if discarding:
             self._put(Oversized(discarding))
         elif buffer.strip():
@@ -187,31 +201,58 @@ class LineWriter:
         # A thread of our own, not asyncio's default executor: asyncio.run joins that one
         # on exit, which would hang forever on a write to a host that stopped reading.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stdout-writer")
+        self._closing = False
+        #: When the piece being written was handed to the pipe (None: not writing).
+        self._piece_since: float | None = None
         self.closed = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="stdout-writer")
 
+    def _encode(self, message: dict[str, Any]) -> bytes:
+        data = encode_message(message)
+        return self._scrub(data) if self._scrub is not None else data
+
     async def send(self, message: dict[str, Any]) -> None:
         """Queue one message; returns once it is queued (in order), not once written."""
         if self.closed:
             return
-        data = encode_message(message)
-        if self._scrub is not None:
-            data = self._scrub(data)
-        await self._queue.put(data)
+        await self._queue.put(self._encode(message))
+
+    def post(self, message: dict[str, Any]) -> bool:
+        """Queue one message without waiting; False (nothing queued) when the queue is full."""
+        if self.closed:
+            return True  # the host is gone: nothing will ever be written
+        if self._queue.full():
+            return False
+        self._queue.put_nowait(self._encode(message))
+        return True
+
+    @property
+    def pending(self) -> int:
+        """Lines queued and not yet handed to the pipe."""
+        return self._queue.qsize()
+
+    def stalled(self) -> bool:
+        """A write has made no progress for :data:`STALL_S`: the host is not reading."""
+        since = self._piece_since
+        return since is not None and time.monotonic() - since > STALL_S
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            written = self._stream.write(view)
-            if written is None:  # pragma: no cover - non-blocking fd; ours is blocking
-                continue
-            view = view[written:]
-        self._stream.flush()
+        try:
+            while view:
+                self._piece_since = time.monotonic()
+                written = self._stream.write(view[:WRITE_CHUNK])
+                if written is None:  # pragma: no cover - non-blocking fd; ours is blocking
+                    continue
+                view = view[written:]
+            self._stream.flush()
+        finally:
+            self._piece_since = None
 
     async def _run(self) -> None:
-        while True:
+        while not (self._closing and self._queue.empty()):
             first = await self._queue.get()
             if first is None:
                 return
@@ -236,11 +277,18 @@ class LineWriter:
                 self._on_broken_pipe()
 
     async def drain_and_close(self, timeout: float) -> None:
-        """Write everything queued so far, then stop (bounded by ``timeout`` seconds)."""
+        """Write everything queued so far, then stop (bounded by ``timeout`` seconds).
+
+        Lines queued while it waits are written too; the writer stops once the queue is
+        empty. It gives up early when the host has stopped reading (:meth:`stalled`);
+        what the host does not take in time is left unwritten.
+        """
         if self._task is None:
             return
-        try:
-            await asyncio.wait_for(self._queue.put(None), timeout)
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        except (TimeoutError, asyncio.CancelledError):
-            self._task.cancel()
+        self._closing = True
+        if self._queue.empty():
+            self._queue.put_nowait(None)  # wake a writer waiting for its next line
+        end = time.monotonic() + timeout
+        while not self._task.done() and not self.stalled() and time.monotonic() < end:
+            await asyncio.wait({self._task}, timeout=min(0.05, max(0.0, end - time.monotonic())))
+        self._task.cancel()

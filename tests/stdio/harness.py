@@ -89,20 +89,25 @@ class SidecarProcess:
 
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None
-        buffer = b""
+        pieces: list[bytes] = []  # of a long line: joined once it ends (linear, not quadratic)
         while True:
             chunk = self.proc.stdout.read1(65536)
             if not chunk:
                 break
-            buffer += chunk
+            if b"\n" not in chunk:
+                pieces.append(chunk)
+                continue
+            buffer = b"".join([*pieces, chunk])
+            pieces.clear()
             *lines, buffer = buffer.split(b"\n")  # byte 0x0A only, as a host must
+            pieces.append(buffer)
             for line in lines:
                 self.raw_lines.append(line)
                 message = json.loads(line)
                 self._check_seq(message)
                 self.messages.put(message)
         # An unterminated last line is a framing bug, unless the process was killed mid-write.
-        self.unterminated = buffer
+        self.unterminated = b"".join(pieces)
         self.messages.put(None)
 
     def _check_seq(self, message: Any) -> None:

@@ -21,13 +21,17 @@ class Wire:
     async def send(self, message: dict[str, Any]) -> None:
         self.out.append(message)
 
+    def post(self, message: dict[str, Any]) -> bool:
+        self.out.append(message)
+        return True
+
     def responses(self) -> list[dict[str, Any]]:
         return [m for m in self.out if "method" not in m]
 
 
 def make(handler: Any, params: Any = EmptyParams) -> tuple[Dispatcher, Wire]:
     wire = Wire()
-    return Dispatcher(channels={"m": Channel("m", params, handler)}, send=wire.send), wire
+    return Dispatcher(channels={"m": Channel("m", params, handler)}, send=wire.send, post=wire.post), wire
 
 
 def line(**message: Any) -> bytes:
@@ -47,8 +51,8 @@ async def test_cancel_in_the_same_tick_still_answers_once() -> None:
         return {}
 
     dispatcher, wire = make(slow)
-    await dispatcher.handle_line(line(id=1, method="m"))
-    await dispatcher.handle_line(line(method="$/cancelRequest", params={"id": 1}))
+    dispatcher.handle_line(line(id=1, method="m"))
+    dispatcher.handle_line(line(method="$/cancelRequest", params={"id": 1}))
     await settle(dispatcher)
     assert len(wire.responses()) == 1
     assert wire.responses()[0]["error"]["code"] == -32800
@@ -65,9 +69,9 @@ async def test_a_handler_bug_is_internal_error_and_serving_goes_on() -> None:
         return {"ok": True}
 
     dispatcher, wire = make(buggy)
-    await dispatcher.handle_line(line(id="a", method="m"))
+    dispatcher.handle_line(line(id="a", method="m"))
     await settle(dispatcher)
-    await dispatcher.handle_line(line(id="b", method="m"))
+    dispatcher.handle_line(line(id="b", method="m"))
     await settle(dispatcher)
     first, second = wire.responses()
     assert first["error"]["code"] == -32603 and first["error"]["data"]["type"] == "InternalError"
@@ -80,7 +84,7 @@ async def test_sidecar_errors_keep_code_type_and_context() -> None:
         raise ModelError("overloaded", provider="anthropic", model_id="claude", status=529, retry_after_ms=40)
 
     dispatcher, wire = make(fail)
-    await dispatcher.handle_line(line(id=1, method="m"))
+    dispatcher.handle_line(line(id=1, method="m"))
     await settle(dispatcher)
     error = wire.responses()[0]["error"]
     assert error["code"] == -32004
@@ -94,7 +98,7 @@ async def test_partial_content_is_attached_to_a_failure() -> None:
         raise ModelError("cut")
 
     dispatcher, wire = make(streams)
-    await dispatcher.handle_line(line(id=1, method="m"))
+    dispatcher.handle_line(line(id=1, method="m"))
     await settle(dispatcher)
     assert wire.responses()[0]["error"]["data"]["partialContent"] == "Hello"
 
@@ -104,7 +108,7 @@ async def test_params_errors_use_wire_names() -> None:
         return {}
 
     dispatcher, wire = make(ok, ListModelsParams)
-    await dispatcher.handle_line(line(id=1, method="m", params={"refresh": "maybe", "x": 1}))
+    dispatcher.handle_line(line(id=1, method="m", params={"refresh": "maybe", "x": 1}))
     await settle(dispatcher)
     errors = wire.responses()[0]["error"]["data"]["errors"]
     assert {e["path"] for e in errors} == {"/refresh", "/x"}
@@ -112,7 +116,7 @@ async def test_params_errors_use_wire_names() -> None:
 
 async def test_oversized_marker_is_message_too_large() -> None:
     dispatcher, wire = make(None)
-    await dispatcher.handle_line(Oversized(123))
+    dispatcher.handle_line(Oversized(123))
     assert wire.out[0]["id"] is None
     assert wire.out[0]["error"]["data"]["type"] == "MessageTooLarge"
 
@@ -158,8 +162,8 @@ async def test_a_result_that_cannot_be_encoded_still_gets_one_answer() -> None:
         encode_message(message)  # what the real writer does first
         wire.out.append(message)
 
-    dispatcher = Dispatcher(channels={"m": Channel("m", EmptyParams, huge)}, send=encoding_send)
-    await dispatcher.handle_line(line(id=1, method="m"))
+    dispatcher = Dispatcher(channels={"m": Channel("m", EmptyParams, huge)}, send=encoding_send, post=wire.post)
+    dispatcher.handle_line(line(id=1, method="m"))
     await settle(dispatcher)
     assert len(wire.responses()) == 1
     assert wire.responses()[0]["error"]["data"]["type"] == "InternalError"
