@@ -29,10 +29,12 @@ retry the same request (``retryable``). Context is keyword-only and ends up in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 __all__ = [
     "AllProvidersFailedError",
+    "AttemptRecord",
     "AuthenticationError",
     "BudgetExceededError",
     "InternalError",
@@ -53,6 +55,32 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One upstream attempt of a request, as ``metadata.attempts`` and ``data.attempts``
+    list it: typed while the request runs, rendered only when it is sent."""
+
+    provider: str
+    model_id: str
+    #: The failure's ``data.type`` and message; both ``None`` for the attempt that answered.
+    error_type: str | None = None
+    error_message: str | None = None
+    #: Which structured-output round the attempt belonged to (0 = the first).
+    structured_attempt: int | None = None
+
+    @classmethod
+    def failed(cls, provider: str, model_id: str, error: SidecarError) -> AttemptRecord:
+        return cls(provider, model_id, error.wire_type, error.message)
+
+    def wire(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"provider": self.provider, "modelId": self.model_id}
+        if self.error_type is not None:
+            record["error"] = {"type": self.error_type, "message": self.error_message or ""}
+        if self.structured_attempt is not None:
+            record["structuredAttempt"] = self.structured_attempt
+        return record
+
+
 class SidecarError(Exception):
     """Base of every error the sidecar sends on purpose."""
 
@@ -67,7 +95,7 @@ class SidecarError(Exception):
         provider: str | None = None,
         model_id: str | None = None,
         retryable: bool | None = None,
-        attempts: list[dict[str, Any]] | None = None,
+        attempts: list[AttemptRecord] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
@@ -91,7 +119,7 @@ class SidecarError(Exception):
         if self.model_id is not None:
             data["modelId"] = self.model_id
         if self.attempts is not None:
-            data["attempts"] = self.attempts
+            data["attempts"] = [attempt.wire() for attempt in self.attempts]
         data.update(self.extra)
         return data
 

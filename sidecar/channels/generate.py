@@ -25,6 +25,8 @@ __all__ = ["build_response", "channels", "wire_response"]
 log = structlog.get_logger("sidecar.requests")
 
 STREAM_CHUNK = "model:stream-chunk"
+#: The most text one ``model:stream-chunk`` carries (a longer delta is split).
+MAX_CHUNK_CHARS = 64 * 1024
 
 
 def wire_response(response: ModelResponse) -> dict[str, Any]:
@@ -54,7 +56,7 @@ def build_response(outcome: Outcome, parsed: Any = None) -> ModelResponse:
             latencyMs=round(outcome.latency_ms, 2),
             timeToFirstTokenMs=None if outcome.ttft_ms is None else round(outcome.ttft_ms, 2),
             costUsd=round(outcome.cost_usd, 8),
-            attempts=[Attempt.model_validate(a) for a in outcome.attempts],
+            attempts=[Attempt.model_validate(a.wire()) for a in outcome.attempts],
             taskType=outcome.decision.task_type,
             selectionReasons=list(outcome.decision.reasons),
         ),
@@ -131,7 +133,7 @@ def channels(services: Services) -> list[Channel]:
         ctx.partial = []
         json_format = params.response_format is not None and params.response_format.type != "xml"
 
-        async def sink(content: str, model: str | None, *, restart: bool = False) -> None:
+        async def send(content: str, model: str | None, *, restart: bool = False) -> None:
             nonlocal seq
             chunk: dict[str, Any] = {"content": content, "done": False}
             if model:
@@ -155,6 +157,15 @@ def channels(services: Services) -> list[Channel]:
             else:
                 ctx.partial.append(content)
             seq += 1
+
+        async def sink(content: str, model: str | None, *, restart: bool = False) -> None:
+            # A provider's delta can be megabytes long: it goes out in pieces, so no
+            # stdout line outgrows what a host reads comfortably.
+            if restart:
+                await send(content, model, restart=True)
+                return
+            for start in range(0, len(content), MAX_CHUNK_CHARS):
+                await send(content[start:start + MAX_CHUNK_CHARS], model)
 
         with _request_log("model:stream", ctx, started) as done:
             payload, outcome = await run(params, ctx, sink)

@@ -26,7 +26,7 @@ import structlog
 from sidecar.core.planner import Decision, context_text
 from sidecar.core.registry import ModelProfile
 from sidecar.core.router import Outcome, Router, StreamSink
-from sidecar.errors import InvalidParams, StructuredOutputError
+from sidecar.errors import AttemptRecord, InvalidParams, StructuredOutputError
 from sidecar.providers.base import ProviderRequest
 from sidecar.structured.extract import ExtractionFailed, extract_json
 from sidecar.structured.grammar_profiles import Dropped
@@ -70,7 +70,7 @@ class Enforced:
     parsed: Any
     repaired: bool
     mechanism: str
-    attempts: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[AttemptRecord] = field(default_factory=list)
     cost_usd: float = 0.0
 
 
@@ -112,7 +112,7 @@ class Enforcer:
                   sink: StreamSink | None = None,
                   on_partial: Callable[[Any], Awaitable[None]] | None = None) -> Enforced:
         mechanism = "instructions"
-        attempts: list[dict[str, Any]] = []
+        attempts: list[AttemptRecord] = []
         cost = 0.0
         current = request
         last_content = ""
@@ -134,7 +134,7 @@ class Enforcer:
             else:
                 outcome = await self.router.generate(current, decision, tag=tag, shape=shape)
             mechanism = mechanisms[-1] if mechanisms else mechanism
-            attempts.extend(dict(a, structuredAttempt=attempt) for a in outcome.attempts)
+            attempts.extend(replace(a, structured_attempt=attempt) for a in outcome.attempts)
             cost += outcome.cost_usd
             last_content = outcome.completion.content
             parsed, repaired, errors, truncated = self._check(spec, outcome)

@@ -13,7 +13,7 @@ from sidecar.core.planner import Decision, Planner
 from sidecar.core.pool import ProviderPool
 from sidecar.core.ratelimit import BACKOFF_BASE_MS, retry_delay_ms
 from sidecar.core.registry import Catalog, ModelRegistry
-from sidecar.core.router import Router
+from sidecar.core.router import Budget, Router
 from sidecar.core.stats import StatsBook
 from sidecar.errors import (
     AllProvidersFailedError,
@@ -56,7 +56,8 @@ class Rig:
 SETTINGS_BY_NAME: dict[str, ProviderSettings] = {}
 
 
-def make_rig(config: dict[str, Any] | None = None, settings: dict[str, ProviderSettings] | None = None) -> Rig:
+def make_rig(config: dict[str, Any] | None = None, settings: dict[str, ProviderSettings] | None = None,
+             budget: Budget | None = None) -> Rig:
     cfg = config_from_doc({"defaultProvider": "openai", "fallbackChain": ["anthropic", "ollama"], **(config or {})})
     settings = settings or SETTINGS
     SETTINGS_BY_NAME.clear()
@@ -72,7 +73,7 @@ def make_rig(config: dict[str, Any] | None = None, settings: dict[str, ProviderS
     async def fake_sleep(seconds: float) -> None:
         rig.sleeps.append(seconds)
 
-    rig.router = Router(pool, lambda: cfg, stats, planner, sleep=fake_sleep, rand=lambda: 1.0)
+    rig.router = Router(pool, lambda: cfg, stats, planner, budget=budget, sleep=fake_sleep, rand=lambda: 1.0)
     return rig
 
 
@@ -105,7 +106,7 @@ async def test_retry_then_success_records_every_attempt() -> None:
     outcome = await generate(rig)
     assert outcome.completion.content == "ok"
     assert outcome.candidate.provider == "openai"
-    assert [a.get("error", {}).get("type") for a in outcome.attempts] == ["NetworkError", "ModelError", None]
+    assert [a.error_type for a in outcome.attempts] == ["NetworkError", "ModelError", None]
     assert rig.sleeps == [0.5, 1.0]
 
 
@@ -131,7 +132,7 @@ async def test_authentication_error_is_not_retried_but_falls_back() -> None:
     outcome = await generate(rig)
     assert outcome.candidate.provider == "anthropic"
     assert len(rig.scripts["openai"].requests) == 1
-    assert outcome.attempts[0]["error"]["type"] == "AuthenticationError"
+    assert outcome.attempts[0].error_type == "AuthenticationError"
 
 
 async def test_validation_error_ends_the_request_without_fallback() -> None:
@@ -140,7 +141,7 @@ async def test_validation_error_ends_the_request_without_fallback() -> None:
     with pytest.raises(ValidationError) as info:
         await generate(rig)
     assert rig.scripts["anthropic"].requests == []
-    assert info.value.attempts and info.value.attempts[0]["provider"] == "openai"
+    assert info.value.attempts and info.value.attempts[0].provider == "openai"
 
 
 async def test_context_too_long_falls_back() -> None:
@@ -158,7 +159,7 @@ async def test_exhausted_chain_is_all_providers_failed_with_attempts() -> None:
         rig.scripts[name].actions = [ModelError(f"{name} down", provider=name)] * 3
     with pytest.raises(AllProvidersFailedError) as info:
         await generate(rig)
-    providers = [a["provider"] for a in info.value.attempts or []]
+    providers = [a.provider for a in info.value.attempts or []]
     assert providers == ["openai", "anthropic", "anthropic", "ollama"]
     assert info.value.retryable is True
 
@@ -295,7 +296,7 @@ async def test_attempt_timeout_turns_a_hang_into_network_error_then_fallback() -
     rig.scripts["openai"].actions = [Hang()]
     outcome = await generate(rig)
     assert outcome.candidate.provider == "anthropic"
-    assert outcome.attempts[0]["error"]["type"] == "NetworkError"
+    assert outcome.attempts[0].error_type == "NetworkError"
 
 
 async def test_stream_silence_is_a_timeout() -> None:

@@ -18,10 +18,9 @@ from tests.support.scripted import Chunks, Hang
 
 
 def with_budget(tmp_path: Path, limit: float, *, block: bool = True) -> tuple[Rig, BudgetManager, Ledger]:
-    rig = make_rig()
     ledger = Ledger.open(tmp_path)
     budget = BudgetManager(ledger, lambda: BudgetConfig(daily_limit=limit, block_on_limit=block))
-    rig.router.budget = budget
+    rig = make_rig(budget=budget)
     return rig, budget, ledger
 
 
@@ -47,7 +46,7 @@ async def test_a_refused_cloud_call_falls_to_a_free_local_model(tmp_path: Path) 
     rig, _budget, ledger = with_budget(tmp_path, limit=0.0000001)
     outcome = await rig.router.generate(req(maxTokens=100), rig.decision("openai", "ollama"))
     assert outcome.candidate.provider == "ollama"
-    assert outcome.attempts[0]["error"]["type"] == "BudgetExceededError"
+    assert outcome.attempts[0].error_type == "BudgetExceededError"
     assert rig.scripts["openai"].requests == []
     ledger.close()
 

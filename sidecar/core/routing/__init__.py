@@ -1,0 +1,1 @@
+"""The layers of one routed attempt (see :mod:`sidecar.core.router` for the order)."""

@@ -1,0 +1,115 @@
+"""The innermost layer: one provider call, with its timeout, and the stream pump.
+
+Not streaming, ``timeoutMs`` bounds the whole call. Streaming, it bounds the time to
+the first delta and the silence between deltas; every text delta goes to the host's
+sink as it arrives (a restart chunk first, after a fallback mid-stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from sidecar.core import tokens
+from sidecar.core.pool import ProviderPool
+from sidecar.core.routing.state import Run, StreamState, Try
+from sidecar.errors import NetworkError
+from sidecar.providers.base import ChatMessage, Completion, Provider, ProviderRequest
+from sidecar.providers.http import DEFAULT_TIMEOUT_MS
+from sidecar.wire.model import ModelRequest
+
+__all__ = ["ProviderCall", "to_provider_request"]
+
+
+def to_provider_request(request: ModelRequest, model: str, prompt_tokens: int | None = None) -> ProviderRequest:
+    """The provider-neutral request for one model.
+
+    ``context`` travels ahead of the prompt in the last user turn, so every provider
+    sees it and it counts towards the context size. ``prompt_tokens`` is the planner's
+    estimate (computed here when not given); it sizes the window a server is asked for.
+    """
+    messages = [ChatMessage(turn.role, turn.content) for turn in request.messages or ()]
+    prompt = request.prompt
+    if request.context is not None:
+        context = tokens.context_text(request.context)
+        prompt = f"Context:\n{context}\n\n{prompt}" if prompt else context
+    if prompt:
+        messages.append(ChatMessage("user", prompt))
+    if prompt_tokens is None:
+        prompt_tokens = tokens.estimate(request)
+    return ProviderRequest(
+        model=model,
+        messages=tuple(messages),
+        system=request.system_prompt,
+        temperature=request.temperature,
+        max_tokens=request.max_tokens,
+        top_p=request.top_p,
+        frequency_penalty=request.frequency_penalty,
+        presence_penalty=request.presence_penalty,
+        stop=tuple(request.stop) if request.stop else None,
+        context_window=tokens.context_window_for(prompt_tokens, request.max_tokens),
+    )
+
+
+class ProviderCall:
+    """Calls the provider once for a :class:`Try` (the :class:`Call` at the bottom)."""
+
+    def __init__(self, pool: ProviderPool, clock: Callable[[], float]) -> None:
+        self.pool = pool
+        self._clock = clock
+
+    async def __call__(self, run: Run, attempt: Try) -> Completion:
+        provider, candidate = attempt.provider, attempt.candidate
+        preq = to_provider_request(run.request, candidate.model, run.decision.prompt_tokens)
+        if run.shape is not None:
+            preq = run.shape(candidate, preq)
+        timeout_s = (provider.settings.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
+        attempt.started_at = self._clock()
+        async with self.pool.use(provider):
+            if run.stream is None:
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        return await provider.generate(preq)
+                except TimeoutError as exc:
+                    raise NetworkError(
+                        f"{provider.name}: no answer within {timeout_s * 1000:.0f} ms",
+                        provider=provider.name, model_id=candidate.model,
+                    ) from exc
+            return await self._pump(provider, preq, run.stream, attempt, timeout_s)
+
+    async def _pump(self, provider: Provider, preq: ProviderRequest, state: StreamState, attempt: Try,
+                    timeout_s: float) -> Completion:
+        """Relay the provider's deltas to the host; the whole completion when it ends."""
+        parts = attempt.produced
+        model, finish, usage = preq.model, None, None
+        deltas = provider.stream(preq)
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        delta = await anext(deltas)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError as exc:
+                    raise NetworkError(
+                        f"{provider.name}: stream silent for {timeout_s * 1000:.0f} ms",
+                        provider=provider.name, model_id=preq.model,
+                    ) from exc
+                model = delta.model or model
+                finish = delta.finish_reason or finish
+                usage = delta.usage or usage
+                if delta.content:
+                    await self._relay(state, parts, delta.content, model)
+        finally:
+            await deltas.aclose()
+        return Completion(content="".join(parts), model=model, finish_reason=finish, usage=usage)
+
+    async def _relay(self, state: StreamState, parts: list[str], content: str, model: str | None) -> None:
+        if state.needs_restart:
+            state.needs_restart = False
+            await state.sink("", model, restart=True)
+        parts.append(content)
+        if state.first_chunk_at is None:
+            state.first_chunk_at = self._clock()
+        state.sent_any = True
+        await state.sink(content, model)
