@@ -48,6 +48,7 @@ from sidecar.wire.config import (
     ConfigIgnored,
     ConfigStatus,
     ModelConfig,
+    check_api_key,
     check_base_url,
 )
 
@@ -135,7 +136,7 @@ def _url_password(url: str) -> str | None:
 
 def redact_url(url: str) -> str:
     """``url`` with the password of its user info shown as a preview, like a key."""
-    password = _url_password(url)
+    password = _url_password(url) if "@" in url else None
     if not password:
         return url
     scheme, rest = url.split("://", 1)
@@ -363,6 +364,19 @@ def _exclusive(path: Path, timeout_s: float) -> Iterator[None]:
         os.close(fd)
 
 
+def _clean_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with its API keys trimmed; a key that could not be sent in a header is left out."""
+    out = dict(env)
+    for var in _KEY_ENV.values():
+        if var in out:
+            try:
+                out[var] = check_api_key(out[var]) or ""
+            except ValueError as exc:
+                log.warning("environment_key_ignored", variable=var, reason=str(exc))
+                del out[var]
+    return out
+
+
 class ConfigManager:
     """Owns the stored config, the effective config and its redacted preview."""
 
@@ -370,15 +384,16 @@ class ConfigManager:
         self.data_dir = data_dir
         self.path = data_dir / CONFIG_FILE
         self.lock_path = data_dir / LOCK_FILE
-        self._env = dict(env)
         self._redactor = redactor
+        redactor.add(*(env.get(var) for var in _KEY_ENV.values()))
+        self._env = _clean_env(env)
         self._lock = asyncio.Lock()
         self._listeners: list[Callable[[ModelConfig], None]] = []
         self.stored: dict[str, Any] = {}
         self.config = ModelConfig()
         self._disk = _Disk()
         self._backup: Path | None = None
-        redactor.add(*(env.get(var) for var in _KEY_ENV.values()))
+        redactor.add(*(self._env.get(var) for var in _KEY_ENV.values()))
         self._ollama_env = self._ollama_from_env()
 
     def _ollama_from_env(self) -> str | None:
@@ -574,12 +589,11 @@ class ConfigManager:
                 self._redactor.add(password, settings.base_url)
 
     def _stored_entry(self, name: str) -> dict[str, Any]:
-        providers = self.stored.get("providers", {})
-        if name in BUILTIN_PROVIDERS:
-            entry = providers.get(name, {})
-        else:
-            entry = providers.get("custom", {}).get(name, {})
-        return entry if isinstance(entry, dict) else {}
+        """The stored object of one provider entry (``{}``: none; a ``null`` member is none too)."""
+        node: Any = self.stored.get("providers")
+        for key in (name,) if name in BUILTIN_PROVIDERS else ("custom", name):
+            node = node.get(key) if isinstance(node, dict) else None
+        return node if isinstance(node, dict) else {}
 
     def _entries(self) -> list[tuple[str, str, Any]]:
         return _entries(self.config)

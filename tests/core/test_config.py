@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sidecar.core.config import ConfigManager, merge_patch, normalize_ollama_host
@@ -139,3 +139,51 @@ def test_a_file_loads_all_but_its_broken_parts(tmp_path: Path) -> None:
         "/providers/openai/timeoutMs", "/providers/custom/half", "/defaultProvider", "/typo"}
     assert m.config.providers.openai.api_key == "sk-kept-000000000000"
     assert m.config.budget.daily_limit == 2 and m.config.fallback_chain == ["openai"]
+
+
+_ODD = st.one_of(
+    st.text(max_size=8), st.sampled_from(["http://127.0.0.1:9/v1\n", "http://h\u2028/v1", "x" * 3000, "Europe/Paris"]),
+    st.integers(min_value=-(2**63), max_value=2**63), st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(), st.none(), st.lists(st.text(max_size=3), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2),
+)
+_PATHS = st.sampled_from([
+    ("providers", "ollama", "baseURL"), ("providers", "openai", "apiKey"), ("providers", "ollama", "headers"),
+    ("providers", "custom", "z", "baseURL"), ("providers", "custom", "z", "defaultModel"),
+    ("providers", "custom", "z"), ("providers", "ollama", "rateLimit", "windowMs"), ("defaultProvider",),
+    ("fallbackChain",), ("budget", "timezone"), ("budget", "dailyLimit"), ("modelOverrides", "a/b", "inputPer1M"),
+    ("formatTemplates", "t", "schema"), ("selection",), ("deadlineMs",), ("providers",), ("typo",),
+])
+
+
+@settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_PATHS, _ODD), max_size=5))
+@example([(("providers",), None)])  # null deletes: it once ended the process at start
+@example([(("providers", "custom"), None)])
+def test_whatever_the_file_holds_the_config_loads_and_every_client_builds(tmp_path_factory: pytest.TempPathFactory,
+                                                                         parts: list[tuple[tuple[str, ...], object]]
+                                                                         ) -> None:
+    import json
+
+    import orjson
+
+    from sidecar.providers.http import HttpClientFactory
+
+    doc: dict[str, object] = {}
+    for path, value in parts:
+        node = doc
+        for key in path[:-1]:
+            child = node.get(key)
+            node[key] = child = child if isinstance(child, dict) else {}
+            node = child
+        node[path[-1]] = value
+    data_dir = tmp_path_factory.mktemp("cfg")
+    (data_dir / "config.json").write_text(json.dumps(doc))
+    m = manager(data_dir)
+    assert m.status().status in ("loaded", "partial")
+    orjson.dumps(m.preview())
+    factory = HttpClientFactory()
+    for resolved in m.provider_settings():
+        client = factory.build(resolved)
+        client.build_request("POST", "/chat", headers=resolved.headers)
+        asyncio.run(client.aclose())

@@ -114,6 +114,18 @@ def test_a_pasted_key_is_trimmed_and_works(spawn: Spawn) -> None:
         assert stored["providers"]["openai"]["apiKey"] == key
 
 
+def test_environment_keys_are_trimmed_or_ignored(spawn: Spawn) -> None:
+    key = "sk-test-ENVPASTED0123456789abcdef"
+    with FakeServer("openai", api_key=key) as server:
+        config = build_config({"openai": entry(server.base_url, model=MODEL)}, default="openai")
+        sidecar = spawn(config, env={"OPENAI_API_KEY": f"{key}\n", "ANTHROPIC_API_KEY": key + "\r\nX-Injected: 1"})
+        sidecar.secrets.append(key)
+        server.enqueue(Reply("env key trimmed"))
+        assert sidecar.result("model:generate", {"request": {"prompt": "hi"}})["content"] == "env key trimmed"
+        assert "apiKey" not in sidecar.result("model:get-config")["providers"]["anthropic"]
+        assert b"environment_key_ignored" in bytes(sidecar.stderr)
+
+
 @pytest.mark.parametrize("suffix", ["\r\nX-Injected: 1", "\x00tail", "\x7f", "\u2028x", "caf\u00e9"])
 def test_a_key_with_inner_control_characters_is_refused_without_echo(spawn: Spawn, suffix: str) -> None:
     sidecar = spawn({"budget": {"dailyLimit": 1}})
