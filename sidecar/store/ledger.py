@@ -98,6 +98,8 @@ RESERVE_WAIT_S = 5.0
 SETTLE_WAIT_S = 2.0
 #: The wait of a retry of deferred records (the caller retries again later).
 RETRY_WAIT_S = 0.05
+#: The wait of any write while the last one found the lock held past its bound.
+LOCKED_WAIT_S = 0.5
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
 #: SQLite primary result codes of a write the storage refused, by kind.
 _WRITE_FAILURES = {5: "locked", 6: "locked", 8: "readonly", 10: "io", 13: "full", 14: "io", 15: "locked"}
@@ -286,6 +288,7 @@ class Ledger:
         self._deferred: list[_Deferred] = []
         self._journalled = 0  # how many of them (from the front) are in the journal
         self._failure: str | None = None  # the last write refused, until one succeeds
+        self._failure_kind: str | None = None
         self.report = OpenReport(path=path, persistent=False)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -605,14 +608,15 @@ class Ledger:
                 raise
             self._note_failure(exc)
             raise LedgerWriteError(self.path, kind, str(exc)) from exc
-        self._failure = None
+        self._failure = self._failure_kind = None
         if held:
             self._owner.clear()
             log.info("ledger_deferred_written", count=len(held))
         return result
 
     def _note_failure(self, exc: BaseException) -> None:
-        self._failure = f"{_failure_kind(exc) or 'error'}: {exc}"
+        self._failure_kind = _failure_kind(exc) or "error"
+        self._failure = f"{self._failure_kind}: {exc}"
 
     def _writable(self) -> None:
         if self.report.status != "persistent":
@@ -675,12 +679,22 @@ class Ledger:
         return self.report.status != "readonly"
 
     def _flush(self) -> int:
-        if self._deferred and self._can_write:
+        """Try the deferred records briefly; how many are left to retry (0 for a ledger that
+        cannot be written at all: they stay counted in memory)."""
+        if not self._can_write:
+            return 0
+        if self._deferred:
             try:
                 self._write_tx(lambda _db: None, durable=True, wait_s=RETRY_WAIT_S)
             except LedgerWriteError:
                 self._journal()  # the disk may take the journal again before the ledger
         return len(self._deferred)
+
+    def _wait_s(self, full: float) -> float:
+        """``full``, or a short wait while another process is known to hold the lock: one
+        request waits the whole bound, the ones queued behind it are not made to wait it
+        again each (the worker thread runs one write at a time)."""
+        return min(full, LOCKED_WAIT_S) if self._failure_kind == "locked" else full
 
     def _deferred_write(self, reservation_id: int | None, record: UsageRecord | None,
                         durable: bool) -> int | None:
@@ -691,7 +705,8 @@ class Ledger:
             return None
         if self._can_write:
             try:
-                return self._write_tx(lambda db: self._apply(db, entry), durable=durable, wait_s=SETTLE_WAIT_S)
+                return self._write_tx(lambda db: self._apply(db, entry), durable=durable,
+                                      wait_s=self._wait_s(SETTLE_WAIT_S))
             except LedgerWriteError:
                 pass
         self._defer(entry)
@@ -714,7 +729,7 @@ class Ledger:
         try:
             return self._write_tx(
                 lambda db: db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,)).rowcount == 1,
-                durable=True, wait_s=SETTLE_WAIT_S)
+                durable=True, wait_s=self._wait_s(SETTLE_WAIT_S))
         except LedgerWriteError:
             self._defer(_Deferred(uuid.uuid4().hex, reservation_id, None))
             return True
@@ -737,12 +752,13 @@ class Ledger:
                 (ts_ms, request_id, provider, model, amount, int(over), self._owner.token, self._owner.pid))
             return ReserveResult(cursor.lastrowid, spent, reserved, over)
 
-        return self._write_tx(body, durable=True, wait_s=RESERVE_WAIT_S)
+        return self._write_tx(body, durable=True, wait_s=self._wait_s(RESERVE_WAIT_S))
 
     def _write(self, sql: str, args: tuple[object, ...]) -> int:
         if not self._can_write:
             raise LedgerWriteError(self.path, "readonly", self.report.problem or "the ledger is read-only")
-        return self._write_tx(lambda db: db.execute(sql, args).rowcount, durable=True, wait_s=SETTLE_WAIT_S)
+        return self._write_tx(lambda db: db.execute(sql, args).rowcount, durable=True,
+                              wait_s=self._wait_s(SETTLE_WAIT_S))
 
     # -- reads (worker thread) ---------------------------------------------------------
 

@@ -13,8 +13,9 @@ row, committed, before it sends the answer; see docs/protocol.md):
   milliseconds per call.
 
 And at every restart: no reservation survives (``reservedUsd`` is 0, the reservations
-table is empty: the killed process's holds are dropped at start-up), money adds up
-exactly (each call costs the same, so spend = rows * cost), the ledger was not moved
+table is empty: the killed process's holds are charged at their reserved amount at
+start-up, as ``abandoned`` rows), money adds up exactly (each call costs the same, so
+spend = rows * cost + the charged holds), the ledger was not moved
 aside as corrupt, and ``config.json`` is whole, valid, one of the versions written, with
 no temporary file left.
 """
@@ -49,13 +50,16 @@ PRICE = {"inputPer1M": 1000.0, "outputPer1M": 2000.0}
 CALL_MICROS = USAGE[0] * 1000 + USAGE[1] * 2000
 
 
-def _ledger_rows(data_dir: Path) -> tuple[list[str], int]:
-    """(request ids of the usage rows, open reservations), read beside the running sidecar."""
+def _ledger_rows(data_dir: Path) -> tuple[list[str], int, int]:
+    """(request ids of the usage rows of answered calls, open reservations, micro-dollars
+    charged for reservations the killed processes left), read beside the running sidecar."""
     with sqlite3.connect(data_dir / "usage.sqlite3", timeout=5) as db:
-        ids = [str(row[0]) for row in db.execute("SELECT request_id FROM usage")]
+        ids = [str(row[0]) for row in db.execute("SELECT request_id FROM usage WHERE outcome != 'abandoned'")]
         (reservations,) = db.execute("SELECT COUNT(*) FROM reservations").fetchone()
+        (charged,) = db.execute("SELECT COALESCE(SUM(cost_micros), 0) FROM usage WHERE outcome = 'abandoned'"
+                                ).fetchone()
     db.close()
-    return ids, int(reservations)
+    return ids, int(reservations), int(charged)
 
 
 def _config_ok(data_dir: Path, versions: set[float]) -> None:
@@ -100,7 +104,7 @@ def test_kill_9_at_random_points_under_load_keeps_the_ledger_and_config_right(tm
             _config_ok(data_dir, versions)
             assert not list(data_dir.glob("usage.sqlite3.corrupt-*")), f"seed {seed}"
             usage = sidecar.result("model:usage")
-            rows, reservations = _ledger_rows(data_dir)
+            rows, reservations, charged = _ledger_rows(data_dir)
             served = _served_ids(fake)
             context = f"seed {seed}, cycle {cycle}"
             assert reservations == 0 and usage["daily"]["reservedUsd"] == 0, context
@@ -108,7 +112,7 @@ def test_kill_9_at_random_points_under_load_keeps_the_ledger_and_config_right(tm
             assert answered <= set(rows), (context, answered - set(rows))
             assert set(rows) <= set(served), (context, set(rows) - set(served))
             assert usage["byProvider"].get("fast", {}).get("requests", 0) == len(rows), context
-            assert round(usage["daily"]["spentUsd"] * 1e6) == len(rows) * CALL_MICROS, context
+            assert round(usage["daily"]["spentUsd"] * 1e6) == len(rows) * CALL_MICROS + charged, context
             assert usage["byProvider"].get("fast", {}).get("promptTokens", 0) == len(rows) * USAGE[0], context
             if cycle:
                 stale_total += _stale_cleared(sidecar)
