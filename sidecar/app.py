@@ -89,9 +89,9 @@ class Services:
         planner = Planner(pool, lambda: config.config, registry, stats, classify=_classify)
         ledger = Ledger.open(data_dir)
         report = ledger.report
-        log.info("ledger_open", path=str(report.path), persistent=report.persistent,
+        log.info("ledger_open", path=str(report.path), persistent=report.persistent, status=report.status,
                  stale_reservations=report.stale_reservations, moved_aside=report.moved_aside,
-                 problem=report.problem)
+                 replayed=report.replayed, problem=report.problem)
         services: Services | None = None
 
         async def alert(payload: dict[str, Any]) -> None:

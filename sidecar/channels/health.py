@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING
 from sidecar.core.config import redact_url
 from sidecar.providers.base import Provider
 from sidecar.transport.dispatcher import Channel, RequestContext
-from sidecar.wire.methods import EmptyParams, HealthResult, LimiterState, ProviderHealth, ProviderRateLimit
+from sidecar.wire.methods import (
+    EmptyParams,
+    HealthResult,
+    LedgerHealth,
+    LimiterState,
+    ProviderHealth,
+    ProviderRateLimit,
+)
 
 if TYPE_CHECKING:
     from sidecar.app import Services
@@ -65,6 +72,9 @@ def channels(services: Services) -> list[Channel]:
             if name not in result:
                 result[name] = ProviderHealth(available=False, enabled=False, local=False,
                                               lastError="disabled in config")
-        return HealthResult(providers=result, config=services.config.status())
+        ledger = services.ledger.status()
+        return HealthResult(providers=result, config=services.config.status(), ledger=LedgerHealth(
+            status=ledger.status, path=str(ledger.path), problem=ledger.problem,
+            movedAside=None if ledger.moved_aside is None else str(ledger.moved_aside), pending=ledger.pending))
 
     return [Channel("model:health", EmptyParams, health)]
