@@ -124,9 +124,14 @@ class _Pairs(dict[str, Any]):
                 seen.add(key)
 
 
+def _zero(_text: str) -> int:
+    return 0
+
+
 def _find_duplicates(line: bytes) -> tuple[Path, ...]:
     # Within MAX_DEPTH, so the C scanner's recursion stays far from Python's limit.
-    root = json.loads(line, object_pairs_hook=_Pairs)
+    # Numbers are not needed: skip their conversion (and int()'s 4300-digit limit).
+    root = json.loads(line, object_pairs_hook=_Pairs, parse_int=_zero, parse_float=_zero)
     found: list[Path] = []
     stack: list[tuple[Any, Path]] = [(root, ())]
     while stack:

@@ -118,7 +118,11 @@ class Dispatcher:
         except orjson.JSONDecodeError as exc:
             self._reply_error(None, ParseError(f"line is not valid JSON: {exc}"))
             return
-        self.handle_message(decoded.message, decoded)
+        try:
+            self.handle_message(decoded.message, decoded)
+        except Exception as exc:  # a bug here must not end the stdin loop, and so the process
+            log.error("internal_error", stage="envelope", error=repr(exc), traceback=traceback.format_exc())
+            self._reply_error(None, InternalError(f"internal error: {type(exc).__name__}"))
 
     def handle_message(self, message: Any, decoded: Decoded | None = None) -> None:
         if isinstance(message, list):

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -118,6 +119,7 @@ class LineReader:
         # Called on the event loop as soon as the reader meets end of file, before the
         # EOF marker queues up behind lines the loop has not taken yet.
         self._on_eof = on_eof
+        self._hangup_seen = False
         # At most ``inbox_size`` lines wait for the dispatcher: the reader takes a slot
         # before handing a line over and the inbox gives it back when the line is taken,
         # so a host that writes faster than we dispatch fills the pipe, not our memory.
@@ -129,13 +131,38 @@ class LineReader:
         self._thread.start()
 
     def _put(self, item: InboxItem) -> bool:
-        self._slots.acquire()
+        while not self._slots.acquire(timeout=0.1):
+            # The loop is not taking lines (it waits for a host that does not read
+            # stdout): an EOF behind the lines still in the pipe must be seen anyway.
+            self._notice_hangup()
         try:
             # No waiting for the loop to take it (that was a task and a thread round trip
             # per line): the thread goes back to reading while the line is dispatched.
             self._loop.call_soon_threadsafe(self.inbox.put_nowait, item)
         except RuntimeError:  # the loop is closed: the process is exiting
             return False
+        return True
+
+    def _notice_hangup(self) -> None:
+        """Report EOF early when the host has closed its end of the pipe (POSIX poll)."""
+        if self._on_eof is None or self._hangup_seen or not hasattr(select, "poll"):
+            return
+        try:
+            poller = select.poll()
+            poller.register(self._stream.fileno(), select.POLLIN)  # POLLHUP is always reported
+            hangup = any(events & select.POLLHUP for _fd, events in poller.poll(0))
+        except (OSError, ValueError):
+            return
+        if hangup:
+            self._hangup_seen = True
+            self._signal_eof()
+
+    def _signal_eof(self) -> bool:
+        if self._on_eof is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._on_eof)
+            except RuntimeError:  # the loop is closed: the process is exiting
+                return False
         return True
 
     def _run(self) -> None:
@@ -170,11 +197,8 @@ class LineReader:
                 if not self._put(item):
                     return
                 start = nl + 1
-        if self._on_eof is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._on_eof)
-            except RuntimeError:  # the loop is closed: the process is exiting
-                return
+        if not self._signal_eof():
+            return
         if discarding:
             self._put(Oversized(discarding))
         elif buffer.strip():

@@ -56,10 +56,13 @@ def _wait_until_output_stalls(host: SlowHost, quiet_s: float = 0.5, timeout: flo
             last, since = host.bytes_read, time.monotonic()
 
 
-@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT", "EOF"])
-def test_a_stop_ends_the_sidecar_in_time_while_the_host_does_not_read(tmp_path: Path, stop: str) -> None:
+@pytest.mark.parametrize(("stop", "bad_lines"), [("SIGTERM", 1), ("SIGINT", 1), ("EOF", 1), ("EOF", 300)])
+def test_a_stop_ends_the_sidecar_in_time_while_the_host_does_not_read(tmp_path: Path, stop: str,
+                                                                       bad_lines: int) -> None:
     # Regression: the error answer to a bad line waited for room in the full output
     # queue inside the stdin loop, so the loop never saw the stop and nothing ended it.
+    # With 300 bad lines the stdin reader itself waits (its queue to the loop is full):
+    # the EOF behind them in the pipe must still be noticed.
     with FakeServer("llamacpp").start() as fake:
         fake.set_default(Reply(chunks=["word "] * 20000))
         config = build_config({"fake": entry(fake.base_url, model=MODEL)}, default="fake")
@@ -74,7 +77,7 @@ def test_a_stop_ends_the_sidecar_in_time_while_the_host_does_not_read(tmp_path: 
                         "params": {"request": {"prompt": "long"}}}])
             _wait_until_output_stalls(host)
             assert host.proc.stdin is not None
-            host.proc.stdin.write(b"not json\n")
+            host.proc.stdin.write(b"not json\n" * bad_lines)
             host.send([{"jsonrpc": "2.0", "id": "u", "method": "model:nope"}])
             started = time.monotonic()
             if stop == "EOF":
