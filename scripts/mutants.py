@@ -70,8 +70,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "ledger-fsync-settle", "a priced call's usage row is fsynced before its answer is sent",
         "sidecar/store/ledger.py",
-        "row_id = self._tx(body, durable=rec.cost_micros > 0 or reservation_id is not None)",
-        "row_id = self._tx(body, durable=False)",
+        "rec.cost_micros > 0 or reservation_id is not None)",  # the settle's durable flag
+        "False)",
         ("tests/budget/test_durability.py",),
     ),
     Mutant(
