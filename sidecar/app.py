@@ -34,7 +34,9 @@ from sidecar.core.ratelimit import LimiterBook
 from sidecar.core.registry import Catalog, ModelRegistry
 from sidecar.core.router import Router
 from sidecar.core.stats import StatsBook
+from sidecar.local.managed import ServerManager
 from sidecar.providers import create_provider
+from sidecar.providers.base import ProviderSettings
 from sidecar.providers.http import HttpClientFactory
 from sidecar.secrets import Redactor
 from sidecar.store.ledger import Ledger
@@ -74,6 +76,8 @@ class Services:
     notify: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     clock: StopClock = field(default_factory=StopClock)
+    #: The local model servers the sidecar runs itself (entries with ``server``).
+    servers: ServerManager = field(default_factory=ServerManager)
 
     @classmethod
     def build(cls, data_dir: Path, env: Mapping[str, str], redactor: Redactor,
@@ -81,9 +85,16 @@ class Services:
         config = ConfigManager(data_dir, env, redactor)
         config.load()
         deny_remote = env.get("MODEL_SIDECAR_DENY_REMOTE", "") not in ("", "0")
-        pool = ProviderPool(create_provider, http or HttpClientFactory(deny_remote=deny_remote))
-        pool.configure(config.provider_settings())
-        config.on_change(lambda _cfg: pool.configure(config.provider_settings()))
+        servers = ServerManager(env)
+
+        def provider_settings() -> list[ProviderSettings]:
+            servers.configure(config.config)  # servers first: their ports go into the base URLs
+            return servers.bind(config.provider_settings())
+
+        pool = ProviderPool(servers.factory(create_provider), http or HttpClientFactory(deny_remote=deny_remote),
+                            hold=servers.hold)
+        pool.configure(provider_settings())
+        config.on_change(lambda _cfg: pool.configure(provider_settings()))
         stats = StatsBook()
         registry = ModelRegistry(Catalog.load(), lambda: config.config.model_overrides)
         planner = Planner(pool, lambda: config.config, registry, stats, classify=_classify)
@@ -106,7 +117,7 @@ class Services:
         config.on_change(lambda cfg: _configure_limits(limits, cfg))
         router = Router(pool, lambda: config.config, stats, planner, budget=budget, limits=limits)
         services = cls(config=config, pool=pool, router=router, stats=stats, registry=registry,
-                       budget=budget, ledger=ledger, limits=limits)
+                       budget=budget, ledger=ledger, limits=limits, servers=servers)
         return services
 
     async def begin_shutdown(self, *, keep: RequestId | None = None) -> None:
@@ -266,6 +277,11 @@ async def _shut_down(services: Services, dispatcher: Dispatcher, reader: LineRea
         await asyncio.wait_for(services.pool.aclose(), min(0.2, clock.left(reserve=0.1)))
     except TimeoutError:
         log.warning("provider_close_timeout")
+    try:  # local model servers: SIGTERM, SIGKILL after a short grace
+        await asyncio.wait_for(services.servers.aclose(), min(0.4, clock.left(reserve=0.1)))
+    except TimeoutError:
+        log.warning("local_server_stop_timeout")
+    services.servers.kill_now()  # whatever is left, without waiting
     await writer.drain_and_close(timeout=clock.left(reserve=0.05))
     unanswered = len(dispatcher.inflight) + len(dispatcher.held)
     if unanswered or writer.pending:

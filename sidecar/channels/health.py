@@ -38,7 +38,14 @@ def channels(services: Services) -> list[Channel]:
                 ok = await provider.is_available()
         except TimeoutError:
             return False, f"no answer within {PROBE_TIMEOUT_S:.0f} s"
-        return ok, None if ok else f"not reachable at {redact_url(provider.settings.base_url)}"
+        if ok:
+            return True, None
+        server = services.servers.server(provider.name)
+        if server is not None and server.gave_up:
+            return False, server.last_error
+        why = services.servers.unavailable.get(provider.name)
+        return False, (f"not reachable at {redact_url(provider.settings.base_url)}"
+                       + (f"; the embedded model server cannot run here: {why}" if why else ""))
 
     async def health(_params: EmptyParams, _ctx: RequestContext) -> HealthResult:
         enabled = services.pool.settings()
@@ -67,6 +74,7 @@ def channels(services: Services) -> list[Channel]:
                 modelLimiters={key.split("/", 1)[1]: LimiterState.model_validate(state)
                                for key, state in limiters.items()
                                if key.startswith(provider.name + "/")} or None,
+                server=services.servers.health(provider.name),
             )
         for name in services.config.config.provider_names():
             if name not in result:

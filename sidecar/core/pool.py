@@ -8,26 +8,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import structlog
 
 from sidecar.providers.base import Provider, ProviderSettings
 from sidecar.providers.http import HttpClientFactory
 
-__all__ = ["ProviderFactory", "ProviderPool"]
+__all__ = ["ProviderFactory", "ProviderHold", "ProviderPool"]
 
 log = structlog.get_logger("sidecar.pool")
 
 ProviderFactory = Callable[[ProviderSettings, HttpClientFactory], Provider]
+#: Wraps every attempt on a provider: makes its server ready first (``sidecar.local.managed``).
+ProviderHold = Callable[[Provider], AbstractAsyncContextManager[None]]
 
 
 class ProviderPool:
     """Name → provider, with use counts so replaced providers close only when idle."""
 
-    def __init__(self, create: ProviderFactory, http: HttpClientFactory) -> None:
+    def __init__(self, create: ProviderFactory, http: HttpClientFactory, hold: ProviderHold | None = None) -> None:
         self._create = create
         self._http = http
+        self._hold = hold
         self._providers: dict[str, Provider] = {}
         self._users: dict[int, int] = {}
         self._retired: dict[int, Provider] = {}
@@ -52,11 +55,15 @@ class ProviderPool:
 
     @asynccontextmanager
     async def use(self, provider: Provider) -> AsyncIterator[Provider]:
-        """Hold ``provider`` open for the duration of one attempt."""
+        """Hold ``provider`` open for the duration of one attempt (its server ready first)."""
         key = id(provider)
         self._users[key] = self._users.get(key, 0) + 1
         try:
-            yield provider
+            if self._hold is None:
+                yield provider
+            else:
+                async with self._hold(provider):
+                    yield provider
         finally:
             self._users[key] -= 1
             if self._users[key] == 0:

@@ -33,6 +33,7 @@ __all__ = [
     "ProvidersConfig",
     "RateLimitConfig",
     "SelectionDefaults",
+    "ServerConfig",
     "check_api_key",
     "check_base_url",
 ]
@@ -177,8 +178,60 @@ class ProviderEntry(ParamsModel):
         return out
 
 
+#: Hosts a server the sidecar runs may listen on: this machine only.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class ServerConfig(ParamsModel):
+    """How the sidecar runs a custom entry's server itself (``sidecar.local.managed``).
+
+    Started on first use, stopped after ``idleStopMs`` without requests and when the
+    sidecar exits; the port in the entry's ``baseURL`` is replaced by the server's.
+    """
+
+    run: Literal["embedded", "command", "off"] = Field(default="command", description=(
+        "embedded: llama-cpp-python's server with the bundled SmolLM2 model (when installed, and only "
+        "while baseURL is the default); command: run `command` + `args`; off: run nothing, use baseURL."))
+    command: list[str] | None = Field(default=None, min_length=1, max_length=256, description=(
+        "Program and arguments; {port}, {host} and {modelFile} in any element are replaced."))
+    args: list[str] = Field(default_factory=list, max_length=256)
+    env: dict[str, str] | None = Field(default=None, description="Set on top of the sidecar's environment "
+                                                                 "(API key variables are never passed on).")
+    model_file: str | None = Field(default=None, min_length=1, max_length=4096)
+    port: int | Literal["auto"] = Field(default="auto", description="auto: a free port chosen by the sidecar.")
+    health_path: str | None = Field(default=None, pattern=r"^/[\x21-\x7e]*$", max_length=512, description=(
+        "GET on http://127.0.0.1:<port><healthPath> answers 2xx once the server is ready "
+        "(default /health; /v1/models for the embedded server)."))
+    idle_stop_ms: int = Field(default=600_000, ge=0, le=MAX_WINDOW_MS, description="0: never stopped when idle.")
+    start_timeout_ms: int = Field(default=60_000, ge=1_000, le=600_000)
+    max_restarts: int = Field(default=5, ge=0, le=100, description=(
+        "Consecutive failed starts or crashes before the sidecar stops restarting it."))
+
+    @field_validator("port")
+    @classmethod
+    def _port_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 65535:
+            raise ValueError("port must be 1-65535 or \"auto\"")
+        return value
+
+    @model_validator(mode="after")
+    def _has_command(self) -> ServerConfig:
+        if self.run == "command" and not self.command:
+            raise ValueError("run \"command\" needs a command")
+        return self
+
+
 class CustomProviderEntry(ProviderEntry):
     local: bool = False
+    #: Extension: the sidecar runs this entry's server itself.
+    server: ServerConfig | None = None
+
+    @model_validator(mode="after")
+    def _server_on_loopback(self) -> CustomProviderEntry:
+        if self.server is not None and self.server.run == "command":
+            if urlsplit(self.base_url).hostname not in LOOPBACK_HOSTS:
+                raise ValueError("a server the sidecar runs must be reached on loopback (baseURL host 127.0.0.1)")
+        return self
 
 
 class ProvidersConfig(ParamsModel):
@@ -189,11 +242,12 @@ class ProvidersConfig(ParamsModel):
         base_url="https://api.anthropic.com", default_model="claude-haiku-4-5"
     )
     ollama: ProviderEntry = ProviderEntry(base_url="http://127.0.0.1:11434", default_model="llama3.2")
-    #: One default entry: the embedded local model (``scripts/local_model.py`` serves
-    #: SmolLM2 there with llama-cpp-python). Hosts add entries beside it; a stored
-    #: ``"local-llm"`` entry merges over this one, ``enabled: false`` turns it off.
+    #: One default entry: the embedded local model (SmolLM2 served by llama-cpp-python,
+    #: which the sidecar runs itself on first use, see ``sidecar.local.embedded``). Hosts
+    #: add entries beside it; a stored ``"local-llm"`` entry merges over this one,
+    #: ``enabled: false`` turns it off.
     custom: dict[str, CustomProviderEntry] = Field(default_factory=lambda: {LOCAL_PROVIDER: CustomProviderEntry(
-        base_url=LOCAL_BASE_URL, default_model=LOCAL_MODEL,
+        base_url=LOCAL_BASE_URL, default_model=LOCAL_MODEL, server=ServerConfig(run="embedded"),
     )})
 
     @field_validator("custom")

@@ -20,6 +20,7 @@ __all__ = [
     "LedgerHealth",
     "ListModelsParams",
     "ListModelsResult",
+    "LocalServerHealth",
     "ProviderHealth",
     "ProviderRateLimit",
     "ReadyParams",
@@ -84,6 +85,21 @@ class LimiterState(ResultModel):
     estimated_wait_ms: int | None = None
 
 
+class LocalServerHealth(ResultModel):
+    """A model server the sidecar runs itself for this provider (its entry's ``server``)."""
+
+    state: Literal["stopped", "starting", "ready", "crashed"] = Field(description=(
+        "stopped: not running (started by the next request); starting: waiting for its health path; "
+        "ready: serving; crashed: died or failed to start (lastError says how; the next request starts it "
+        "again unless gaveUp)."))
+    pid: int | None = None
+    port: int
+    restarts: int = Field(default=0, description="Starts after a crash or a failed start.")
+    last_error: str | None = None
+    gave_up: bool = Field(default=False, description=(
+        "Failed maxRestarts times in a row: requests fail at once until its config changes."))
+
+
 class ProviderHealth(ResultModel):
     available: bool
     enabled: bool
@@ -98,6 +114,8 @@ class ProviderHealth(ResultModel):
     limiter: LimiterState | None = Field(default=None, description="The sidecar's own limiter for this provider.")
     model_limiters: dict[str, LimiterState] | None = Field(
         default=None, description="Per-model limiters configured with modelRateLimits.")
+    server: LocalServerHealth | None = Field(default=None, description=(
+        "The server the sidecar runs for this entry, if it runs one."))
 
 
 class LedgerHealth(ResultModel):

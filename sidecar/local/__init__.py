@@ -1,0 +1,1 @@
+"""Local model servers on this machine: finding them, pulling models, and the host watch."""
