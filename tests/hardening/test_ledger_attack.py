@@ -277,15 +277,15 @@ def test_a_read_only_data_dir_at_start(spawn: Spawn, fakes: dict[str, Any], smal
     assert before.close() == 0
     remount(small_fs, "ro")
     sidecar = spawn(data_dir=data_dir)
-    ledger = sidecar.result("model:health")["ledger"]
-    assert ledger["status"] == "readonly" and ledger["problem"], ledger
-    usage = sidecar.result("model:usage")
-    assert round(usage["daily"]["spentUsd"] * 1e6) == CALL_MICROS  # the spend on disk still counts
     error = sidecar.call("model:generate", PAID)["error"]
     assert (error["code"], error["data"]["type"]) == (-32009, "StorageError"), error
-    assert error["data"]["path"] == str(data_dir / DB)
+    assert error["data"]["path"] == str(data_dir / DB) and error["data"]["reason"].startswith("readonly")
     assert len(fakes["local-llm"].requests) == 1  # the refused call went nowhere
     assert "result" in sidecar.call("model:generate", FREE)  # a free call is safe
+    usage = sidecar.result("model:usage")
+    assert round(usage["daily"]["spentUsd"] * 1e6) == CALL_MICROS  # the spend on disk still counts
+    ledger = sidecar.result("model:health")["ledger"]
+    assert ledger["status"] == "readonly" and ledger["problem"], ledger
 
 
 def test_a_full_disk_at_start(spawn: Spawn, fakes: dict[str, Any], small_fs: Path) -> None:
@@ -295,12 +295,12 @@ def test_a_full_disk_at_start(spawn: Spawn, fakes: dict[str, Any], small_fs: Pat
     (data_dir / "config.json").write_text(__import__("json").dumps(paid_config(fakes)))
     fill(small_fs)
     sidecar = spawn(data_dir=data_dir)
-    ledger = sidecar.result("model:health")["ledger"]
-    assert ledger["status"] in ("memory", "readonly", "persistent") and ledger["problem"], ledger
     error = sidecar.call("model:generate", PAID)["error"]
     assert (error["code"], error["data"]["type"]) == (-32009, "StorageError"), error
     assert fakes["local-llm"].requests == []
     assert "result" in sidecar.call("model:generate", FREE)
+    ledger = sidecar.result("model:health")["ledger"]
+    assert ledger["status"] == "memory" and ledger["problem"].startswith("full"), ledger
 
 
 def test_pid_of_a_live_sidecar_is_recorded_with_its_reservation(spawn: Spawn, fakes: dict[str, Any]) -> None:
