@@ -1,11 +1,13 @@
 """The billing layer: every attempt runs inside a budget reservation.
 
 The attempt's worst-case cost is reserved before anything goes upstream (a refusal
-raises :class:`~sidecar.errors.BudgetExceededError` and nothing is sent). After the
+raises :class:`~sidecar.errors.BudgetExceededError`, a reservation the ledger cannot
+write :class:`~sidecar.errors.StorageError`, and nothing is sent). After the
 call the reservation is settled to the real cost; a server that reports no usage is
 billed our estimate. A failed or cancelled call settles what was really used (a cut
 stream: the text that arrived) or releases the reservation when nothing was produced.
-Settling is shielded: a cancelled request still writes what it used.
+Settling is shielded: a cancelled request still writes what it used; it never fails
+because of the storage (the ledger journals what it cannot write yet).
 """
 
 from __future__ import annotations
