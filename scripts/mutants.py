@@ -232,6 +232,13 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/core/test_selector.py::test_hard_filters_max_cost_and_local_only",
          "tests/stdio/test_core_fixes.py"),
     ),
+    Mutant(
+        "alert-once-per-period", "model:budget-alert fires once per period and kind, restarts included",
+        "sidecar/core/budget.py",
+        "                if first:\n                    await self._emit(",
+        "                if True:\n                    await self._emit(",
+        ("tests/budget/test_budget.py::test_alerts_are_not_repeated_after_reopening",),
+    ),
 )
 
 
