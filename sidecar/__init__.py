@@ -9,10 +9,12 @@ PROTOCOL_VERSION = 1
 #: Every method this build serves, announced in ``sidecar:ready`` before the channels
 #: are imported; a test checks it against :func:`sidecar.channels.build_channels`.
 CHANNEL_NAMES: tuple[str, ...] = (
+    "model:discover",
     "model:generate",
     "model:get-config",
     "model:health",
     "model:list-models",
+    "model:pull",
     "model:select",
     "model:set-config",
     "model:stream",

@@ -35,6 +35,7 @@ from sidecar.core.registry import Catalog, ModelRegistry
 from sidecar.core.router import Router
 from sidecar.core.stats import StatsBook
 from sidecar.local.managed import ServerManager
+from sidecar.local.parent_watch import watch_parent
 from sidecar.providers import create_provider
 from sidecar.providers.base import ProviderSettings
 from sidecar.providers.http import HttpClientFactory
@@ -76,6 +77,8 @@ class Services:
     notify: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     clock: StopClock = field(default_factory=StopClock)
+    #: Drops one provider's cached ``model:list-models`` answer (set by that channel).
+    forget_models: Callable[[str], object] = field(default=lambda _name: None)
     #: The local model servers the sidecar runs itself (entries with ``server``).
     servers: ServerManager = field(default_factory=ServerManager)
 
@@ -175,6 +178,7 @@ async def serve(
         loop.call_soon_threadsafe(services.stop.set)
 
     install_stop_handlers(stop_soon, services.clock)
+    watch_parent(stop_soon, services.clock)  # the host may die while a grandchild holds our stdin
     _install_debug_dump(loop, services, dispatcher)
     if services.clock.started is not None:
         services.stop.set()  # the signal came while we were still importing

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sidecar.channels import config, generate, health, lifecycle, models, select, usage
+from sidecar.channels import config, discover, generate, health, lifecycle, models, pull, select, usage
 from sidecar.transport.dispatcher import Channel
 
 if TYPE_CHECKING:
@@ -26,5 +26,7 @@ def build_channels(services: Services) -> dict[str, Channel]:
         *config.channels(services),
         *health.channels(services),
         *lifecycle.channels(services),
+        *discover.channels(services),
+        *pull.channels(services),
     ]
     return {channel.name: channel for channel in table}

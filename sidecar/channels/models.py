@@ -89,6 +89,7 @@ def channels(services: Services) -> list[Channel]:
     #: name → (when, the provider object asked, its models); a provider replaced by a
     #: config change is a different object, so its old answer is never served.
     cache: dict[str, tuple[float, Provider, list[ModelInfo]]] = {}
+    services.forget_models = lambda name: cache.pop(name, None)  # model:pull added one
 
     def info(provider: Provider, model_id: str, available: bool) -> ModelInfo:
         profile = services.registry.profile(provider.settings, model_id)

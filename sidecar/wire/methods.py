@@ -13,6 +13,8 @@ from sidecar.wire.model import ModelInfo, ModelRequest, ModelSelection, Response
 __all__ = [
     "BudgetAlertParams",
     "CancelRequestParams",
+    "DiscoverResult",
+    "DiscoveredServer",
     "EmptyParams",
     "EmptyResult",
     "GenerateParams",
@@ -23,6 +25,9 @@ __all__ = [
     "LocalServerHealth",
     "ProviderHealth",
     "ProviderRateLimit",
+    "PullParams",
+    "PullProgressParams",
+    "PullResult",
     "ReadyParams",
     "SetConfigParams",
     "StreamChunkParams",
@@ -259,3 +264,50 @@ class UsageResult(ResultModel):
     by_model: dict[str, UsageEntry] = Field(description="This month, per provider/model.")
     block_on_limit: bool
     alert_threshold: float
+
+
+class DiscoveredServer(ResultModel):
+    """One local model server found by ``model:discover``."""
+
+    kind: Literal["ollama", "lmstudio", "llamacpp", "vllm", "jan", "localai", "openai-compatible"]
+    base_url: str = Field(alias="baseURL", description="As a provider entry's baseURL is written (/v1 but for "
+                                                        "Ollama).")
+    models: list[str]
+    configured: bool = Field(description="Some enabled provider entry's baseURL points at this server.")
+    provider: str | None = Field(default=None, description="That provider's name.")
+
+
+class DiscoverResult(ResultModel):
+    """``model:discover``: local servers found by short loopback probes; nothing is changed."""
+
+    servers: list[DiscoveredServer]
+
+
+#: Ollama model names: ``[host[:port]/][namespace/]model[:tag]`` (``hf.co/org/repo:Q4_K_M``).
+_OLLAMA_MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
+
+
+class PullParams(ParamsModel):
+    """Params of ``model:pull``: download a model into an Ollama provider."""
+
+    provider: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=512, pattern=_OLLAMA_MODEL_NAME)
+    stall_timeout_ms: int = Field(default=60_000, ge=100, le=3_600_000, description=(
+        "Extension: the pull fails with NetworkError when no byte arrives for this long."))
+
+
+class PullResult(ResultModel):
+    provider: str
+    model: str
+    digest: str | None = Field(default=None, description="The pulled model's digest, as /api/tags lists it.")
+    size_bytes: int | None = Field(default=None, description="Its size on disk, as /api/tags lists it.")
+
+
+class PullProgressParams(ResultModel):
+    """``model:pull-progress``: Ollama's progress lines, at most ~10 a second plus each new status."""
+
+    request_id: RequestId
+    status: str
+    completed_bytes: int | None = None
+    total_bytes: int | None = None
+    digest: str | None = None

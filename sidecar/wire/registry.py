@@ -13,6 +13,7 @@ from sidecar.wire.config import ModelConfig
 from sidecar.wire.methods import (
     BudgetAlertParams,
     CancelRequestParams,
+    DiscoverResult,
     EmptyParams,
     EmptyResult,
     ErrorData,
@@ -20,6 +21,9 @@ from sidecar.wire.methods import (
     HealthResult,
     ListModelsParams,
     ListModelsResult,
+    PullParams,
+    PullProgressParams,
+    PullResult,
     ReadyParams,
     SelectParams,
     SelectResult,
@@ -42,6 +46,8 @@ METHODS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
     "model:select": (SelectParams, SelectResult),
     "model:usage": (EmptyParams, UsageResult),
     "sidecar:shutdown": (EmptyParams, EmptyResult),
+    "model:discover": (EmptyParams, DiscoverResult),
+    "model:pull": (PullParams, PullResult),
 }
 
 #: notification → (direction, params model)
@@ -49,6 +55,7 @@ NOTIFICATIONS: dict[str, tuple[str, type[BaseModel]]] = {
     "sidecar:ready": ("sidecar→host", ReadyParams),
     "model:stream-chunk": ("sidecar→host", StreamChunkParams),
     "model:budget-alert": ("sidecar→host", BudgetAlertParams),
+    "model:pull-progress": ("sidecar→host", PullProgressParams),
     "$/cancelRequest": ("host→sidecar", CancelRequestParams),
 }
 
