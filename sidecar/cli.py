@@ -93,6 +93,9 @@ def resolve_data_dir(flag: Path | None) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     multiprocessing.freeze_support()  # a frozen binary must not re-run itself as a worker
+    from sidecar.local.parent_watch import note_parent
+
+    note_parent()  # the host to outlive (sidecar.app watches it); stdlib only
     args = parse_args(argv)
     # Claim the protocol pipes before anything else can print: from here on fd 1 is stderr.
     from sidecar import CHANNEL_NAMES, PROTOCOL_VERSION
