@@ -157,7 +157,8 @@ class _Lowerer:
         if "$ref" in schema:
             return self.reference(schema, path, depth, refs)
         out: dict[str, Any] = {}
-        for key, value in schema.items():
+        # additionalProperties last: it depends on whether properties were kept
+        for key, value in sorted(schema.items(), key=lambda item: item[0] == "additionalProperties"):
             if key in _ANNOTATIONS:
                 continue
             handler = _HANDLERS.get(key)

@@ -114,6 +114,7 @@ def test_formats_sent_as_patterns_only_match_valid_instances(data: st.DataObject
 def test_every_dropped_keyword_is_reported_with_its_node() -> None:
     schema = {
         "type": "object",
+        "additionalProperties": {"type": "string", "maxLength": 1000},
         "required": ["id", "tags", "who", "ghost"],
         "minProperties": 1,
         "properties": {
@@ -129,7 +130,7 @@ def test_every_dropped_keyword_is_reported_with_its_node() -> None:
     }  # fmt: skip
     lowered = lower_for_grammar(schema)
     assert {(d.path, d.keyword) for d in lowered.dropped} == {
-        ("", "minProperties"),
+        ("", "minProperties"), ("/additionalProperties", "maxLength"),
         ("/properties/id", "minimum"), ("/properties/id", "multipleOf"),
         ("/properties/tags", "uniqueItems"), ("/properties/tags", "maxItems"),
         ("/properties/who", "oneOf"), ("/properties/who/oneOf/0", "const"),
@@ -139,7 +140,13 @@ def test_every_dropped_keyword_is_reported_with_its_node() -> None:
     }  # fmt: skip
     sent = lowered.schema
     assert sent["required"] == ["id", "tags", "who"]  # "ghost" allowed through additionalProperties
-    assert sent["additionalProperties"] is True
+    assert sent["additionalProperties"] == {"type": "string"}
+    ghost = lower_for_grammar({"type": "object", "additionalProperties": False, "required": ["a"],
+                               "properties": {"a": {"type": "string"}}, "minProperties": 2})
+    assert ghost.schema["additionalProperties"] is False  # as the caller said (unsatisfiable anyway)
+    assert [d.keyword for d in ghost.dropped] == ["minProperties"]
+    open_object = lower_for_grammar({"type": "object", "required": ["a", "b"], "properties": {"a": {}}})
+    assert open_object.schema["additionalProperties"] is True and open_object.dropped == ()
     assert sent["properties"]["when"] == {"type": "string", "format": "date"}
     assert sent["properties"]["node"]["properties"]["next"]["type"][0] == "string"  # any value
     assert_safe(sent)
