@@ -97,7 +97,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "reservation-before-call", "each attempt reserves its worst case before it is sent",
-        "sidecar/core/router.py",
+        "sidecar/core/routing/billing.py",
         "amount_usd=run.decision.worst_case_cost(candidate))",
         "amount_usd=0.0)",
         ("tests/stdio/test_spending.py::test_a_burst_never_spends_past_the_daily_limit",),
@@ -132,9 +132,9 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "cancel-closes-upstream", "a cancelled or timed-out call closes its upstream request",
-        "sidecar/core/router.py",
-        "                        return await provider.generate(preq)\n",
-        "                        return await asyncio.shield(provider.generate(preq))\n",
+        "sidecar/core/routing/attempt.py",
+        "return await provider.generate(preq)",
+        "return await asyncio.shield(provider.generate(preq))",
         ("tests/hardening/test_promises.py::test_cancelling_a_generate_closes_the_upstream_request",),
     ),
     Mutant(
@@ -146,9 +146,9 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "fallback-before-first-chunk", "streams fall back only before the first chunk",
-        "sidecar/core/router.py",
-        "                    if not run.decision.fallback_mid_stream:\n",
-        "                    if False:\n",
+        "sidecar/core/routing/retry.py",
+        "if not run.decision.fallback_mid_stream:",
+        "if False:",
         ("tests/stdio/test_generate.py::test_cut_stream_after_first_chunk_fails_with_partial_content",),
     ),
     Mutant(
@@ -182,9 +182,9 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "settle-before-answer", "the answer is only sent once the call's usage row is committed",
-        "sidecar/core/router.py",
-        "        await asyncio.shield(self.budget.settle(\n",
-        "        asyncio.ensure_future(self.budget.settle(\n",
+        "sidecar/core/routing/billing.py",
+        "await asyncio.shield(self.budget.settle(",
+        "asyncio.ensure_future(self.budget.settle(",
         ("tests/budget/test_durability.py",),
     ),
     Mutant(
@@ -204,16 +204,16 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "no-retry-of-bad-requests", "bad keys and missing models are not retried",
-        "sidecar/core/router.py",
+        "sidecar/core/routing/retry.py",
         "if not exc.may_retry_same or retry == max_retries or candidate.provider in run.failed_wide:",
         "if retry == max_retries or candidate.provider in run.failed_wide:",
         ("tests/stdio/test_generate.py::test_single_provider_failure_keeps_its_type",),
     ),
     Mutant(
         "retry-after-pauses-all", "a provider's 429 with Retry-After pauses every call to it",
-        "sidecar/core/router.py",
-        "                limits.pause_for(candidate.provider, candidate.model, exc.retry_after_ms, reason=exc.message)\n",
-        "                pass\n",
+        "sidecar/core/routing/admission.py",
+        "limits.pause_for(candidate.provider, candidate.model, exc.retry_after_ms, reason=exc.message)",
+        "pass",
         ("tests/stdio/test_spending.py::test_retry_after_pauses_every_concurrent_call",),
     ),
     Mutant(
