@@ -3,10 +3,10 @@
 This is what an Electron or Tauri main process does, in Python for brevity: write JSON
 lines to the sidecar's stdin, split its stdout on the byte 0x0A, match responses to ids.
 
-Before the session it starts the embedded local model (SmolLM2-135M served by
-llama-cpp-python, see local_model.py) on the sidecar's default ``local-llm`` address,
-so the session streams a real answer with no API key and no Ollama; with keys set,
-the sidecar may pick a cloud model instead, and says why.
+The sidecar runs the embedded local model itself (SmolLM2-135M served by
+llama-cpp-python, started on the first request that needs it, stopped with the
+sidecar), so the session streams a real answer with no API key and no Ollama; with
+keys set, the sidecar may pick a cloud model instead, and says why.
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
-
-import local_model  # scripts/ is on sys.path when this file runs
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOL_VERSION = 1
@@ -82,12 +80,14 @@ def start(command: list[str], data_dir: Path | None, verbose: bool) -> Sidecar:
     return sidecar
 
 
-def stream_answer(sidecar: Sidecar, prompt: str) -> None:
+def stream_answer(sidecar: Sidecar, prompt: str, spawned: float) -> None:
     print(f"\n> {prompt}\n")
     request_id = sidecar.send("model:stream", {"request": {"prompt": prompt, "maxTokens": 400}})
+    first_chunk_at: float | None = None
     while True:
         message = sidecar.read()
         if message.get("method") == "model:stream-chunk" and message["params"]["requestId"] == request_id:
+            first_chunk_at = first_chunk_at or time.monotonic()
             chunk = message["params"]["chunk"]
             if chunk.get("restart"):
                 print("\n[provider switched, restarting]\n")
@@ -106,6 +106,9 @@ def stream_answer(sidecar: Sidecar, prompt: str) -> None:
     print(f"cost: ${meta['costUsd']:.6f}   latency: {meta['latencyMs']:.0f} ms   "
           f"first token: {meta.get('timeToFirstTokenMs') or 0:.0f} ms   usage: {usage_text(result.get('usage'))}")
     print("why: " + "; ".join(meta["selectionReasons"]))
+    if first_chunk_at is not None:
+        print(f"spawn to first chunk: {(first_chunk_at - spawned) * 1000:.0f} ms "
+              "(a local server started on first use included)")
 
 
 def usage_text(usage: dict[str, Any] | None) -> str:
@@ -119,46 +122,26 @@ def main() -> int:
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--data-dir", type=Path, help="sidecar data dir (default: the platform's)")
     parser.add_argument("--cmd", default=f"{sys.executable} -m sidecar", help="how to start the sidecar")
-    parser.add_argument("--no-local", action="store_true", help="do not start the embedded local model")
     parser.add_argument("--verbose", action="store_true", help="show the sidecar's stderr log")
     args = parser.parse_args()
     command = args.cmd.split()
 
-    server = None if args.no_local else start_local_model()
-    try:
-        sidecar = start(command, args.data_dir, args.verbose)
-        health = sidecar.call("model:health", {})["result"]["providers"]
-        for name, state in health.items():
-            print(f"  {name:<12} {'available' if state['available'] else 'unavailable'}"
-                  f"{'' if state['available'] else ' (' + str(state.get('lastError')) + ')'}")
-        if not any(state["available"] for state in health.values()):
-            sidecar.close()
-            print("\nno provider is reachable: set OPENAI_API_KEY or ANTHROPIC_API_KEY, start Ollama,"
-                  "\nor install the embedded local model (scripts/setup.sh does)")
-            return 1
-        stream_answer(sidecar, args.prompt)
+    spawned = time.monotonic()
+    sidecar = start(command, args.data_dir, args.verbose)
+    health = sidecar.call("model:health", {})["result"]["providers"]
+    for name, state in health.items():
+        server = state.get("server")
+        print(f"  {name:<12} {'available' if state['available'] else 'unavailable'}"
+              f"{'' if state['available'] else ' (' + str(state.get('lastError')) + ')'}"
+              f"{'' if server is None else ' (local server ' + server['state'] + ', started on first use)'}")
+    if not any(state["available"] for state in health.values()):
         sidecar.close()
-        return 0
-    finally:
-        if server is not None:
-            local_model.stop(server)
-
-
-def start_local_model() -> subprocess.Popen[bytes] | None:
-    """Serve the embedded model on the default ``local-llm`` address unless it already is."""
-    port = local_model.DEFAULT_PORT
-    if local_model.answering(port):
-        print(f"embedded local model already served at {local_model.base_url(port)}")
-        return None
-    log = Path(tempfile.gettempdir()) / "model-sidecar-local-model.log"
-    print(f"starting the embedded local model ({local_model.MODEL_ALIAS}) at {local_model.base_url(port)} ...")
-    try:
-        server = local_model.start(port, log=log)
-    except local_model.LocalModelError as exc:
-        print(f"  not started: {exc}")
-        return None
-    print(f"  ready (pid {server.pid}, log {log})")
-    return server
+        print("\nno provider is reachable: set OPENAI_API_KEY or ANTHROPIC_API_KEY, start Ollama,"
+              "\nor install the embedded local model (scripts/setup.sh does)")
+        return 1
+    stream_answer(sidecar, args.prompt, spawned)
+    sidecar.close()
+    return 0
 
 
 if __name__ == "__main__":

