@@ -130,8 +130,12 @@ def main(argv: list[str] | None = None) -> None:
 
     redactor = Redactor()
     configure_logging(args.log_level, redactor)
+    # Not asyncio.run: on the way out it joins the default executor's threads, and a
+    # config write or a ledger call still running there would hold the exit past 2 s.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
-        asyncio.run(serve(
+        loop.run_until_complete(serve(
             wire_in, wire_out,
             data_dir=data_dir,
             max_message_bytes=args.max_message_bytes,
@@ -142,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:  # pragma: no cover - SIGINT before the handler was installed
         pass
     sys.stderr.flush()
-    # The stdin reader thread may sit in a blocking read: leave without joining it.
+    # The stdin reader thread may sit in a blocking read, worker threads may still run:
+    # leave without joining any of them.
     os._exit(0)
 
 

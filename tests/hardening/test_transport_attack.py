@@ -26,7 +26,7 @@ import pytest
 from sidecar.cli import DATA_DIR_UNUSABLE_EXIT
 from sidecar.transport.decode import MAX_DEPTH
 from tests.fakes import FakeServer, Reply
-from tests.hardening.conftest import OPENAI_KEY, build_config, entry
+from tests.hardening.conftest import OPENAI_KEY, build_config, debug_state, entry
 from tests.hardening.test_load import SlowHost
 from tests.stdio.conftest import Spawn
 from tests.stdio.harness import REPO, clean_env, sidecar_command
@@ -96,6 +96,25 @@ def test_a_stop_ends_the_sidecar_in_time_while_the_host_does_not_read(tmp_path: 
             host.proc.wait(5)
         assert code == 0
         assert elapsed < 2.0, f"{stop}: exit after {elapsed:.2f} s"
+
+
+def test_sigterm_while_a_big_config_is_being_applied_exits_in_time(hardening_spawn: Any) -> None:
+    # asyncio.run joined its worker threads on the way out, so a config being validated
+    # and written there held the exit until the watchdog (1.8 s plus however long the
+    # thread kept the GIL: 1.95 s measured, 4.1 s once); now about 1.5 s.
+    sidecar, _baseline = hardening_spawn(UNREACHABLE)
+    overrides = {f"ollama/m{i:06d}": {"inputPer1M": 1.0, "outputPer1M": 2.0, "contextWindow": 8192}
+                 for i in range(150_000)}
+    sidecar.start("model:set-config", {"config": {"modelOverrides": overrides}}, request_id="big")
+    deadline = time.monotonic() + 20
+    while debug_state(sidecar)["in_flight"] == 0:
+        assert time.monotonic() < deadline, "the set-config never started"
+        time.sleep(0.05)
+    started = time.monotonic()
+    sidecar.proc.send_signal(signal.SIGTERM)
+    assert sidecar.proc.wait(10) == 0
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0, f"exit {elapsed:.2f} s after SIGTERM"
 
 
 def test_a_stop_after_the_host_reads_again_answers_everything(tmp_path: Path) -> None:
