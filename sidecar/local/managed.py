@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -162,9 +162,21 @@ def _describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
-def _signal_group(pid: int, signum: int) -> None:
+def _signal(proc: asyncio.subprocess.Process, *, kill: bool) -> None:
+    """SIGTERM (or SIGKILL) to the server's whole process group; on Windows, to the process."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signum)
+        if sys.platform == "win32":  # pragma: no cover - no process groups to signal
+            if proc.returncode is None:
+                proc.kill() if kill else proc.terminate()
+            return
+        os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+
+
+def _process_options(watch_fd: int) -> dict[str, Any]:
+    """Own process group; on POSIX also the watched pipe end and, on Linux, death with the sidecar."""
+    if sys.platform == "win32":  # pragma: no cover
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True, "pass_fds": (watch_fd,), "preexec_fn": _die_with_parent()}
 
 
 class _OutputLog:
@@ -345,7 +357,7 @@ class ManagedServer:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env=env, start_new_session=True, pass_fds=(read_fd,), preexec_fn=_die_with_parent())
+                env=env, **_process_options(read_fd))
         except OSError as exc:
             os.close(write_fd)
             raise self.error(f"cannot run {spec.argv[0]!r}: {exc.strerror or exc}") from None
@@ -394,7 +406,7 @@ class ManagedServer:
         code = await proc.wait()
         self._live.discard(proc)
         self._exited[proc.pid].set()
-        _signal_group(proc.pid, signal.SIGKILL)  # anything it started goes with it
+        _signal(proc, kill=True)  # anything it started goes with it
         if self._proc is not proc:
             log.info("local_server_stopped", provider=self.spec.name, pid=proc.pid, code=code)
             self._exited.pop(proc.pid, None)
@@ -446,11 +458,11 @@ class ManagedServer:
         self._close_watch_fd()
         if proc is None or proc.returncode is not None:
             return
-        _signal_group(proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
+        _signal(proc, kill=grace <= 0)
         try:
             await asyncio.wait_for(proc.wait(), grace if grace > 0 else 1.0)
         except TimeoutError:
-            _signal_group(proc.pid, signal.SIGKILL)
+            _signal(proc, kill=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), 1.0)
 
@@ -459,7 +471,7 @@ class ManagedServer:
         self._close_watch_fd()
         for proc in self._live:
             if proc.returncode is None:
-                _signal_group(proc.pid, signal.SIGKILL)
+                _signal(proc, kill=True)
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:
