@@ -410,7 +410,10 @@ class Ledger:
             if moved is not None:
                 problem = f"corrupt ledger moved aside to {moved}: spending starts again from zero"
         except (sqlite3.Error, OSError) as exc:
-            problem = f"{_failure_kind(exc) or 'unusable'}: {exc}"
+            kind = _failure_kind(exc) or "unusable"
+            if kind == "io" and self.path.parent.is_dir() and not os.access(self.path.parent, os.W_OK):
+                kind = "readonly"  # SQLite says only "unable to open database file"
+            problem = f"{kind}: {exc}"
             status = "readonly" if self._open_read_only() else "memory"
             if status == "memory":
                 self._conn = self._connect(":memory:")

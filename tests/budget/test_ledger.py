@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.store.ledger import DB_NAME, SCHEMA_VERSION, Cap, Ledger, UsageRecord
+from sidecar.store.ledger import DB_NAME, SCHEMA_VERSION, Cap, Ledger, LedgerWriteError, UsageRecord
 
 
 def record(ts_ms: int = 1_000, cost: int = 100, provider: str = "openai", model: str = "gpt-4o") -> UsageRecord:
@@ -216,3 +216,32 @@ async def test_money_commits_are_fsynced_free_rows_are_not(ledger: Ledger) -> No
     await ledger.settle(reserved.reservation_id, record(cost=0))  # a reservation released: money
     assert await mode() == 2
     assert await ledger.record_count() == 4
+
+
+async def test_a_settle_the_lock_refuses_is_journalled_and_replayed_by_the_next_open(tmp_path: Path) -> None:
+    ledger = Ledger.open(tmp_path)
+    held = await ledger.reserve(ts_ms=1, request_id="a", provider="p", model="m", amount_micros=900,
+                                caps=[], block=True)
+    assert held.reservation_id is not None
+    other = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another process holds the ledger
+    assert await ledger.settle(held.reservation_id, record(ts_ms=1, cost=300)) is None  # deferred
+    assert (await ledger.spend(0, 10), await ledger.reserved(), ledger.pending) == (300, (0, 0), 1)
+    with pytest.raises(LedgerWriteError) as refused:
+        await ledger.reserve(ts_ms=1, request_id="b", provider="p", model="m", amount_micros=1, caps=[], block=True)
+    assert refused.value.kind == "locked"
+    ledger.close()  # as good as dead: the record is only in its journal now
+    other.execute("ROLLBACK")
+    other.close()
+    again = Ledger.open(tmp_path)
+    try:
+        assert (again.report.replayed, again.report.stale_reservations) == (1, 0)
+        assert await again.spend(0, 10) == 300  # the real cost, not the 900 reserved
+        assert await again.reserved() == (0, 0)
+    finally:
+        again.close()
+    third = Ledger.open(tmp_path)  # replayed once only
+    try:
+        assert third.report.replayed == 0 and await third.spend(0, 10) == 300
+    finally:
+        third.close()

@@ -166,6 +166,28 @@ def test_a_paid_call_that_cannot_reserve_goes_nowhere(spawn: Spawn, fakes: dict[
     wait_until(lambda: len(ledger_state(sidecar.data_dir)[0]) == 2, 20, "both rows")
 
 
+def test_a_journal_left_by_a_killed_sidecar_is_settled_at_the_next_start(spawn: Spawn,
+                                                                           fakes: dict[str, Any]) -> None:
+    fakes["local-llm"].set_default(Reply("paid", usage=USAGE, delay_s=0.5))
+    sidecar = spawn(paid_config(fakes))
+    assert "result" in sidecar.call("model:usage")
+    ids = [sidecar.start("model:generate", {**PAID, "request": {"prompt": "hi", "maxTokens": 500}})
+           for _ in range(2)]
+    fakes["local-llm"].wait_for_requests(2, timeout=20)  # reserved and upstream
+    with exclusive_lock(sidecar.data_dir):
+        assert all("result" in a for a in answers(sidecar, ids))
+        spent = round(sidecar.result("model:usage")["daily"]["spentUsd"] * 1e6)
+        sidecar.proc.send_signal(signal.SIGKILL)  # dies with both rows only in its journal
+        sidecar.proc.wait(10)
+    assert ledger_state(sidecar.data_dir)[0] == []
+    again = spawn(data_dir=sidecar.data_dir)
+    usage = again.result("model:usage")
+    # The real cost of both answers, not their worst case (500 output tokens each).
+    assert round(usage["daily"]["spentUsd"] * 1e6) == spent == 2 * CALL_MICROS
+    assert usage["byProvider"]["local-llm"]["requests"] == 2 and usage["daily"]["reservedUsd"] == 0
+    assert ledger_state(sidecar.data_dir) == ([("ok", CALL_MICROS)] * 2, 0)
+
+
 # -- two sidecars on one data dir -------------------------------------------------------
 
 
