@@ -207,11 +207,12 @@ class ServerConfig(ParamsModel):
     max_restarts: int = Field(default=5, ge=0, le=100, description=(
         "Consecutive failed starts or crashes before the sidecar stops restarting it."))
 
-    @field_validator("port")
+    @field_validator("port", mode="before")
     @classmethod
-    def _port_range(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 1 <= value <= 65535:
-            raise ValueError("port must be 1-65535 or \"auto\"")
+    def _port_range(cls, value: object) -> object:
+        # One error at /port for anything else (the union alone reports one per member).
+        if value != "auto" and not (type(value) is int and 1 <= value <= 65535):
+            raise ValueError("port must be a number 1-65535 or \"auto\"")
         return value
 
     @model_validator(mode="after")

