@@ -7,10 +7,12 @@ export type ProtocolVersion = 1;
 
 /** Every request method: its params and its result (schemas/index.json). */
 export interface SidecarMethods {
+  'model:discover': { params: ModelDiscoverParams; result: ModelDiscoverResult };
   'model:generate': { params: ModelGenerateParams; result: ModelGenerateResult };
   'model:get-config': { params: ModelGetConfigParams; result: ModelGetConfigResult };
   'model:health': { params: ModelHealthParams; result: ModelHealthResult };
   'model:list-models': { params: ModelListModelsParams; result: ModelListModelsResult };
+  'model:pull': { params: ModelPullParams; result: ModelPullResult };
   'model:select': { params: ModelSelectParams; result: ModelSelectResult };
   'model:set-config': { params: ModelSetConfigParams; result: ModelSetConfigResult };
   'model:stream': { params: ModelStreamParams; result: ModelStreamResult };
@@ -24,6 +26,8 @@ export interface SidecarNotifications {
   '$/cancelRequest': CancelRequestNotification;
   /** sidecar→host */
   'model:budget-alert': ModelBudgetAlertNotification;
+  /** sidecar→host */
+  'model:pull-progress': ModelPullProgressNotification;
   /** sidecar→host */
   'model:stream-chunk': ModelStreamChunkNotification;
   /** sidecar→host */
@@ -141,6 +145,41 @@ export interface ModelBudgetAlertNotification {
   period: string;
   spentUsd: number;
   threshold: number;
+  [k: string]: unknown;
+}
+/**
+ * Params of the model:discover request.
+ *
+ * Schema: schemas/model.discover.params.json
+ */
+export interface ModelDiscoverParams {}
+/**
+ * Result of the model:discover request.
+ *
+ * Schema: schemas/model.discover.result.json
+ */
+export interface ModelDiscoverResult {
+  servers: DiscoveredServer[];
+  [k: string]: unknown;
+}
+/**
+ * One local model server found by ``model:discover``.
+ */
+export interface DiscoveredServer {
+  /**
+   * As a provider entry's baseURL is written (/v1 but for Ollama).
+   */
+  baseURL: string;
+  /**
+   * Some enabled provider entry's baseURL points at this server.
+   */
+  configured: boolean;
+  kind: 'ollama' | 'lmstudio' | 'llamacpp' | 'vllm' | 'jan' | 'localai' | 'openai-compatible';
+  models: string[];
+  /**
+   * That provider's name.
+   */
+  provider?: string | null;
   [k: string]: unknown;
 }
 /**
@@ -363,7 +402,52 @@ export interface CustomProviderEntry {
   } | null;
   models?: string[] | null;
   rateLimit?: RateLimitConfig | null;
+  server?: ServerConfig | null;
   timeoutMs?: number | null;
+}
+/**
+ * How the sidecar runs a custom entry's server itself (``sidecar.local.managed``).
+ *
+ * Started on first use, stopped after ``idleStopMs`` without requests and when the
+ * sidecar exits; the port in the entry's ``baseURL`` is replaced by the server's.
+ */
+export interface ServerConfig {
+  /**
+   * @maxItems 256
+   */
+  args?: string[];
+  /**
+   * Program and arguments; {port}, {host} and {modelFile} in any element are replaced.
+   */
+  command?: [string, ...string[]] | null;
+  /**
+   * Set on top of the sidecar's environment (API key variables are never passed on).
+   */
+  env?: {
+    [k: string]: string;
+  } | null;
+  /**
+   * GET on http://127.0.0.1:<port><healthPath> answers 2xx once the server is ready (default /health; /v1/models for the embedded server).
+   */
+  healthPath?: string | null;
+  /**
+   * 0: never stopped when idle.
+   */
+  idleStopMs?: number;
+  /**
+   * Consecutive failed starts or crashes before the sidecar stops restarting it.
+   */
+  maxRestarts?: number;
+  modelFile?: string | null;
+  /**
+   * auto: a free port chosen by the sidecar.
+   */
+  port?: number | 'auto';
+  /**
+   * embedded: llama-cpp-python's server with the bundled SmolLM2 model (when installed, and only while baseURL is the default); command: run `command` + `args`; off: run nothing, use baseURL.
+   */
+  run?: 'embedded' | 'command' | 'off';
+  startTimeoutMs?: number;
 }
 /**
  * Defaults for ``ModelSelection`` fields a request leaves out.
@@ -387,9 +471,65 @@ export interface ModelHealthParams {}
  * Schema: schemas/model.health.result.json
  */
 export interface ModelHealthResult {
+  /**
+   * How config.json loaded.
+   */
+  config?: ConfigStatus | null;
+  /**
+   * The usage ledger's state.
+   */
+  ledger?: LedgerHealth | null;
   providers: {
     [k: string]: ProviderHealth;
   };
+  [k: string]: unknown;
+}
+/**
+ * How ``config.json`` loaded (``model:health``'s ``config``).
+ */
+export interface ConfigStatus {
+  /**
+   * Where the last file that did not load was copied before set-config replaced it.
+   */
+  backup?: string | null;
+  ignored?: ConfigIgnored[] | null;
+  path: string;
+  problem?: string | null;
+  /**
+   * loaded: the file (or its absence) gave the config; partial: some entries or fields were ignored (see ignored); defaults: the file could not be used at all (see problem).
+   */
+  status: 'loaded' | 'partial' | 'defaults';
+  [k: string]: unknown;
+}
+/**
+ * One part of ``config.json`` that did not load: where (JSON pointer) and why.
+ */
+export interface ConfigIgnored {
+  message: string;
+  path: string;
+  [k: string]: unknown;
+}
+/**
+ * The usage ledger: where spending is recorded, and whether it can be.
+ */
+export interface LedgerHealth {
+  /**
+   * Where a corrupt ledger was moved at start: the spend recorded in it no longer counts.
+   */
+  movedAside?: string | null;
+  path: string;
+  /**
+   * Usage records journalled or held in memory, counted in model:usage, not written into the ledger yet.
+   */
+  pending?: number;
+  /**
+   * Why the ledger is not plainly writable, or the last write it could not make.
+   */
+  problem?: string | null;
+  /**
+   * persistent: the file, writable; readonly: the file can be read, not written (paid calls are refused); memory: no file (paid calls are refused, free calls are served).
+   */
+  status: 'persistent' | 'memory' | 'readonly';
   [k: string]: unknown;
 }
 export interface ProviderHealth {
@@ -417,6 +557,10 @@ export interface ProviderHealth {
    * What the provider's own rate-limit headers said last.
    */
   rateLimit?: ProviderRateLimit | null;
+  /**
+   * The server the sidecar runs for this entry, if it runs one.
+   */
+  server?: LocalServerHealth | null;
   [k: string]: unknown;
 }
 /**
@@ -441,6 +585,27 @@ export interface ProviderRateLimit {
   remainingTokens?: number | null;
   resetRequestsMs?: number | null;
   resetTokensMs?: number | null;
+  [k: string]: unknown;
+}
+/**
+ * A model server the sidecar runs itself for this provider (its entry's ``server``).
+ */
+export interface LocalServerHealth {
+  /**
+   * Failed maxRestarts times in a row: requests fail at once until its config changes.
+   */
+  gaveUp?: boolean;
+  lastError?: string | null;
+  pid?: number | null;
+  port: number;
+  /**
+   * Starts after a crash or a failed start.
+   */
+  restarts?: number;
+  /**
+   * stopped: not running (started by the next request); starting: waiting for its health path; ready: serving; crashed: died or failed to start (lastError says how; the next request starts it again unless gaveUp).
+   */
+  state: 'stopped' | 'starting' | 'ready' | 'crashed';
   [k: string]: unknown;
 }
 /**
@@ -477,6 +642,50 @@ export interface ModelInfo {
 export interface CostPer1K {
   input: number;
   output: number;
+  [k: string]: unknown;
+}
+/**
+ * Params of the model:pull request.
+ *
+ * Schema: schemas/model.pull.params.json
+ */
+export interface ModelPullParams {
+  model: string;
+  provider: string;
+  /**
+   * Extension: the pull fails with NetworkError when no byte arrives for this long.
+   */
+  stallTimeoutMs?: number;
+}
+/**
+ * Params of the model:pull-progress notification (sidecar→host).
+ *
+ * Schema: schemas/model.pull-progress.notification.json
+ */
+export interface ModelPullProgressNotification {
+  completedBytes?: number | null;
+  digest?: string | null;
+  requestId: number | string;
+  status: string;
+  totalBytes?: number | null;
+  [k: string]: unknown;
+}
+/**
+ * Result of the model:pull request.
+ *
+ * Schema: schemas/model.pull.result.json
+ */
+export interface ModelPullResult {
+  /**
+   * The pulled model's digest, as /api/tags lists it.
+   */
+  digest?: string | null;
+  model: string;
+  provider: string;
+  /**
+   * Its size on disk, as /api/tags lists it.
+   */
+  sizeBytes?: number | null;
   [k: string]: unknown;
 }
 /**

@@ -345,11 +345,11 @@ class OllamaPullFake(_ThreadedApp):
                 await asyncio.Event().wait()  # silent until the client disconnects
             if script.delay_s:
                 await asyncio.sleep(script.delay_s)
+            if line == {"status": "success"} and model not in self.renderer.models:
+                self.renderer.models.append(model)  # listed once the manifest is written, as in Ollama
             await response.write(dumps(line) + b"\n")
             if index == 0 and script.garbage is not None:
                 await response.write(script.garbage)
-        if lines[-1] == {"status": "success"} and model not in self.renderer.models:
-            self.renderer.models.append(model)
         await response.write_eof()
         return response
 

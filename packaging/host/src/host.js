@@ -40,6 +40,10 @@ import {
  * @typedef {import('../types.js').ModelSelectParams} ModelSelectParams
  * @typedef {import('../types.js').ModelSelectResult} ModelSelectResult
  * @typedef {import('../types.js').ModelUsageResult} ModelUsageResult
+ * @typedef {import('../types.js').ModelDiscoverResult} ModelDiscoverResult
+ * @typedef {import('../types.js').ModelPullParams} ModelPullParams
+ * @typedef {import('../types.js').ModelPullResult} ModelPullResult
+ * @typedef {import('../types.js').ModelPullProgressNotification} ModelPullProgressNotification
  * @typedef {import('../types.js').ErrorData} ErrorData
  * @typedef {import('./errors.js').ExitInfo} ExitInfo
  */
@@ -349,6 +353,29 @@ export class SidecarHost extends EventEmitter {
    */
   listModels(params, options) {
     return this.request('model:list-models', params ?? {}, options);
+  }
+
+  /**
+   * `model:discover`: the local model servers running on this machine (nothing is changed).
+   * @param {RequestOptions} [options]
+   * @returns {Promise<ModelDiscoverResult>}
+   */
+  discover(options) {
+    return this.request('model:discover', {}, options);
+  }
+
+  /**
+   * `model:pull`: download a model into an Ollama provider. `onProgress` gets each
+   * `model:pull-progress`; aborting `signal` cancels the download.
+   * @param {ModelPullParams} params
+   * @param {RequestOptions & {onProgress?: (progress: ModelPullProgressNotification) => void}} [options]
+   * @returns {Promise<ModelPullResult>}
+   */
+  pull(params, options) {
+    const { onProgress, ...rest } = options ?? {};
+    // Progress lines are routed to the request like stream chunks.
+    const onNotification = /** @type {any} */ (onProgress ?? null);
+    return this._call('model:pull', params, rest, onNotification).promise;
   }
 
   /** `model:get-config`. @param {RequestOptions} [options] @returns {Promise<ModelGetConfigResult>} */
@@ -717,7 +744,7 @@ export class SidecarHost extends EventEmitter {
 
   /** @param {string} method @param {any} params */
   _onNotification(method, params) {
-    if (method === 'model:stream-chunk' && params && typeof params === 'object') {
+    if ((method === 'model:stream-chunk' || method === 'model:pull-progress') && params && typeof params === 'object') {
       const entry = this._pending.get(params.requestId);
       entry?.onChunk?.(params);
     } else if (method === 'model:budget-alert') {

@@ -17,6 +17,10 @@
  * @typedef {import('../types.js').ModelSelectParams} ModelSelectParams
  * @typedef {import('../types.js').ModelSelectResult} ModelSelectResult
  * @typedef {import('../types.js').ModelUsageResult} ModelUsageResult
+ * @typedef {import('../types.js').ModelDiscoverResult} ModelDiscoverResult
+ * @typedef {import('../types.js').ModelPullParams} ModelPullParams
+ * @typedef {import('../types.js').ModelPullResult} ModelPullResult
+ * @typedef {import('../types.js').ModelPullProgressNotification} ModelPullProgressNotification
  * @typedef {import('../types.js').ErrorData} ErrorData
  * @typedef {import('./errors.js').ExitInfo} ExitInfo
  */
@@ -135,6 +139,22 @@ export class SidecarHost extends EventEmitter<SidecarHostEvents> {
      * @returns {Promise<ModelListModelsResult>}
      */
     listModels(params?: ModelListModelsParams, options?: RequestOptions): Promise<ModelListModelsResult>;
+    /**
+     * `model:discover`: the local model servers running on this machine (nothing is changed).
+     * @param {RequestOptions} [options]
+     * @returns {Promise<ModelDiscoverResult>}
+     */
+    discover(options?: RequestOptions): Promise<ModelDiscoverResult>;
+    /**
+     * `model:pull`: download a model into an Ollama provider. `onProgress` gets each
+     * `model:pull-progress`; aborting `signal` cancels the download.
+     * @param {ModelPullParams} params
+     * @param {RequestOptions & {onProgress?: (progress: ModelPullProgressNotification) => void}} [options]
+     * @returns {Promise<ModelPullResult>}
+     */
+    pull(params: ModelPullParams, options?: RequestOptions & {
+        onProgress?: (progress: ModelPullProgressNotification) => void;
+    }): Promise<ModelPullResult>;
     /** `model:get-config`. @param {RequestOptions} [options] @returns {Promise<ModelGetConfigResult>} */
     getConfig(options?: RequestOptions): Promise<ModelGetConfigResult>;
     /**
@@ -293,6 +313,10 @@ export type ModelSetConfigResult = import("../types.js").ModelSetConfigResult;
 export type ModelSelectParams = import("../types.js").ModelSelectParams;
 export type ModelSelectResult = import("../types.js").ModelSelectResult;
 export type ModelUsageResult = import("../types.js").ModelUsageResult;
+export type ModelDiscoverResult = import("../types.js").ModelDiscoverResult;
+export type ModelPullParams = import("../types.js").ModelPullParams;
+export type ModelPullResult = import("../types.js").ModelPullResult;
+export type ModelPullProgressNotification = import("../types.js").ModelPullProgressNotification;
 export type ErrorData = import("../types.js").ErrorData;
 export type ExitInfo = import("./errors.js").ExitInfo;
 export type RestartOptions = {
