@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
-__all__ = ["MIN_SECRET_LEN", "REDACTED", "Redactor", "is_preview", "is_sensitive_header", "preview"]
+__all__ = [
+    "MIN_SECRET_LEN",
+    "REDACTED",
+    "Redactor",
+    "StreamScrubber",
+    "is_preview",
+    "is_sensitive_header",
+    "preview",
+    "secret_variants",
+]
 
 REDACTED = "[redacted]"
 _ELLIPSIS = "\u2026"
@@ -23,6 +33,7 @@ _SENSITIVE_FIELD = re.compile(r"(api[_-]?key|authorization|secret|password|token
 #: either: a placeholder like "ollama" or "none" is no secret, and replacing such a short
 #: string wherever it occurs would corrupt ordinary text and JSON keys.
 _MIN_PREVIEW_LEN = 12
+_NOT_VISIBLE = re.compile(r"[^\x21-\x7e]+")
 MIN_SECRET_LEN = _MIN_PREVIEW_LEN
 
 
@@ -37,6 +48,23 @@ def is_sensitive_header(name: str) -> bool:
     """Whether a configured header carries a credential (previewed and scrubbed like a key)."""
     lowered = name.lower()
     return any(word in lowered for word in ("auth", "key", "token", "secret", "cookie"))
+
+
+def secret_variants(secrets: Iterable[str | None]) -> set[str]:
+    """Every form of each secret worth scrubbing: as given, without surrounding whitespace
+    (a key read from a file or an environment variable often ends in a newline; servers
+    and libraries quote it without), and the parts between characters that are not
+    visible ASCII. Short values are left out."""
+    found: set[str] = set()
+    for secret in secrets:
+        if not secret:
+            continue
+        # A character a header cannot carry comes back escaped (``\\x01``, ``\\n``) when
+        # a server or library quotes the key: the runs around it are scrubbed on their own.
+        for form in (secret, secret.strip(), *_NOT_VISIBLE.split(secret)):
+            if len(form) >= MIN_SECRET_LEN:
+                found.add(form)
+    return found
 
 
 def is_preview(value: str) -> bool:
@@ -55,7 +83,7 @@ class Redactor:
     def add(self, *secrets: str | None) -> None:
         with self._lock:
             known = set(self._secrets)
-            known.update(s for s in secrets if s and len(s) >= MIN_SECRET_LEN)
+            known.update(secret_variants(secrets))
             # Longest first, so a key that contains another is replaced whole.
             self._secrets = tuple(sorted(known, key=len, reverse=True))
             needles = []
@@ -94,3 +122,45 @@ class Redactor:
         if isinstance(value, list | tuple):
             return [self.scrub(v, shapes=shapes) for v in value]
         return value
+
+
+class StreamScrubber:
+    """Replaces secrets in a text that arrives in pieces, also across piece boundaries.
+
+    ``feed`` returns what can be passed on now: the text so far with every whole secret
+    replaced, minus the longest tail that is the beginning of a secret (held back until
+    the next piece shows whether the secret follows). ``flush`` returns the held tail at
+    the end. Ordinary text is never delayed; text ending in ``sk-`` is.
+    """
+
+    def __init__(self, secrets: Iterable[str | None]) -> None:
+        self._secrets = tuple(sorted(secret_variants(secrets), key=len, reverse=True))
+        self._held = ""
+
+    def feed(self, text: str) -> str:
+        if not self._secrets:
+            return text
+        text = self._held + text
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        hold = self._partial_tail(text)
+        self._held = text[len(text) - hold:] if hold else ""
+        return text[: len(text) - hold]
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return held
+
+    def _partial_tail(self, text: str) -> int:
+        """Length of the longest tail of ``text`` that a secret starts with."""
+        longest = 0
+        for secret in self._secrets:
+            # Only tails longer than the longest found so far, and shorter than the secret.
+            at = text.find(secret[0], max(0, len(text) - len(secret) + 1), len(text) - longest)
+            while at != -1:
+                if secret.startswith(text[at:]):
+                    longest = len(text) - at
+                    break
+                at = text.find(secret[0], at + 1, len(text) - longest)
+        return longest

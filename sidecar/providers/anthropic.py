@@ -8,8 +8,10 @@ official SDK writes it (``https://api.anthropic.com``).
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import httpx
 import orjson
 
 from sidecar.errors import (
@@ -27,14 +29,18 @@ from sidecar.providers.base import (
     StreamDelta,
     Usage,
 )
+from sidecar.providers.guard import DEFAULT_MAX_RESPONSE_BYTES
 from sidecar.providers.http import (
+    SSEEvent,
     aiter_sse,
     as_count,
     error_from_payload,
+    fetch_json,
     finish_body,
     loads_body,
     map_http_errors,
     parse_rate_limit,
+    probe,
     raise_for_error,
     redact_errors,
     text_or,
@@ -135,7 +141,7 @@ class AnthropicProvider(Provider):
     key_env_var: ClassVar[str | None] = "ANTHROPIC_API_KEY"
 
     def _headers(self, model: str | None) -> dict[str, str]:
-        key = self.settings.api_key
+        key = self.api_key
         if not key:
             raise AuthenticationError(
                 f"{self.name}: no API key; set {self.key_env_var} or providers.anthropic.apiKey",
@@ -151,15 +157,18 @@ class AnthropicProvider(Provider):
         headers.update(self.settings.headers)
         return headers
 
+    def _observe(self, response: httpx.Response) -> None:
+        self.last_rate_limit = parse_rate_limit(response.headers)
+
     async def generate(self, request: ProviderRequest) -> Completion:
-        with redact_errors(self.settings.api_key):
+        with redact_errors(*self.secrets):
             headers = self._headers(request.model)
             body = build_messages_body(request, stream=False)
-            with map_http_errors(self.name, request.model):
-                response = await self.client.post(_MESSAGES_PATH, content=orjson.dumps(body), headers=headers)
-            self.last_rate_limit = parse_rate_limit(response.headers)
-            await raise_for_error(response, provider=self.name, model=request.model)
-            data = loads_body(response.content, provider=self.name, model=request.model)
+            data = await fetch_json(
+                self.client, "POST", _MESSAGES_PATH, provider=self.name, model=request.model,
+                max_bytes=request.max_response_bytes, local_url=self.local_url, seen=self._observe,
+                content=orjson.dumps(body), headers=headers,
+            )
             if not isinstance(data, dict) or not isinstance(data.get("content"), list):
                 raise ModelError(
                     f"{self.name}: response has no content blocks",
@@ -185,93 +194,97 @@ class AnthropicProvider(Provider):
                 )
             usage = data.get("usage")
             finish = map_stop_reason(data.get("stop_reason"))
-            return Completion(
+            completion = Completion(
                 content=text,
                 model=text_or(data.get("model"), request.model),
                 finish_reason="stop" if forced is not None and finish == "tool_calls" else finish,
                 usage=map_usage(usage) if isinstance(usage, dict) else None,
             )
+            return self.guarded(completion, self.answer_guard(request, body["max_tokens"]))
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamDelta, None]:
-        with redact_errors(self.settings.api_key):
+        with redact_errors(*self.secrets):
             headers = self._headers(request.model)
             body = build_messages_body(request, stream=True)
-            model = request.model
-            finish: FinishReason | None = None
-            usage_fields: dict[str, Any] = {}
-            done = False
-            forced = forced_tool(request)
-            with map_http_errors(self.name, request.model):
+            state = _MessageStream(model=request.model, forced=forced_tool(request))
+            guard = self.answer_guard(request, body["max_tokens"])
+            with map_http_errors(self.name, request.model, local_url=self.local_url):
                 # Opened inside the generator: aclose() or cancelling the consumer exits
                 # this block, which closes the upstream connection.
                 async with self.client.stream(
                     "POST", _MESSAGES_PATH, content=orjson.dumps(body), headers=headers
                 ) as response:
-                    self.last_rate_limit = parse_rate_limit(response.headers)
+                    self._observe(response)
                     await raise_for_error(response, provider=self.name, model=request.model)
-                    events = aiter_sse(response)
+                    events = aiter_sse(response, request.max_response_bytes)
                     async for event in events:
-                        if event.event == "ping" or not event.data:
-                            continue
-                        # Every payload is parsed, so a garbled line is a ModelError even
-                        # when its event is one we would ignore.
-                        data = loads_body(event.data, provider=self.name, model=request.model)
-                        if not isinstance(data, dict):
-                            raise ModelError(
-                                f"{self.name}: unexpected stream payload",
-                                provider=self.name,
-                                model_id=request.model,
-                            )
-                        # Without an `event:` line httpx-sse reports "message"; the payload's
-                        # own `type` names the event then (it always repeats it, §2.4).
-                        name = event.event
-                        if name == "message" and isinstance(data.get("type"), str):
-                            name = data["type"]
-                        if name == "message_stop":
-                            done = True
+                        text = self._event(event, state, request.model)
+                        if state.done:
                             break
-                        if name == "error":
-                            raise error_from_payload(data.get("error"), provider=self.name, model=request.model)
-                        if name == "message_start":
-                            message = data.get("message")
-                            if isinstance(message, dict):
-                                model = text_or(message.get("model"), model)
-                                if isinstance(message.get("usage"), dict):
-                                    usage_fields.update(message["usage"])
-                        elif name == "message_delta":
-                            delta = data.get("delta")
-                            if isinstance(delta, dict):
-                                finish = map_stop_reason(delta.get("stop_reason")) or finish
-                            # message_delta usage is cumulative: newest value wins (§2.4).
-                            if isinstance(data.get("usage"), dict):
-                                usage_fields.update(data["usage"])
-                        elif name == "content_block_delta":
-                            delta = data.get("delta")
-                            # Only text_delta is content; input_json/thinking deltas are not,
-                            # unless a tool was forced: its input JSON is the answer.
-                            kind = delta.get("type") if isinstance(delta, dict) else None
-                            key = "partial_json" if forced is not None else "text"
-                            if isinstance(delta, dict) and kind == ("input_json_delta" if forced else "text_delta"):
-                                text = delta.get(key)
-                                if isinstance(text, str) and text:
-                                    yield StreamDelta(content=text, model=model)
-                        # content_block_start/stop and unknown event types are ignored (§2.4).
-                    if done:
+                        piece = guard.feed(text) if text else ""
+                        if piece:
+                            yield StreamDelta(content=piece, model=state.model)
+                        if guard.cut:
+                            break  # far past max_tokens: leaving the block closes upstream
+                    if state.done:
                         await finish_body(events)  # the connection goes back to the pool
-            if not done:
+            tail = guard.flush()
+            if guard.cut:
+                # The server ignored max_tokens; what it billed never came: the router bills the text.
+                yield StreamDelta(content=tail, model=state.model, finish_reason="length")
+                return
+            if not state.done:
                 raise NetworkError(
                     f"{self.name}: stream ended early (no message_stop)",
                     provider=self.name,
                     model_id=request.model,
                 )
+            finish = state.finish
             yield StreamDelta(
-                model=model,
-                finish_reason="stop" if forced is not None and finish == "tool_calls" else finish,
-                usage=map_usage(usage_fields) if usage_fields else None,
+                content=tail,
+                model=state.model,
+                finish_reason="stop" if state.forced is not None and finish == "tool_calls" else finish,
+                usage=map_usage(state.usage_fields) if state.usage_fields else None,
             )
 
+    def _event(self, event: SSEEvent, state: _MessageStream, model: str) -> str | None:
+        """Read one event into ``state``; its text, if any."""
+        if event.event == "ping" or not event.data:
+            return None
+        # Every payload is parsed, so a garbled line is a ModelError even when its event
+        # is one we would ignore.
+        data = loads_body(event.data, provider=self.name, model=model)
+        if not isinstance(data, dict):
+            raise ModelError(f"{self.name}: unexpected stream payload", provider=self.name, model_id=model)
+        # Without an `event:` line the event is "message"; the payload's own `type` names
+        # the event then (it always repeats it, §2.4).
+        name = event.event
+        if name == "message" and isinstance(data.get("type"), str):
+            name = data["type"]
+        if name == "message_stop":
+            state.done = True
+        elif name == "error":
+            raise error_from_payload(data.get("error"), provider=self.name, model=model)
+        elif name == "message_start":
+            message = data.get("message")
+            if isinstance(message, dict):
+                state.model = text_or(message.get("model"), state.model)
+                if isinstance(message.get("usage"), dict):
+                    state.usage_fields.update(message["usage"])
+        elif name == "message_delta":
+            delta = data.get("delta")
+            if isinstance(delta, dict):
+                state.finish = map_stop_reason(delta.get("stop_reason")) or state.finish
+            # message_delta usage is cumulative: newest value wins (§2.4).
+            if isinstance(data.get("usage"), dict):
+                state.usage_fields.update(data["usage"])
+        elif name == "content_block_delta":
+            return _delta_text(data.get("delta"), state.forced)
+        # content_block_start/stop and unknown event types are ignored (§2.4).
+        return None
+
     async def list_models(self) -> list[ProviderModel]:
-        with redact_errors(self.settings.api_key):
+        with redact_errors(*self.secrets):
             headers = self._headers(None)
             models: list[ProviderModel] = []
             after: str | None = None
@@ -279,11 +292,11 @@ class AnthropicProvider(Provider):
                 params: dict[str, str | int] = {"limit": 1000}
                 if after:
                     params["after_id"] = after
-                with map_http_errors(self.name, None):
-                    response = await self.client.get(_MODELS_PATH, params=params, headers=headers)
-                self.last_rate_limit = parse_rate_limit(response.headers)
-                await raise_for_error(response, provider=self.name, model=None)
-                page = loads_body(response.content, provider=self.name, model=None)
+                page = await fetch_json(
+                    self.client, "GET", _MODELS_PATH, provider=self.name, model=None,
+                    max_bytes=DEFAULT_MAX_RESPONSE_BYTES, local_url=self.local_url, seen=self._observe,
+                    params=params, headers=headers,
+                )
                 entries = page.get("data") if isinstance(page, dict) else None
                 if not isinstance(entries, list):
                     raise ModelError(f"{self.name}: model list has no data array", provider=self.name)
@@ -327,9 +340,32 @@ class AnthropicProvider(Provider):
         """One ``GET /v1/models?limit=1`` answers 2xx."""
         try:
             headers = self._headers(None)
-            with map_http_errors(self.name, None):
-                response = await self.client.get(_MODELS_PATH, params={"limit": 1}, headers=headers)
         except SidecarError:
             return False
-        self.last_rate_limit = parse_rate_limit(response.headers)
+        response = await probe(self.client, _MODELS_PATH, headers=headers, params={"limit": 1})
+        if response is None:
+            return False
+        self._observe(response)
         return response.is_success
+
+
+def _delta_text(delta: object, forced: str | None) -> str | None:
+    """The text of a ``content_block_delta``: only ``text_delta`` is content;
+    input_json/thinking deltas are not, unless a tool was forced: its input JSON is the
+    answer."""
+    if not isinstance(delta, dict):
+        return None
+    kind, key = ("input_json_delta", "partial_json") if forced is not None else ("text_delta", "text")
+    text = delta.get(key) if delta.get("type") == kind else None
+    return text if isinstance(text, str) else None
+
+
+@dataclass(slots=True)
+class _MessageStream:
+    """What a Messages stream has said so far."""
+
+    model: str
+    forced: str | None
+    finish: FinishReason | None = None
+    usage_fields: dict[str, Any] = field(default_factory=dict)
+    done: bool = False

@@ -9,6 +9,7 @@ model. It never retries, never falls back and never sleeps: that is the router's
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -16,6 +17,8 @@ from typing import Any, ClassVar, Literal
 import httpx
 
 from sidecar.errors import SidecarError
+from sidecar.providers.guard import DEFAULT_MAX_RESPONSE_BYTES, AnswerGuard
+from sidecar.secrets import is_sensitive_header
 
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length", "content_filter", "tool_calls"]
@@ -64,6 +67,9 @@ class ProviderRequest:
     context_window: int | None = None
     #: Provider-native structured output parameters (filled by the structured output layer).
     native_format: dict[str, Any] | None = None
+    #: Bound on one stream line or event, a non-streamed body and the answer's text
+    #: (config ``maxResponseBytes``).
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +172,45 @@ class Provider(abc.ABC):
     @property
     def is_local(self) -> bool:
         return self.settings.local
+
+    @property
+    def api_key(self) -> str | None:
+        """The configured key without surrounding whitespace (a key read from a file or an
+        environment variable often ends in a newline, which HTTP forbids in a header)."""
+        key = self.settings.api_key
+        return key.strip() if key else None
+
+    @property
+    def secrets(self) -> tuple[str | None, ...]:
+        """What must never leave the process: the key and credential header values."""
+        headers = self.settings.headers
+        return (self.settings.api_key, *(v for k, v in headers.items() if is_sensitive_header(k)))
+
+    @property
+    def local_url(self) -> str | None:
+        """The base URL of a local provider (its errors name the server), else None."""
+        return self.settings.base_url if self.settings.local else None
+
+    def answer_guard(self, request: ProviderRequest, max_tokens: int | None = None) -> AnswerGuard:
+        """The size, token and secret guard of one answer to ``request``.
+
+        ``max_tokens`` is the output limit the upstream request really carries when it
+        differs from the request's (a default the provider's API requires).
+        """
+        return AnswerGuard(
+            provider=self.name, model=request.model, secrets=self.secrets,
+            max_bytes=request.max_response_bytes,
+            max_tokens=max_tokens if max_tokens is not None else request.max_tokens,
+        )
+
+    @staticmethod
+    def guarded(completion: Completion, guard: AnswerGuard) -> Completion:
+        """A non-streamed answer through ``guard``: secrets scrubbed, its size checked, and
+        cut at the output-token ceiling with ``finish_reason="length"``. The usage the
+        provider reported is kept: that is what it bills."""
+        content = guard.whole(completion.content)
+        finish = "length" if guard.cut else completion.finish_reason
+        return dataclasses.replace(completion, content=content, finish_reason=finish)
 
     @abc.abstractmethod
     async def generate(self, request: ProviderRequest) -> Completion:

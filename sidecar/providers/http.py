@@ -2,9 +2,10 @@
 
 This is the only module that builds ``httpx.AsyncClient`` objects (so the transport can
 be swapped in one place) and the one seam where httpx exceptions and HTTP statuses become
-:mod:`sidecar.errors` classes. Stream bodies are split on the byte ``\\n`` only (NDJSON)
-or by ``httpx-sse``'s SSE line decoder (``\\r\\n``, ``\\r``, ``\\n``): never by
-``str.splitlines``, which would also split on U+2028/U+2029 that JSON leaves raw.
+:mod:`sidecar.errors` classes. Stream bodies are split as bytes, on ``\\n`` only (NDJSON)
+or on ``\\r\\n``, ``\\r``, ``\\n`` (SSE): never by ``str.splitlines``, which would also
+split on U+2028/U+2029 that JSON leaves raw. Every line, event and body is bounded (see
+:mod:`sidecar.providers.guard`), so no server can make the sidecar buffer without end.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import ipaddress
+import json
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,17 +39,22 @@ from sidecar.errors import (
     ValidationError,
 )
 from sidecar.providers.base import ProviderSettings, RateLimitSnapshot
+from sidecar.providers.guard import ERROR_BODY_BYTES, oversized
+from sidecar.secrets import REDACTED, secret_variants
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
     "DEFAULT_TIMEOUT_MS",
-    "MAX_STREAM_LINE_BYTES",
     "HttpClientFactory",
+    "LocalServerDown",
+    "ResponseTooLarge",
+    "SSEEvent",
     "aiter_ndjson",
     "aiter_sse",
     "as_count",
     "error_from_payload",
     "error_from_status",
+    "fetch_json",
     "finish_body",
     "is_loopback_url",
     "loads_body",
@@ -54,8 +62,11 @@ __all__ = [
     "parse_go_duration_ms",
     "parse_rate_limit",
     "parse_retry_after_ms",
+    "probe",
     "raise_for_error",
+    "read_body",
     "read_error_body",
+    "read_prefix",
     "redact_errors",
     "text_or",
 ]
@@ -63,8 +74,6 @@ __all__ = [
 #: Per-attempt read timeout when the provider entry sets no ``timeoutMs``.
 DEFAULT_TIMEOUT_MS = 120_000
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
-#: A stream line longer than this is treated as a broken stream, not buffered forever.
-MAX_STREAM_LINE_BYTES = 16 * 1024 * 1024
 
 def is_loopback_url(url: str) -> bool:
     """Whether ``url`` points at this machine: a loopback IP literal or ``localhost``.
@@ -131,21 +140,67 @@ class HttpClientFactory:
         )
 
 
+class LocalServerDown(ModelError):
+    """A local provider's server refused the connection: it is not running.
+
+    Reported as ``ModelError`` (the model cannot be reached, another may), never retried
+    on the same server within a request, and provider-wide: the server's other models
+    are down with it.
+    """
+
+    retry_same = False
+
+
+class ResponseTooLarge(Exception):
+    """A line, event or body passed its size bound (mapped to an oversized ``ModelError``)."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(what)
+        self.what = what
+        self.limit = limit
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a connect failure was a refusal (typed: the OS error in the cause chain)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 @contextmanager
-def map_http_errors(provider: str, model: str | None) -> Iterator[None]:
-    """Translate httpx failures raised inside the block into :class:`NetworkError` and kin."""
+def map_http_errors(provider: str, model: str | None, *, local_url: str | None = None) -> Iterator[None]:
+    """Translate httpx failures raised inside the block into :class:`NetworkError` and kin.
+
+    Messages of exceptions that can quote the request (its headers, so the key, or its
+    URL) are never passed on: those get a fixed text chosen by exception type.
+    ``local_url`` is the base URL of a local provider: a refused connection there says
+    that its server is not running.
+    """
     try:
         yield
+    except ResponseTooLarge as exc:
+        raise oversized(provider, model, exc.what, exc.limit) from exc
     except httpx.TimeoutException as exc:
         phase = type(exc).__name__.replace("Timeout", "").lower() or "request"
         raise NetworkError(
             f"{provider}: {phase} timed out", provider=provider, model_id=model
         ) from exc
     except httpx.ConnectError as exc:
+        if local_url is not None and _refused(exc):
+            raise LocalServerDown(
+                f"{provider}: the local server at {local_url} is not running (connection refused)",
+                provider=provider, model_id=model,
+            ) from exc
         raise NetworkError(
             f"{provider}: could not connect ({_reason(exc)})", provider=provider, model_id=model
         ) from exc
     except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError) as exc:
+        # Raised on the response side (or by the socket): they never quote the request.
         raise NetworkError(
             f"{provider}: connection broken ({_reason(exc)})", provider=provider, model_id=model
         ) from exc
@@ -154,15 +209,26 @@ def map_http_errors(provider: str, model: str | None) -> Iterator[None]:
         raise ModelError(
             f"{provider}: expected an event stream ({exc})", provider=provider, model_id=model
         ) from exc
+    except httpx.LocalProtocolError as exc:
+        # h11 refuses a header value with control characters and quotes it whole: the key.
+        raise AuthenticationError(
+            f"{provider}: cannot send the request: the API key or a header value holds a "
+            "character HTTP does not allow (a trailing newline?)",
+            provider=provider, model_id=model, retryable=False,
+        ) from exc
     except httpx.TransportError as exc:
         raise NetworkError(
-            f"{provider}: transport failure ({_reason(exc)})", provider=provider, model_id=model
+            f"{provider}: transport failure ({type(exc).__name__})", provider=provider, model_id=model
         ) from exc
-    except (httpx.InvalidURL, UnicodeEncodeError) as exc:
-        # A request that cannot even be built (bad URL, non-ASCII header): the config is
-        # wrong, retrying or waiting will not help.
+    except UnicodeEncodeError as exc:
+        raise AuthenticationError(
+            f"{provider}: cannot send the request: the API key or a header value is not ASCII",
+            provider=provider, model_id=model, retryable=False,
+        ) from exc
+    except httpx.InvalidURL as exc:
+        # A request that cannot even be built: the config is wrong, retrying will not help.
         raise ValidationError(
-            f"{provider}: cannot build the request ({_reason(exc)})", provider=provider, model_id=model,
+            f"{provider}: cannot build the request (invalid URL)", provider=provider, model_id=model,
             retryable=False,
         ) from exc
     except httpx.DecodingError as exc:
@@ -172,22 +238,27 @@ def map_http_errors(provider: str, model: str | None) -> Iterator[None]:
 
 
 @contextmanager
-def redact_errors(secret: str | None) -> Iterator[None]:
-    """Strip the provider's key from any error leaving the block (servers and proxies echo it)."""
+def redact_errors(*secrets: str | None) -> Iterator[None]:
+    """Strip the provider's secrets from any error leaving the block (servers and proxies
+    echo them), in every form :func:`sidecar.secrets.secret_variants` knows."""
     try:
         yield
     except SidecarError as exc:
-        if secret:
-            exc.message = _redact(exc.message, secret)
+        needles = sorted(secret_variants(secrets), key=len, reverse=True)
+        if needles:
+            exc.message = _redact(exc.message, needles)
             exc.args = (exc.message,)
             for key, value in list(exc.extra.items()):
                 if isinstance(value, str):
-                    exc.extra[key] = _redact(value, secret)
+                    exc.extra[key] = _redact(value, needles)
         raise
 
 
-def _redact(text: str, secret: str) -> str:
-    return text.replace(secret, "[redacted]") if secret in text else text
+def _redact(text: str, needles: list[str]) -> str:
+    for needle in needles:
+        if needle in text:
+            text = text.replace(needle, REDACTED)
+    return text
 
 
 #: Token counts above this are nonsense from a broken server; clamping keeps sums exact
@@ -323,12 +394,42 @@ def error_from_payload(error: object, *, provider: str, model: str | None) -> Pr
 
 
 async def raise_for_error(response: httpx.Response, *, provider: str, model: str | None) -> None:
-    """Raise the typed error of a non-2xx response (reading its body first if streamed)."""
+    """Raise the typed error of a non-2xx response; only the first 64 KiB of its body are
+    read (a message fits, a hostile body of any size does not get buffered)."""
     if response.is_error:
-        await response.aread()
-        raise error_from_status(
-            response.status_code, response.headers, response.content, provider=provider, model=model
-        )
+        body = await read_prefix(response, ERROR_BODY_BYTES)
+        raise error_from_status(response.status_code, response.headers, body, provider=provider, model=model)
+
+
+async def read_prefix(response: httpx.Response, limit: int) -> bytes:
+    """At most about ``limit`` bytes of a streamed body; the rest is left unread."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(parts)[:limit]
+
+
+async def read_body(response: httpx.Response, limit: int) -> bytes:
+    """A whole (decompressed) body of at most ``limit`` bytes, else :class:`ResponseTooLarge`.
+
+    Only for responses opened with ``client.stream``: leaving the block then closes the
+    connection of a body cut short.
+    """
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ResponseTooLarge("body", limit)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise ResponseTooLarge("body", limit)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def parse_retry_after_ms(headers: Mapping[str, str], now: float | None = None) -> int | None:
@@ -419,12 +520,27 @@ def parse_rate_limit(headers: Mapping[str, str], now: float | None = None) -> Ra
     return None
 
 
+#: A ``\\uD800``-``\\uDFFF`` escape: half of a surrogate pair, which orjson refuses alone.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
 def loads_body(body: bytes | str, *, provider: str, model: str | None) -> Any:
-    """Parse a JSON body or stream payload; garbage becomes a retryable :class:`ModelError`."""
+    """Parse a JSON body or stream payload; garbage becomes a retryable :class:`ModelError`.
+
+    A payload with a lone surrogate escape (half an emoji, from a server that cut its text
+    by UTF-16 units) is valid JSON that orjson refuses: the standard library parses it,
+    and :class:`~sidecar.providers.guard.SurrogateJoiner` mends the text afterwards.
+    """
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        snippet = (body if isinstance(body, str) else body.decode("utf-8", "replace"))[:80]
+        raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+        if _SURROGATE_ESCAPE.search(raw):
+            try:
+                return json.loads(raw, parse_constant=_no_constant)
+            except ValueError:
+                pass
+        snippet = raw[:80].decode("utf-8", "replace")
         raise ModelError(
             f"{provider}: malformed JSON from the provider ({snippet!r})",
             provider=provider,
@@ -432,22 +548,82 @@ def loads_body(body: bytes | str, *, provider: str, model: str | None) -> Any:
         ) from exc
 
 
-async def aiter_ndjson(response: httpx.Response) -> AsyncIterator[bytes]:
-    """Yield the non-empty lines of an NDJSON body, split on the byte ``\\n`` only."""
-    buffer = b""
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def fetch_json(client: httpx.AsyncClient, method: str, url: str, *, provider: str, model: str | None,
+                     max_bytes: int, local_url: str | None = None,
+                     seen: Callable[[httpx.Response], None] | None = None, **kwargs: Any) -> Any:
+    """One non-streamed request: the parsed JSON body of a 2xx answer of at most
+    ``max_bytes`` bytes, else the typed error (``seen`` gets the response first, for its
+    rate-limit headers)."""
+    with map_http_errors(provider, model, local_url=local_url):
+        async with client.stream(method, url, **kwargs) as response:
+            if seen is not None:
+                seen(response)
+            await raise_for_error(response, provider=provider, model=model)
+            body = await read_body(response, max_bytes)
+    return loads_body(body, provider=provider, model=model)
+
+
+async def probe(client: httpx.AsyncClient, url: str, *, headers: Mapping[str, str] | None = None,
+                params: Mapping[str, str | int] | None = None) -> httpx.Response | None:
+    """A health probe: the response (its body read up to 64 KiB), or None when the
+    server cannot be reached at all. Never raises."""
+    try:
+        async with client.stream("GET", url, headers=headers, params=params) as response:
+            await read_prefix(response, ERROR_BODY_BYTES)
+            return response
+    except (httpx.HTTPError, UnicodeEncodeError):
+        return None
+
+
+_SSE_EOL = re.compile(rb"\r\n|\r|\n")
+_LF = re.compile(rb"\n")
+
+
+async def _aiter_lines(response: httpx.Response, max_bytes: int, *, sse: bool) -> AsyncIterator[bytes]:
+    """The lines of a body as bytes, none longer than ``max_bytes`` (:class:`ResponseTooLarge`).
+
+    Split on bytes, so a multi-byte UTF-8 character cut between two reads is whole again
+    in its line; SSE lines end at ``\r\n``, ``\r`` or ``\n``, NDJSON lines at ``\n``
+    only. A long line is kept as a list of pieces: no copy grows per read.
+    """
+    eol = _SSE_EOL if sse else _LF
+    parts: list[bytes] = []
+    size = 0
+    skip_lf = False  # a \r ended the last read; a \n opening this one belongs to it
     async for chunk in response.aiter_bytes():
-        buffer += chunk
-        if b"\n" not in buffer:
-            if len(buffer) > MAX_STREAM_LINE_BYTES:
-                raise httpx.RemoteProtocolError("stream line too long")
+        if not chunk:
             continue
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            line = line.rstrip(b"\r")
-            if line:
-                yield line
-    if buffer.strip():
-        yield buffer.rstrip(b"\r")
+        if skip_lf and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        skip_lf = sse and chunk.endswith(b"\r")
+        pos = 0
+        for match in eol.finditer(chunk):
+            piece = chunk[pos:match.start()]
+            if size + len(piece) > max_bytes:
+                raise ResponseTooLarge("stream line", max_bytes)
+            parts.append(piece)
+            yield b"".join(parts)
+            parts, size, pos = [], 0, match.end()
+        rest = chunk[pos:]
+        if rest:
+            size += len(rest)
+            if size > max_bytes:
+                raise ResponseTooLarge("stream line", max_bytes)
+            parts.append(rest)
+    if parts:
+        yield b"".join(parts)
+
+
+async def aiter_ndjson(response: httpx.Response, max_bytes: int) -> AsyncIterator[bytes]:
+    """Yield the non-empty lines of an NDJSON body, split on the byte ``\n`` only."""
+    async for line in _aiter_lines(response, max_bytes, sse=False):
+        line = line.rstrip(b"\r")
+        if line.strip():
+            yield line
 
 
 #: How long the end of a body may take to arrive after the stream's terminator.
@@ -473,7 +649,40 @@ async def finish_body(rest: AsyncIterator[object], *, limit: int = 64) -> None:
         return
 
 
-async def aiter_sse(response: httpx.Response) -> AsyncIterator[httpx_sse.ServerSentEvent]:
-    """Yield the events of an SSE body (``httpx-sse`` splits on SSE line ends only)."""
-    async for event in httpx_sse.EventSource(response).aiter_sse():
-        yield event
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One dispatched Server-Sent Event: its type (``message`` when unnamed) and data."""
+
+    event: str
+    data: bytes
+
+
+async def aiter_sse(response: httpx.Response, max_bytes: int) -> AsyncIterator[SSEEvent]:
+    """Yield the events of an SSE body (WHATWG HTML, "Parsing an event stream").
+
+    An event's data may not pass ``max_bytes`` (:class:`ResponseTooLarge`); an event left
+    without its closing blank line at the end of the body is dropped, as the spec says.
+    """
+    content_type = response.headers.get("content-type", "").partition(";")[0]
+    if "text/event-stream" not in content_type:
+        raise httpx_sse.SSEError(f"got Content-Type {content_type[:60]!r}")
+    name = b""
+    data: list[bytes] = []
+    size = 0
+    async for line in _aiter_lines(response, max_bytes, sse=True):
+        if not line:
+            if data or name:
+                yield SSEEvent(name.decode("utf-8", "replace") or "message", b"\n".join(data))
+            name, data, size = b"", [], 0
+            continue
+        field, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if field == b"data":
+            size += len(value) + 1
+            if size > max_bytes:
+                raise ResponseTooLarge("stream event", max_bytes)
+            data.append(value)
+        elif field == b"event":
+            name = value
+        # Comments (an empty field name), id, retry and unknown fields are ignored.

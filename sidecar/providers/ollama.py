@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar
 
+import httpx
 import orjson
 
-from sidecar.errors import ModelError, NetworkError, SidecarError
+from sidecar.errors import ModelError, NetworkError, ProviderError
 from sidecar.providers.base import (
     Completion,
     FinishReason,
@@ -22,13 +23,16 @@ from sidecar.providers.base import (
     StreamDelta,
     Usage,
 )
+from sidecar.providers.guard import DEFAULT_MAX_RESPONSE_BYTES
 from sidecar.providers.http import (
     aiter_ndjson,
     as_count,
+    fetch_json,
     finish_body,
     loads_body,
     map_http_errors,
     parse_rate_limit,
+    probe,
     raise_for_error,
     redact_errors,
     text_or,
@@ -108,8 +112,8 @@ class OllamaProvider(Provider):
 
     def _headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
-        if self.settings.api_key:
-            headers["authorization"] = f"Bearer {self.settings.api_key}"
+        if self.api_key:
+            headers["authorization"] = f"Bearer {self.api_key}"
         headers.update(self.settings.headers)
         return headers
 
@@ -120,16 +124,20 @@ class OllamaProvider(Provider):
             return ModelError(f"{self.name}: {message}", provider=self.name, model_id=model)
         return None
 
+    def _observe(self, response: httpx.Response) -> None:
+        self.last_rate_limit = parse_rate_limit(response.headers)
+
+    async def _fetch(self, method: str, path: str, model: str | None, max_bytes: int, **kwargs: Any) -> Any:
+        return await fetch_json(
+            self.client, method, path, provider=self.name, model=model, max_bytes=max_bytes,
+            local_url=self.local_url, seen=self._observe, headers=self._headers(), **kwargs,
+        )
+
     async def generate(self, request: ProviderRequest) -> Completion:
-        with redact_errors(self.settings.api_key):
+        with redact_errors(*self.secrets):
             body = build_chat_body(request, stream=False)
-            with map_http_errors(self.name, request.model):
-                response = await self.client.post(
-                    _CHAT_PATH, content=orjson.dumps(body), headers=self._headers()
-                )
-            self.last_rate_limit = parse_rate_limit(response.headers)
-            await raise_for_error(response, provider=self.name, model=request.model)
-            data = loads_body(response.content, provider=self.name, model=request.model)
+            data = await self._fetch("POST", _CHAT_PATH, request.model, request.max_response_bytes,
+                                     content=orjson.dumps(body))
             error = self._error_line(data, request.model)
             if error is not None:
                 raise error
@@ -139,49 +147,47 @@ class OllamaProvider(Provider):
                     provider=self.name,
                     model_id=request.model,
                 )
-            return Completion(
+            completion = Completion(
                 content=_message_text(data),
                 model=text_or(data.get("model"), request.model),
                 finish_reason=map_done_reason(data.get("done_reason")),
                 usage=map_usage(data),
             )
+            return self.guarded(completion, self.answer_guard(request))
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamDelta, None]:
-        with redact_errors(self.settings.api_key):
+        with redact_errors(*self.secrets):
             body = build_chat_body(request, stream=True)
             model = request.model
             final: dict[str, Any] | None = None
-            with map_http_errors(self.name, request.model):
+            guard = self.answer_guard(request)
+            with map_http_errors(self.name, request.model, local_url=self.local_url):
                 # Opened inside the generator: aclose() or cancelling the consumer exits
                 # this block, which closes the upstream connection.
                 async with self.client.stream(
                     "POST", _CHAT_PATH, content=orjson.dumps(body), headers=self._headers()
                 ) as response:
-                    self.last_rate_limit = parse_rate_limit(response.headers)
+                    self._observe(response)
                     await raise_for_error(response, provider=self.name, model=request.model)
                     # Split on the byte \n only: U+2028/U+2029 stay inside a line (§3).
-                    lines = aiter_ndjson(response)
+                    lines = aiter_ndjson(response, request.max_response_bytes)
                     async for line in lines:
-                        data = loads_body(line, provider=self.name, model=request.model)
-                        error = self._error_line(data, request.model)
-                        if error is not None:
-                            raise error
-                        if not isinstance(data, dict) or "done" not in data:
-                            # Every /api/chat line carries `done` (§3.1); anything else is garbage.
-                            raise ModelError(
-                                f"{self.name}: unexpected stream line",
-                                provider=self.name,
-                                model_id=request.model,
-                            )
+                        data = self._stream_line(line, request.model)
                         model = text_or(data.get("model"), model)
                         if data.get("done") is True:
                             final = data
                             break
-                        text = _message_text(data)
-                        if text:
-                            yield StreamDelta(content=text, model=model)
+                        piece = guard.feed(_message_text(data))
+                        if piece:
+                            yield StreamDelta(content=piece, model=model)
+                        if guard.cut:
+                            break  # far past num_predict: leaving the block closes upstream
                     if final is not None:
                         await finish_body(lines)  # the connection goes back to the pool
+            if guard.cut:
+                # The server ignored num_predict; its counts never came: the router bills the text.
+                yield StreamDelta(content=guard.flush(), model=model, finish_reason="length")
+                return
             if final is None:
                 raise NetworkError(
                     f"{self.name}: stream ended early (no done: true)",
@@ -189,20 +195,27 @@ class OllamaProvider(Provider):
                     model_id=request.model,
                 )
             # The done object may still carry a last piece of text (§3.1 examples).
+            last = guard.feed(_message_text(final))
             yield StreamDelta(
-                content=_message_text(final),
+                content=last + guard.flush(),
                 model=model,
-                finish_reason=map_done_reason(final.get("done_reason")),
+                finish_reason="length" if guard.cut else map_done_reason(final.get("done_reason")),
                 usage=map_usage(final),
             )
 
+    def _stream_line(self, line: bytes, model: str) -> dict[str, Any]:
+        data = loads_body(line, provider=self.name, model=model)
+        error = self._error_line(data, model)
+        if error is not None:
+            raise error
+        if not isinstance(data, dict) or "done" not in data:
+            # Every /api/chat line carries `done` (§3.1); anything else is garbage.
+            raise ModelError(f"{self.name}: unexpected stream line", provider=self.name, model_id=model)
+        return data
+
     async def list_models(self) -> list[ProviderModel]:
-        with redact_errors(self.settings.api_key):
-            with map_http_errors(self.name, None):
-                response = await self.client.get(_TAGS_PATH, headers=self._headers())
-            self.last_rate_limit = parse_rate_limit(response.headers)
-            await raise_for_error(response, provider=self.name, model=None)
-            data = loads_body(response.content, provider=self.name, model=None)
+        with redact_errors(*self.secrets):
+            data = await self._fetch("GET", _TAGS_PATH, None, DEFAULT_MAX_RESPONSE_BYTES)
             entries = data.get("models") if isinstance(data, dict) else None
             if not isinstance(entries, list):
                 raise ModelError(f"{self.name}: model list has no models array", provider=self.name)
@@ -218,7 +231,6 @@ class OllamaProvider(Provider):
                         id=model_id,
                         provider=self.name,
                         capabilities=self._capabilities(entry.get("capabilities")),
-                        version=_version(entry),
                     )
                 )
             return models
@@ -233,16 +245,14 @@ class OllamaProvider(Provider):
 
     async def get_model_info(self, model_id: str) -> ProviderModel | None:
         """``POST /api/show``: trained context length and capabilities; None if unknown."""
-        with redact_errors(self.settings.api_key):
-            with map_http_errors(self.name, model_id):
-                response = await self.client.post(
-                    _SHOW_PATH, content=orjson.dumps({"model": model_id}), headers=self._headers()
-                )
-            self.last_rate_limit = parse_rate_limit(response.headers)
-            if response.status_code == 404:
-                return None
-            await raise_for_error(response, provider=self.name, model=model_id)
-            data = loads_body(response.content, provider=self.name, model=model_id)
+        with redact_errors(*self.secrets):
+            try:
+                data = await self._fetch("POST", _SHOW_PATH, model_id, DEFAULT_MAX_RESPONSE_BYTES,
+                                         content=orjson.dumps({"model": model_id}))
+            except ProviderError as exc:
+                if exc.status == 404:
+                    return None
+                raise
             if not isinstance(data, dict):
                 raise ModelError(f"{self.name}: unexpected /api/show answer", provider=self.name)
             info = data.get("model_info")
@@ -260,21 +270,8 @@ class OllamaProvider(Provider):
 
     async def is_available(self) -> bool:
         """``GET /`` answers 200 "Ollama is running" (§3)."""
-        try:
-            with map_http_errors(self.name, None):
-                response = await self.client.get("/", headers=self._headers())
-        except SidecarError:
+        response = await probe(self.client, "/", headers=self._headers())
+        if response is None:
             return False
-        self.last_rate_limit = parse_rate_limit(response.headers)
+        self._observe(response)
         return response.status_code == 200
-
-
-def _version(entry: dict[str, object]) -> str | None:
-    """``/api/tags`` names a build by its digest (``ollama list`` shows the first 12 hex
-    digits, https://github.com/ollama/ollama/blob/main/docs/api.md#list-local-models);
-    the modified date stands in where a server gives no digest."""
-    digest = entry.get("digest")
-    if isinstance(digest, str) and digest:
-        return digest.removeprefix("sha256:")[:12]
-    modified = entry.get("modified_at")
-    return modified if isinstance(modified, str) and modified else None

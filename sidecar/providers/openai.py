@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
+import httpx
 import orjson
 
 from sidecar.errors import (
@@ -33,14 +34,17 @@ from sidecar.providers.base import (
     StreamDelta,
     Usage,
 )
+from sidecar.providers.guard import DEFAULT_MAX_RESPONSE_BYTES, AnswerGuard
 from sidecar.providers.http import (
     aiter_sse,
     as_count,
     error_from_payload,
+    fetch_json,
     finish_body,
     loads_body,
     map_http_errors,
     parse_rate_limit,
+    probe,
     raise_for_error,
     redact_errors,
     text_or,
@@ -159,7 +163,7 @@ class OpenAIProvider(Provider):
         return self.kind == "openai" and self.settings.kind != "custom"
 
     def _headers(self, model: str | None) -> dict[str, str]:
-        key = self.settings.api_key
+        key = self.api_key
         if not key and self.official:
             raise AuthenticationError(
                 f"{self.name}: no API key; set {self.key_env_var} or providers.{self.kind}.apiKey",
@@ -186,97 +190,107 @@ class OpenAIProvider(Provider):
             usage=map_usage(data.get("usage")),
         )
 
+    def _observe(self, response: httpx.Response) -> None:
+        self.last_rate_limit = parse_rate_limit(response.headers)
+
     async def generate(self, request: ProviderRequest) -> Completion:
-        with redact_errors(self.settings.api_key):
+        with redact_errors(*self.secrets):
             headers = self._headers(request.model)
             body = build_chat_body(request, official=self.official, stream=False)
-            with map_http_errors(self.name, request.model):
-                response = await self.client.post(_CHAT_PATH, content=orjson.dumps(body), headers=headers)
-            self.last_rate_limit = parse_rate_limit(response.headers)
-            await raise_for_error(response, provider=self.name, model=request.model)
-            data = loads_body(response.content, provider=self.name, model=request.model)
+            data = await fetch_json(
+                self.client, "POST", _CHAT_PATH, provider=self.name, model=request.model,
+                max_bytes=request.max_response_bytes, local_url=self.local_url, seen=self._observe,
+                content=orjson.dumps(body), headers=headers,
+            )
             # Some compatible servers answer 200 with an error envelope.
             if isinstance(data, dict) and data.get("error"):
                 raise error_from_payload(data["error"], provider=self.name, model=request.model)
-            return self._completion(data, request.model)
+            return self.guarded(self._completion(data, request.model), self.answer_guard(request))
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamDelta, None]:
-        with redact_errors(self.settings.api_key):
+        with redact_errors(*self.secrets):
             headers = self._headers(request.model)
             body = build_chat_body(request, official=self.official, stream=True)
-            model = request.model
-            finish: FinishReason | None = None
-            usage: Usage | None = None
-            done = False
-            # Whether any finish_reason came, even one we do not know (mapped to None).
-            finished = False
-            with map_http_errors(self.name, request.model):
+            state = _ChatStream(model=request.model)
+            guard = self.answer_guard(request)
+            with map_http_errors(self.name, request.model, local_url=self.local_url):
                 # Opened inside the generator: aclose() or cancelling the consumer exits
                 # this block, which closes the upstream connection.
                 async with self.client.stream(
                     "POST", _CHAT_PATH, content=orjson.dumps(body), headers=headers
                 ) as response:
-                    self.last_rate_limit = parse_rate_limit(response.headers)
+                    self._observe(response)
                     await raise_for_error(response, provider=self.name, model=request.model)
-                    events = aiter_sse(response)
+                    events = aiter_sse(response, request.max_response_bytes)
                     async for event in events:
-                        if not event.data:
-                            continue
-                        if event.data.strip() == "[DONE]":
-                            done = True
+                        text = self._chunk(event.data, state, request.model)
+                        if state.done:
                             break
-                        chunk = loads_body(event.data, provider=self.name, model=request.model)
-                        if not isinstance(chunk, dict):
-                            raise ModelError(
-                                f"{self.name}: unexpected stream payload",
-                                provider=self.name,
-                                model_id=request.model,
-                            )
-                        if chunk.get("error"):
-                            raise error_from_payload(chunk["error"], provider=self.name, model=request.model)
-                        model = text_or(chunk.get("model"), model)
-                        # The usage chunk has `choices: []` (§1.4); older llama.cpp builds put
-                        # usage on the finish chunk instead (§4.3): take it wherever it is.
-                        usage = map_usage(chunk.get("usage")) or usage
-                        choice = _first_choice(chunk)
-                        if choice is None:
-                            continue
-                        raw_finish = choice.get("finish_reason")
-                        finished = finished or (isinstance(raw_finish, str) and bool(raw_finish))
-                        finish = map_finish_reason(raw_finish) or finish
-                        delta = choice.get("delta")
-                        # `content` may be null; llama.cpp's `reasoning_content` is not content.
-                        text = delta.get("content") if isinstance(delta, dict) else None
-                        if isinstance(text, str) and text:
-                            yield StreamDelta(content=text, model=model)
-                    if done:
+                        piece = guard.feed(text) if text else ""
+                        if piece:
+                            yield StreamDelta(content=piece, model=state.model)
+                        if guard.cut:
+                            break  # far past maxTokens: leaving the block closes upstream
+                    if state.done:
                         await finish_body(events)  # the connection goes back to the pool
-            if not done:
-                raise NetworkError(
-                    f"{self.name}: stream ended early (no [DONE])",
-                    provider=self.name,
-                    model_id=request.model,
-                )
-            if not finished:
-                # Every server we speak to ends a generation with a finish_reason; a bare
-                # [DONE] is an interrupted one (llama-cpp-python's server does this to a
-                # running stream when another request arrives, unless started with
-                # --interrupt_requests False). Not a success with half an answer.
-                raise NetworkError(
-                    f"{self.name}: stream interrupted by the server ([DONE] without a finish_reason)",
-                    provider=self.name,
-                    model_id=request.model,
-                )
-            yield StreamDelta(model=model, finish_reason=finish, usage=usage)
+            yield self._stream_end(state, guard, request.model)
+
+    def _chunk(self, data: bytes, state: _ChatStream, model: str) -> str | None:
+        """Read one event's payload into ``state``; its text, if any."""
+        if not data:
+            return None
+        if data.strip() == b"[DONE]":
+            state.done = True
+            return None
+        chunk = loads_body(data, provider=self.name, model=model)
+        if not isinstance(chunk, dict):
+            raise ModelError(f"{self.name}: unexpected stream payload", provider=self.name, model_id=model)
+        if chunk.get("error"):
+            raise error_from_payload(chunk["error"], provider=self.name, model=model)
+        state.model = text_or(chunk.get("model"), state.model)
+        # The usage chunk has `choices: []` (§1.4); older llama.cpp builds put usage on
+        # the finish chunk instead (§4.3): take it wherever it is.
+        state.usage = map_usage(chunk.get("usage")) or state.usage
+        choice = _first_choice(chunk)
+        if choice is None:
+            return None
+        raw_finish = choice.get("finish_reason")
+        state.finished = state.finished or (isinstance(raw_finish, str) and bool(raw_finish))
+        state.finish = map_finish_reason(raw_finish) or state.finish
+        delta = choice.get("delta")
+        # `content` may be null; llama.cpp's `reasoning_content` is not content.
+        text = delta.get("content") if isinstance(delta, dict) else None
+        return text if isinstance(text, str) else None
+
+    def _stream_end(self, state: _ChatStream, guard: AnswerGuard, model: str) -> StreamDelta:
+        """The last delta (the held-back text, finish reason, usage), or the stream's error."""
+        tail = guard.flush()
+        if guard.cut:
+            # The server ignored maxTokens; its usage never came: the router bills the text.
+            return StreamDelta(content=tail, model=state.model, finish_reason="length")
+        if not state.done:
+            raise NetworkError(
+                f"{self.name}: stream ended early (no [DONE])", provider=self.name, model_id=model
+            )
+        if not state.finished:
+            # Every server we speak to ends a generation with a finish_reason; a bare
+            # [DONE] is an interrupted one (llama-cpp-python's server does this to a
+            # running stream when another request arrives, unless started with
+            # --interrupt_requests False). Not a success with half an answer.
+            raise NetworkError(
+                f"{self.name}: stream interrupted by the server ([DONE] without a finish_reason)",
+                provider=self.name, model_id=model,
+            )
+        return StreamDelta(content=tail, model=state.model, finish_reason=state.finish, usage=state.usage)
 
     async def list_models(self) -> list[ProviderModel]:
-        with redact_errors(self.settings.api_key):
+        with redact_errors(*self.secrets):
             headers = self._headers(None)
-            with map_http_errors(self.name, None):
-                response = await self.client.get(_MODELS_PATH, headers=headers)
-            self.last_rate_limit = parse_rate_limit(response.headers)
-            await raise_for_error(response, provider=self.name, model=None)
-            data = loads_body(response.content, provider=self.name, model=None)
+            data = await fetch_json(
+                self.client, "GET", _MODELS_PATH, provider=self.name, model=None,
+                max_bytes=DEFAULT_MAX_RESPONSE_BYTES, local_url=self.local_url, seen=self._observe,
+                headers=headers,
+            )
             entries = data.get("data") if isinstance(data, dict) else None
             if not isinstance(entries, list):
                 raise ModelError(f"{self.name}: model list has no data array", provider=self.name)
@@ -302,12 +316,25 @@ class OpenAIProvider(Provider):
         """``GET /models`` answers 2xx (llama.cpp's ``/health`` is not under ``/v1``)."""
         try:
             headers = self._headers(None)
-            with map_http_errors(self.name, None):
-                response = await self.client.get(_MODELS_PATH, headers=headers)
         except SidecarError:
             return False
-        self.last_rate_limit = parse_rate_limit(response.headers)
+        response = await probe(self.client, _MODELS_PATH, headers=headers)
+        if response is None:
+            return False
+        self._observe(response)
         return response.is_success
+
+
+@dataclasses.dataclass(slots=True)
+class _ChatStream:
+    """What a Chat Completions stream has said so far."""
+
+    model: str
+    finish: FinishReason | None = None
+    usage: Usage | None = None
+    done: bool = False
+    #: Whether any finish_reason came, even one we do not know (mapped to None).
+    finished: bool = False
 
 
 class OpenAICompatibleProvider(OpenAIProvider):

@@ -3,7 +3,7 @@
 `FakeServer` speaks the OpenAI, Anthropic, Ollama or llama.cpp wire protocol on
 127.0.0.1 (as recorded in ``reference/wire-reference.md``), records every request
 and answers chat requests from a script of behaviours (`Reply`, `Error`, `Hang`,
-`CutStream`, `Drip`, `MidStreamError`, `Raw`, `Malformed`, and `Cycle`
+`CutStream`, `Drip`, `MidStreamError`, `Raw`, `Malformed`, `Flood`, and `Cycle`
 for a flapping provider). See README.md.
 """
 
@@ -16,6 +16,7 @@ from .behaviours import (
     Cycle,
     Drip,
     Error,
+    Flood,
     Hang,
     Malformed,
     MidStreamError,
@@ -36,6 +37,7 @@ __all__ = [
     "Drip",
     "Error",
     "FakeServer",
+    "Flood",
     "Hang",
     "Malformed",
     "MidStreamError",

@@ -21,6 +21,7 @@ __all__ = [
     "Cycle",
     "Drip",
     "Error",
+    "Flood",
     "Hang",
     "Malformed",
     "MidStreamError",
@@ -152,6 +153,24 @@ class Malformed:
     text: str = DEFAULT_TEXT
 
 
+@dataclass(frozen=True)
+class Flood:
+    """A 200 answer whose text never ends: one content string that keeps growing.
+
+    The response opens like a normal answer (the stream head, then a content chunk; or
+    the start of the JSON body) and then writes ``chunk_size`` bytes of ``fill`` every
+    ``interval_s`` inside that one JSON string, so the SSE line, NDJSON line or body never
+    ends. With ``total_bytes`` the string is closed after that many fill bytes and the
+    answer ends normally (a valid, huge answer); otherwise it ends only when the client
+    disconnects or the server stops.
+    """
+
+    chunk_size: int = 64 * 1024
+    interval_s: float = 0.0
+    total_bytes: int | None = None
+    fill: bytes = b"x"
+
+
 @dataclass(frozen=True, init=False)
 class Cycle:
     """A flapping provider: each use plays the next of ``behaviours``, round and round.
@@ -162,9 +181,9 @@ class Cycle:
     ``Cycle`` inside another is not allowed.
     """
 
-    behaviours: tuple[Reply | Error | Hang | CutStream | Drip | MidStreamError | Raw | Malformed, ...]
+    behaviours: tuple[Reply | Error | Hang | CutStream | Drip | MidStreamError | Raw | Malformed | Flood, ...]
 
-    def __init__(self, *behaviours: Reply | Error | Hang | CutStream | Drip | MidStreamError | Raw | Malformed) -> None:
+    def __init__(self, *behaviours: Reply | Error | Hang | CutStream | Drip | MidStreamError | Raw | Malformed | Flood) -> None:
         if not behaviours:
             raise ValueError("Cycle needs at least one behaviour")
         if any(isinstance(b, Cycle) for b in behaviours):
@@ -172,4 +191,4 @@ class Cycle:
         object.__setattr__(self, "behaviours", tuple(behaviours))
 
 
-Behaviour = Reply | Error | Hang | CutStream | Drip | MidStreamError | Raw | Malformed | Cycle
+Behaviour = Reply | Error | Hang | CutStream | Drip | MidStreamError | Raw | Malformed | Flood | Cycle

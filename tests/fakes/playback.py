@@ -17,7 +17,19 @@ from typing import assert_never
 
 from aiohttp import web
 
-from .behaviours import Behaviour, CutStream, Cycle, Drip, Error, Hang, Malformed, MidStreamError, Raw, Reply
+from .behaviours import (
+    Behaviour,
+    CutStream,
+    Cycle,
+    Drip,
+    Error,
+    Flood,
+    Hang,
+    Malformed,
+    MidStreamError,
+    Raw,
+    Reply,
+)
 from .recording import RecordedRequest
 from .wire import ChatContext, Plan, Renderer, WireResponse, split_pieces
 
@@ -123,6 +135,8 @@ class Playback:
                 return await self._mid_stream_error(behaviour, ctx)
             case Malformed():
                 return await self._malformed(behaviour, ctx)
+            case Flood():
+                return await self._flood(behaviour, ctx)
             case Cycle():  # the server resolves a Cycle to one of its behaviours first
                 raise TypeError("a Cycle must be resolved before playback")
             case _:
@@ -204,4 +218,29 @@ class Playback:
         if fault.after_chunks >= len(plan.pieces):
             await response.write(self.renderer.garbage_frame)
         await self.write_all(response, self.renderer.stream_tail(plan, ctx))
+        return await self.finish(response)
+
+    async def _flood(self, flood: Flood, ctx: ChatContext) -> web.StreamResponse:
+        # Render a normal answer around a marker, then write the fill where the marker is.
+        marker = "FLOOD-MARKER-5f0c"
+        plan = self.renderer.plan(Reply(text=marker, chunks=[marker]), ctx)
+        if ctx.stream:
+            frames = [*self.renderer.stream_head(plan, ctx), self.renderer.stream_piece(plan, ctx, 0, marker),
+                      *self.renderer.stream_tail(plan, ctx)]
+            response = await self.open(self.stream_headers(plan))
+        else:
+            frames = [self.renderer.render_json(plan, ctx)]
+            response = await self.open(self.json_headers(plan))
+        body = b"".join(frames)
+        at = body.index(marker.encode())
+        await response.write(body[:at])
+        block = (flood.fill * (flood.chunk_size // max(1, len(flood.fill)) + 1))[: flood.chunk_size]
+        sent = 0
+        while flood.total_bytes is None or sent < flood.total_bytes:
+            if flood.interval_s > 0:
+                await asyncio.sleep(flood.interval_s)
+            piece = block if flood.total_bytes is None else block[: flood.total_bytes - sent]
+            await response.write(piece)
+            sent += len(piece)
+        await response.write(body[at + len(marker):])
         return await self.finish(response)

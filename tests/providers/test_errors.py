@@ -22,6 +22,7 @@ from sidecar.errors import (
     ValidationError,
 )
 from sidecar.providers.base import StreamDelta
+from sidecar.providers.http import LocalServerDown
 from tests.fakes import CutStream, Drip, Error, Hang, Malformed, MidStreamError, Raw, Reply
 from tests.providers.conftest import API_KEY, Harness, run
 
@@ -191,13 +192,22 @@ async def test_slow_but_steady_body_is_not_a_timeout(harness: Harness, streaming
     assert result.content == "steady answer"
 
 
-async def test_connection_refused_is_network_error(harness: Harness, streaming: bool) -> None:
+@pytest.mark.parametrize("local", [False, True], ids=["remote", "local"])
+async def test_connection_refused(harness: Harness, streaming: bool, local: bool) -> None:
+    """Refused by a remote host: a network failure. Refused by a local server: it is not
+    running, and the error says which server (a ModelError, not retried on it)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    base = f"http://127.0.0.1:{port}" + ("/v1" if harness.kind in ("openai", "llamacpp") else "")
-    exc = await expect_error(harness, streaming, NetworkError, base_url=base)
-    assert "connect" in exc.message
+        base = f"http://127.0.0.1:{port}" + ("/v1" if harness.kind in ("openai", "llamacpp") else "")
+        expected = LocalServerDown if local else NetworkError
+        exc = await expect_error(harness, streaming, expected, base_url=base, local=local)
+    if local:
+        assert isinstance(exc, ModelError) and exc.type == "ModelError"
+        assert f"the local server at {base} is not running" in exc.message
+        assert exc.provider == harness.name and exc.retryable and not exc.may_retry_same
+    else:
+        assert "could not connect" in exc.message and not isinstance(exc, LocalServerDown)
 
 
 async def test_cut_stream_is_network_error(harness: Harness, streaming: bool) -> None:
@@ -347,3 +357,32 @@ async def test_provider_recovers_after_errors(harness: Harness, streaming: bool)
         with pytest.raises(ProviderError):
             await run(provider, harness.request(), streaming)
     assert (await run(provider, harness.request(), streaming)).content == "fine again"
+
+
+async def test_a_key_http_cannot_carry_gets_a_fixed_message(harness: Harness, streaming: bool) -> None:
+    """h11 quotes a refused header value whole ("Illegal header value b'Bearer sk-…'"): the
+    error is chosen by exception type, and no piece of the key reaches its message."""
+    head, tail = "sk-test-CTRLHEAD0123", "TAIL0123456789abcdef"
+    exc = await expect_error(harness, streaming, AuthenticationError, api_key=f"{head}\n{tail}")
+    text = str(exc) + repr(exc) + orjson.dumps(exc.to_data()).decode()
+    assert head not in text and tail not in text and "Illegal header" not in text
+    assert "character HTTP does not allow" in exc.message and not exc.retryable
+    assert harness.server.requests == []
+
+
+async def test_a_key_echoed_in_escaped_form_is_scrubbed(harness: Harness, streaming: bool) -> None:
+    """A control character HTTP lets through: the server refuses the header and quotes it
+    escaped (``\\x01``), so the key never appears verbatim; each part of it is scrubbed."""
+    head, tail = "sk-test-CTRLHEAD0123", "TAIL0123456789abcdef"
+    exc = await expect_error(harness, streaming, ValidationError, api_key=f"{head}\x01{tail}")
+    text = str(exc) + repr(exc) + orjson.dumps(exc.to_data()).decode()
+    assert head not in text and tail not in text
+
+
+async def test_a_key_with_surrounding_whitespace_is_sent_trimmed(harness: Harness, streaming: bool) -> None:
+    """A key read from a file or the environment often ends in a newline."""
+    harness.server.enqueue(Reply("fine"))
+    result = await run(harness.make(api_key=f" {API_KEY}\n"), harness.request(), streaming)
+    assert result.content == "fine"
+    headers = harness.server.requests[0].headers
+    assert API_KEY in (headers.get("authorization", "") + headers.get("x-api-key", ""))
