@@ -9,17 +9,20 @@ earn now and then, but rarely; and the server must still answer afterwards.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker  # type: ignore[import-untyped]
 
-from tests.stdio.conftest import Spawn
+from tests.fakes import Reply
+from tests.stdio.conftest import Spawn, fake_config
 from tests.stdio.test_local_model import config, gen, local_model
 
 __all__ = ["local_model"]  # the fixture, shared with test_local_model
 
-pytestmark = [pytest.mark.stdio, pytest.mark.localmodel, pytest.mark.timeout(1800)]
+pytestmark = pytest.mark.stdio
 
 
 def _one(name: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -64,6 +67,27 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
 MAX_FAILURES = 2
 
 
+@pytest.mark.parametrize(("provider", "sent"), [
+    ("ollama", lambda body: body["format"]),
+    ("local-llm", lambda body: body["response_format"]["json_schema"]["schema"]),
+])
+def test_the_pattern_sent_is_rewritten_and_the_answer_checked_against_the_original(
+        spawn: Spawn, fakes: dict[str, Any], provider: str, sent: Callable[[dict[str, Any]], Any]) -> None:
+    schema = _one("version", {"type": "string", "pattern": r"^[0-9]+\.[0-9]+$"})
+    fakes[provider].enqueue(Reply('{"version": "2.7.1"}'), Reply('{"version": "2.7"}'))
+    sidecar = spawn(fake_config(fakes))
+    result = sidecar.result("model:generate", {
+        "request": {"prompt": "Version 2.7. Give the version."}, "selection": {"provider": provider, "fallback": False},
+        "responseFormat": {"type": "json_schema", "schema": schema}})
+    assert result["parsed"] == {"version": "2.7"}
+    first, second = (request.json for request in fakes[provider].requests)
+    pattern = sent(first)["properties"]["version"]["pattern"]
+    assert pattern == r"^[\x30-\x39]+[\x2E][\x30-\x39]+$"  # no escape llama.cpp's GBNF parser refuses
+    assert "does not match" in json.dumps(second)  # the first answer went back with the error
+
+
+@pytest.mark.localmodel
+@pytest.mark.timeout(1800)
 def test_pattern_format_and_plan_schemas_on_the_real_model(spawn: Spawn, local_model: str) -> None:
     sidecar = spawn(config(local_model))
     outcomes: dict[str, str] = {}
@@ -88,6 +112,8 @@ def test_pattern_format_and_plan_schemas_on_the_real_model(spawn: Spawn, local_m
     assert alive["content"].strip() and alive["metadata"]["provider"] == "local-llm"
 
 
+@pytest.mark.localmodel
+@pytest.mark.timeout(1800)
 def test_schemas_the_converter_cannot_take_leave_the_server_serving(spawn: Spawn, local_model: str) -> None:
     """An enum string and a property name with a quote, huge bounds: each made a grammar
     llama.cpp refuses. Now each is an answer or a typed error (24 tokens: often cut off)."""
