@@ -290,8 +290,12 @@ class ManagedServer:
         self._users -= 1
         if ok:
             self.failures = 0
-        if self._users == 0 and self.spec.idle_stop_s > 0:
-            self._cancel_idle()
+        if self._users == 0:
+            self._schedule_idle()
+
+    def _schedule_idle(self) -> None:
+        self._cancel_idle()
+        if self.spec.idle_stop_s > 0:
             self._idle_timer = asyncio.get_running_loop().call_later(self.spec.idle_stop_s, self._idle)
 
     async def died(self, proc: asyncio.subprocess.Process, wait_s: float) -> str | None:
@@ -318,6 +322,8 @@ class ManagedServer:
             await self._wait_healthy(proc)
             self.state = "ready"
             log.info("local_server_ready", provider=self.spec.name, pid=proc.pid, port=self.spec.port)
+            if self._users == 0:  # every waiter gave up meanwhile: the idle clock starts now
+                self._schedule_idle()
         except ModelError as exc:
             await self._terminate(grace=0.0)
             self._failed(exc.message)
@@ -352,7 +358,10 @@ class ManagedServer:
         problem = _cannot_start(spec)
         if problem:
             raise self.error(problem)
-        read_fd, write_fd = os.pipe()
+        try:
+            read_fd, write_fd = os.pipe()
+        except OSError as exc:
+            raise self.error(f"cannot create the pipe it watches: {exc.strerror or exc}") from None
         env = {**self._base_env, **dict(spec.env), embedded.WATCH_FD_ENV: str(read_fd)}
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -385,6 +394,7 @@ class ManagedServer:
         deadline = time.monotonic() + self.spec.start_timeout_s
         exited = self._exited[proc.pid]
         pause = 0.05
+        answered = "no answer"
         async with httpx.AsyncClient(trust_env=False, timeout=2.0) as client:
             while True:
                 if proc.returncode is not None or exited.is_set():
@@ -393,11 +403,13 @@ class ManagedServer:
                     ended = "exited" if code is None else _describe_exit(code)
                     raise self.error(f"the server {ended} before it answered{self.output.summary()}")
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(url)).is_success:
+                    response = await client.get(url)
+                    if response.is_success:
                         return
+                    answered = f"only HTTP {response.status_code}"
                 if time.monotonic() > deadline:
-                    raise self.error(f"no answer on {self.spec.health_path} within "
-                                      f"{self.spec.start_timeout_s:.0f} s{self.output.summary()}")
+                    raise self.error(f"{answered} on {self.spec.health_path} within "
+                                     f"{self.spec.start_timeout_s:.0f} s{self.output.summary()}")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(exited.wait(), pause)
                 pause = min(pause * 1.5, 0.25)
@@ -444,7 +456,7 @@ class ManagedServer:
         task = self._start_task
         if task is not None:
             task.cancel()
-            await asyncio.wait({task}, timeout=grace + 1)
+            await asyncio.wait({task}, timeout=max(grace, 0.1))
         try:
             await self._terminate(grace)
         finally:

@@ -226,6 +226,15 @@ def test_set_config_turning_the_server_off_stops_it(servers: list[int], spawn: S
     assert "server" not in sidecar.result("model:health")["providers"][FAKE]
 
 
+def test_a_server_that_never_answers_its_health_path_fails_its_start(spawn: Spawn) -> None:
+    sidecar = spawn(fake_config({"healthPath": "/nope", "startTimeoutMs": 1500}))
+    error = sidecar.call("model:generate", gen(), timeout=30)["error"]
+    assert error["data"]["type"] == "ModelError", error
+    assert "only HTTP 404 on /nope within 2 s" in error["message"], error
+    server = server_health(sidecar, FAKE)
+    assert server["state"] == "crashed" and "pid" not in server  # the process was stopped
+
+
 def test_the_server_gets_no_api_key_from_the_sidecars_environment(spawn: Spawn) -> None:
     from tests.support.keys import OPENAI_KEY
 
