@@ -5,9 +5,11 @@ Every port of the list is asked, all at once, a few documented read-only endpoin
 
 * Ollama: ``GET /`` answers ``Ollama is running``; ``GET /api/tags`` lists the models
   (https://github.com/ollama/ollama/blob/main/docs/api.md#list-local-models).
-* LM Studio: ``GET /api/v0/models`` (its own REST API, LM Studio 0.3.6+), entries with
-  ``type``, ``state``, ``compatibility_type``; its ``/v1/models`` entries are
-  ``owned_by: "organization_owner"``.
+* LM Studio: ``GET /api/v1/models`` (its REST API v1, LM Studio 0.4+: ``models`` with
+  ``key`` and ``type``) or ``GET /api/v0/models`` (0.3.6+: entries with ``type``,
+  ``state``, ``compatibility_type``); its ``/v1/models`` entries are ``owned_by:
+  "organization_owner"``, and it answers a path it does not serve with a 200
+  ``{"error": "Unexpected endpoint or method. (GET /)"}``.
 * llama.cpp server: ``GET /props`` holds ``default_generation_settings``; its
   ``/v1/models`` entries are ``owned_by: "llamacpp"``.
 * vLLM: ``/v1/models`` entries are ``owned_by: "vllm"``.
@@ -133,6 +135,7 @@ _PROBES: dict[str, int] = {
     "/api/tags": 2 << 20,
     "/v1/models": 2 << 20,
     "/api/v0/models": 2 << 20,
+    "/api/v1/models": 2 << 20,
     "/props": 1 << 20,
     "/system": 1 << 20,
 }
@@ -233,6 +236,11 @@ def _ollama(answers: _Answers) -> tuple[str, ...] | None:
 
 
 def _lmstudio(answers: _Answers) -> tuple[str, ...] | None:
+    rest_v1 = _json(answers, "/api/v1/models")
+    entries = rest_v1.get("models") if isinstance(rest_v1, dict) else None
+    if isinstance(entries, list) and all(isinstance(e, dict) and "key" in e for e in entries):
+        keys = (e["key"] for e in entries if e.get("type") != "embedding")
+        return tuple(dict.fromkeys(k for k in keys if isinstance(k, str) and 0 < len(k) <= _MAX_ID_CHARS))[:_MAX_MODELS]
     native = _json(answers, "/api/v0/models")
     if isinstance(native, dict) and native.get("object") == "list":
         models = _ids(native, lambda entry: entry.get("type") != "embeddings")
@@ -240,7 +248,14 @@ def _lmstudio(answers: _Answers) -> tuple[str, ...] | None:
             return models
     if _owned_by(answers, "organization_owner"):
         return _ids(_json(answers, "/v1/models"))
+    root = answers.get("/")
+    if root is not None and root.status == 200 and root.body.startswith(_LMSTUDIO_UNKNOWN_PATH):
+        return _ids(_json(answers, "/v1/models")) or ()
     return None
+
+
+#: The start of LM Studio's 200 answer to a path it does not serve.
+_LMSTUDIO_UNKNOWN_PATH = b'{"error":"Unexpected endpoint or method.'
 
 
 def _llamacpp(answers: _Answers) -> tuple[str, ...] | None:

@@ -162,6 +162,7 @@ def _json(payload: Any, status: int = 200) -> web.Response:
 
 DEFAULT_LOCAL_MODELS: dict[str, tuple[str, ...]] = {
     "lmstudio": ("qwen2.5-7b-instruct", "meta-llama-3.1-8b-instruct"),
+    "lmstudio-v1": ("qwen/qwen3-4b-2507",),
     "vllm": ("Qwen/Qwen2.5-1.5B-Instruct",),
     "jan": ("jan-v1-4b", "llama3.2-3b-instruct"),
     "localai": ("phi-2", "gpt-4"),
@@ -173,7 +174,8 @@ class LocalServerFake(_ThreadedApp):
     """The model-listing endpoints of LM Studio, vLLM, Jan or LocalAI, or a plain web page.
 
     Args:
-        kind: ``"lmstudio" | "vllm" | "jan" | "localai" | "http"``.
+        kind: ``"lmstudio" | "lmstudio-v1" | "vllm" | "jan" | "localai" | "http"``
+            (``lmstudio-v1``: only LM Studio 0.4's ``/api/v1/models``).
         models: ids listed (per-kind defaults otherwise).
         api_key: Jan only: ``/v1/models`` answers 401 without ``Authorization: Bearer KEY``.
     """
@@ -188,7 +190,7 @@ class LocalServerFake(_ThreadedApp):
 
     def routes(self, app: web.Application) -> None:
         table: dict[str, Callable[[web.Request], web.Response]] = {
-            "lmstudio": self._lmstudio, "vllm": self._vllm, "jan": self._jan, "localai": self._localai,
+            "lmstudio": self._lmstudio, "lmstudio-v1": self._lmstudio_v1, "vllm": self._vllm, "jan": self._jan, "localai": self._localai,
             "http": self._plain,
         }
         answer = table[self.kind]
@@ -213,6 +215,19 @@ class LocalServerFake(_ThreadedApp):
                             "publisher": "nomic-ai", "arch": "nomic-bert", "compatibility_type": "gguf",
                             "quantization": "Q4_K_M", "state": "not-loaded", "max_context_length": 2048})
             return _json({"object": "list", "data": entries})
+        return _json({"error": f"Unexpected endpoint or method. ({request.method} {request.path})"})
+
+    def _lmstudio_v1(self, request: web.Request) -> web.Response:
+        """LM Studio 0.4's REST API v1 only; every other path gets the unexpected-endpoint 200."""
+        if request.path == "/api/v1/models":
+            entries = [{"type": "llm", "publisher": "qwen", "key": m, "display_name": m, "architecture": "qwen3",
+                        "quantization": {"name": "Q4_K_M", "bits_per_weight": 4}, "size_bytes": 2497280256,
+                        "params_string": "4B", "loaded_instances": [], "max_context_length": 262144,
+                        "format": "gguf", "capabilities": {"vision": False, "trained_for_tool_use": True}}
+                       for m in self.models]
+            entries.append({"type": "embedding", "publisher": "nomic-ai", "key": "text-embedding-nomic-embed-text-v1.5",
+                            "loaded_instances": [], "max_context_length": 2048, "format": "gguf"})
+            return _json({"models": entries})
         return _json({"error": f"Unexpected endpoint or method. ({request.method} {request.path})"})
 
     def _vllm(self, request: web.Request) -> web.Response:

@@ -37,6 +37,7 @@ def servers() -> Iterator[dict[str, Any]]:
         "ollama": FakeServer("ollama").start(),
         "llamacpp": FakeServer("llamacpp").start(),
         "lmstudio": LocalServerFake("lmstudio").start(),
+        "lmstudio-v1": LocalServerFake("lmstudio-v1").start(),
         "vllm": LocalServerFake("vllm").start(),
         "jan": LocalServerFake("jan").start(),
         "jan-keyed": LocalServerFake("jan", api_key="jan-local-key").start(),
@@ -67,7 +68,7 @@ def test_discover_tells_each_server_kind_from_its_answers(spawn: Spawn, servers:
         "ollama": {"baseURL": servers["ollama"].base_url},
         "custom": {"vl": {"baseURL": f"http://localhost:{servers['vllm'].port}/v1", "defaultModel": "m"}},
     }}
-    order = ["ollama", "llamacpp", "lmstudio", "vllm", "localai", "jan-keyed", "jan", "web"]
+    order = ["ollama", "llamacpp", "lmstudio", "lmstudio-v1", "vllm", "localai", "jan-keyed", "jan", "web"]
     with SilentPort() as silent, refusing_port() as refused:
         ports = [str(servers[name].port) + ("=jan" if name.startswith("jan") else "") for name in order]
         sidecar = spawn(config=config, env={PORTS_ENV: ",".join([*ports, str(silent.port), str(refused)])})
@@ -87,6 +88,9 @@ def test_discover_tells_each_server_kind_from_its_answers(spawn: Spawn, servers:
         # LM Studio's own listing, without its embedding model.
         {"kind": "lmstudio", "baseURL": origin("lmstudio") + "/v1",
          "models": ["qwen2.5-7b-instruct", "meta-llama-3.1-8b-instruct"], "configured": False},
+        # LM Studio 0.4's REST API v1 (the rest of its paths answer 200 "Unexpected endpoint").
+        {"kind": "lmstudio", "baseURL": origin("lmstudio-v1") + "/v1", "models": ["qwen/qwen3-4b-2507"],
+         "configured": False},
         # A custom entry written with localhost points at the same server.
         {"kind": "vllm", "baseURL": origin("vllm") + "/v1", "models": ["Qwen/Qwen2.5-1.5B-Instruct"],
          "configured": True, "provider": "vl"},
