@@ -329,3 +329,25 @@ def test_the_sidecar_exits_when_its_parent_dies_while_stdin_stays_open(tmp_path:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+# -- pure parts --------------------------------------------------------------------------------
+
+
+def test_the_port_list_accepts_ports_and_kind_hints_and_names_a_bad_item() -> None:
+    from sidecar.local.discovery import PortSpec, parse_ports
+
+    assert parse_ports(" 11434, 1337=jan,,8080 ") == (PortSpec(11434), PortSpec(1337, "jan"), PortSpec(8080))
+    assert parse_ports("") == ()
+    for bad in ("abc", "0", "70000", "1234=nope", "=jan", "12 34"):
+        with pytest.raises(ValueError, match="MODEL_SIDECAR_DISCOVER_PORTS"):
+            parse_ports(bad)
+
+
+def test_a_bad_port_list_is_logged_and_the_usual_ports_are_used() -> None:
+    from sidecar.channels.discover import ports_to_probe
+    from sidecar.local.discovery import DEFAULT_PORTS
+
+    assert ports_to_probe({PORTS_ENV: "1234=nope"}) == DEFAULT_PORTS
+    assert ports_to_probe({}) == DEFAULT_PORTS
+    assert ports_to_probe({PORTS_ENV: "9=jan"})[0].hint == "jan"
