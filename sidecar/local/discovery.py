@@ -78,9 +78,14 @@ DEFAULT_PORTS: tuple[PortSpec, ...] = (
 )
 
 
+#: More ports than this in :data:`PORTS_ENV` is a mistake (each costs seven requests).
+MAX_PORTS = 64
+
+
 def parse_ports(value: str) -> tuple[PortSpec, ...]:
-    """The port list of :data:`PORTS_ENV`; raises ``ValueError`` naming the bad item."""
-    specs: list[PortSpec] = []
+    """The port list of :data:`PORTS_ENV` (a port named twice counts once); raises
+    ``ValueError`` naming the bad item."""
+    specs: dict[int, PortSpec] = {}
     for item in (part.strip() for part in value.split(",")):
         if not item:
             continue
@@ -89,8 +94,10 @@ def parse_ports(value: str) -> tuple[PortSpec, ...]:
             raise ValueError(f"{PORTS_ENV}: {item[:40]!r} is not PORT or PORT=KIND")
         if hint and hint not in _KINDS:
             raise ValueError(f"{PORTS_ENV}: unknown kind {hint[:40]!r}")
-        specs.append(PortSpec(int(port_text), _kind(hint) if hint else None))
-    return tuple(specs)
+        specs.setdefault(int(port_text), PortSpec(int(port_text), _kind(hint) if hint else None))
+    if len(specs) > MAX_PORTS:
+        raise ValueError(f"{PORTS_ENV}: more than {MAX_PORTS} ports")
+    return tuple(specs.values())
 
 
 def _kind(name: str) -> ServerKind:

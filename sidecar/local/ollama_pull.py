@@ -61,19 +61,23 @@ class PullOutcome:
 
 class ProgressThrottle:
     """Passes a new status at once, the same status at most every ``interval_s``, and
-    the line that completes a layer; the rest is dropped (the next one supersedes it)."""
+    the first line that completes a layer; the rest is dropped (the next one supersedes it)."""
 
     def __init__(self, interval_s: float = 0.1, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval_s = interval_s
         self._clock = clock
         self._status: str | None = None
         self._sent_at = float("-inf")
+        self._done_sent = False
 
     def admit(self, progress: Progress) -> bool:
         now = self._clock()
-        if progress.status != self._status or progress.layer_done or now - self._sent_at >= self.interval_s:
+        new_status = progress.status != self._status
+        completes = progress.layer_done and not (self._done_sent and not new_status)
+        if new_status or completes or now - self._sent_at >= self.interval_s:
             self._status = progress.status
             self._sent_at = now
+            self._done_sent = progress.layer_done
             return True
         return False
 

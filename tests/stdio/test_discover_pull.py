@@ -339,6 +339,10 @@ def test_the_port_list_accepts_ports_and_kind_hints_and_names_a_bad_item() -> No
 
     assert parse_ports(" 11434, 1337=jan,,8080 ") == (PortSpec(11434), PortSpec(1337, "jan"), PortSpec(8080))
     assert parse_ports("") == ()
+    assert parse_ports("8080=jan,8080") == (PortSpec(8080, "jan"),)
+    assert len(parse_ports(",".join(str(p) for p in range(1000, 1064)))) == 64
+    with pytest.raises(ValueError, match="more than 64"):
+        parse_ports(",".join(str(p) for p in range(1000, 1065)))
     for bad in ("abc", "0", "70000", "1234=nope", "=jan", "12 34"):
         with pytest.raises(ValueError, match="MODEL_SIDECAR_DISCOVER_PORTS"):
             parse_ports(bad)
@@ -351,3 +355,18 @@ def test_a_bad_port_list_is_logged_and_the_usual_ports_are_used() -> None:
     assert ports_to_probe({PORTS_ENV: "1234=nope"}) == DEFAULT_PORTS
     assert ports_to_probe({}) == DEFAULT_PORTS
     assert ports_to_probe({PORTS_ENV: "9=jan"})[0].hint == "jan"
+
+
+def test_the_progress_throttle_passes_new_statuses_and_one_completion_per_layer() -> None:
+    from sidecar.local.ollama_pull import Progress, ProgressThrottle
+
+    now = [0.0]
+    throttle = ProgressThrottle(0.1, clock=lambda: now[0])
+    layer = [Progress("pulling abc", completed=c, total=100, digest="sha256:abc") for c in (0, 10, 20, 100, 100, 100)]
+    passed = [throttle.admit(p) for p in layer]
+    # The first line of the status, the first line completing it; the repeats are dropped.
+    assert passed == [True, False, False, True, False, False]
+    now[0] = 0.25
+    assert throttle.admit(layer[-1])  # the interval has passed
+    assert not throttle.admit(layer[-1])
+    assert throttle.admit(Progress("verifying sha256 digest"))  # a new status: at once
