@@ -149,6 +149,7 @@ class LocalServerDown(ModelError):
     """
 
     retry_same = False
+    provider_wide = True
 
 
 class ResponseTooLarge(Exception):

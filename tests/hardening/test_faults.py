@@ -178,16 +178,18 @@ def _fresh_fakes(rig: Rig) -> Iterator[None]:
 # -- connecting ---------------------------------------------------------------------------
 
 
-def test_connection_refused_is_a_network_error_then_falls_back(rig: Rig) -> None:
+def test_connection_refused_by_a_local_server_names_it_then_falls_back(rig: Rig) -> None:
+    # A loopback provider is local: a refusal means its server is not running.
     response, elapsed, _ = rig.call("model:generate", "refused")
     error = _error(response)
-    assert response["error"]["code"] == -32001 and error["type"] == "NetworkError" and error["retryable"]
-    assert "could not connect" in response["error"]["message"]
-    assert len(error["attempts"]) == 2  # 1 + maxRetries, the retry after ~0.5 s
+    assert response["error"]["code"] == -32004 and error["type"] == "ModelError" and error["retryable"]
+    assert "refused: the local server at http://127.0.0.1:" in response["error"]["message"]
+    assert "is not running" in response["error"]["message"]
+    assert len(error["attempts"]) == 1  # not retried: a server that is not running stays so
     assert elapsed < 3
     response, elapsed, _ = rig.call("model:generate", "refused", fallback=True)
     attempts = response["result"]["metadata"]["attempts"]
-    assert [a["provider"] for a in attempts][-1] == "backup" and attempts[0]["error"]["type"] == "NetworkError"
+    assert [a["provider"] for a in attempts][-1] == "backup" and attempts[0]["error"]["type"] == "ModelError"
     assert elapsed < 3
     rig.check_leaks("backup")
 
@@ -407,7 +409,10 @@ def _start(rig: Rig, method: str, provider: str) -> Any:
 
 
 def test_a_cancel_during_a_retry_backoff_answers_at_once(rig: Rig) -> None:
-    request_id = _start(rig, "model:generate", "refused")  # refused, then ~0.5 s before the retry
+    # A 503 is retried after ~0.5 s (a refused local server is not retried at all).
+    rig.fakes["flappy"].enqueue(Error(503))
+    request_id = _start(rig, "model:generate", "flappy")
+    rig.fakes["flappy"].wait_for_requests(1)
     time.sleep(0.15)
     _, elapsed = _cancel(rig, request_id)
     assert elapsed < 0.5
