@@ -151,8 +151,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "DROP TABLE usage",
         "ALTER TABLE usage_v2 RENAME TO usage",
         "CREATE INDEX usage_ts ON usage (ts_ms)",
-        "CREATE INDEX usage_reservation ON usage (reservation_id)",
-        "CREATE UNIQUE INDEX usage_journal ON usage (journal_id)",
+        # Partial: a free call's row (neither) costs no index entry.
+        "CREATE INDEX usage_reservation ON usage (reservation_id) WHERE reservation_id IS NOT NULL",
+        "CREATE UNIQUE INDEX usage_journal ON usage (journal_id) WHERE journal_id IS NOT NULL",
     ),
 }
 
@@ -626,8 +627,10 @@ class Ledger:
             raise LedgerWriteError(self.path, "unavailable" if self.report.status == "memory" else "readonly",
                                    self.report.problem or "the ledger cannot be written")
 
-    def _apply(self, db: sqlite3.Connection, entry: _Deferred) -> int | None:
-        """Write one settle or release; the row id, or None when nothing was inserted."""
+    def _apply(self, db: sqlite3.Connection, entry: _Deferred, *, keyed: bool = True) -> int | None:
+        """Write one settle or release; the row id, or None when nothing was inserted.
+        ``keyed``: store the entry's key (a deferred record: a replay must add nothing);
+        a direct write has none (if its transaction fails, nothing of it was committed)."""
         rid = entry.reservation_id
         if rid is not None and db.execute("DELETE FROM reservations WHERE id = ?", (rid,)).rowcount != 1:
             # Not open any more. Charged at its amount by a process that took ours for dead:
@@ -645,9 +648,9 @@ class Ledger:
         cursor = db.execute(
             "INSERT INTO usage (ts_ms, request_id, provider, model, prompt_tokens, completion_tokens,"
             " cost_micros, outcome, estimated, reservation_id, journal_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (journal_id) DO NOTHING",
+            " ON CONFLICT (journal_id) WHERE journal_id IS NOT NULL DO NOTHING",
             (rec.ts_ms, rec.request_id, rec.provider, rec.model, rec.prompt_tokens, rec.completion_tokens,
-             rec.cost_micros, rec.outcome, int(rec.estimated), rid, entry.key))
+             rec.cost_micros, rec.outcome, int(rec.estimated), rid, entry.key if keyed else None))
         return cursor.lastrowid if cursor.rowcount == 1 else None
 
     def _defer(self, entry: _Deferred) -> None:
@@ -708,7 +711,7 @@ class Ledger:
             return None
         if self._can_write:
             try:
-                return self._write_tx(lambda db: self._apply(db, entry), durable=durable,
+                return self._write_tx(lambda db: self._apply(db, entry, keyed=False), durable=durable,
                                       wait_s=self._wait_s(SETTLE_WAIT_S))
             except LedgerWriteError:
                 pass
