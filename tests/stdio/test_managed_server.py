@@ -144,6 +144,33 @@ def test_a_request_being_served_when_the_server_dies_gets_a_model_error(servers:
     servers.append(int(server_health(sidecar, FAKE)["pid"]))
 
 
+def _started(sidecar: SidecarProcess) -> int:
+    return sidecar.stderr.count(b'"event":"local_server_started"')
+
+
+def test_requests_arriving_while_it_starts_wait_for_the_same_server(servers: list[int], spawn: Spawn) -> None:
+    sidecar = spawn(fake_config({}))
+    ids = [sidecar.start("model:generate", gen()) for _ in range(3)]
+    for request_id in ids:
+        assert sidecar.response(request_id, timeout=60)["result"]["metadata"]["provider"] == FAKE
+    servers.append(ready_pid(sidecar, FAKE, servers))
+    assert _started(sidecar) == 1
+
+
+def test_a_request_cancelled_while_it_starts_leaves_the_start_going(servers: list[int], spawn: Spawn) -> None:
+    slow = ["/bin/sh", "-c", 'sleep 1 && exec "$0" -m tests.fakes --kind llamacpp --port {port} --no-stdin',
+            sys.executable]
+    sidecar = spawn(fake_config({"command": slow}))
+    request_id = sidecar.start("model:generate", gen())
+    wait_state(sidecar, FAKE, "starting", timeout=30)
+    sidecar.cancel(request_id)
+    assert sidecar.response(request_id, timeout=30)["error"]["data"]["type"] == "RequestCancelled"
+    wait_state(sidecar, FAKE, "ready")
+    servers.append(ready_pid(sidecar, FAKE, servers))
+    assert sidecar.result("model:generate", gen())["metadata"]["provider"] == FAKE
+    assert _started(sidecar) == 1
+
+
 def test_a_crash_loop_ends_in_a_clear_error(spawn: Spawn) -> None:
     crash = [sys.executable, "-c", "import sys; sys.stderr.write('no GPU here\\n'); sys.exit(3)"]
     sidecar = spawn(fake_config({"command": crash, "maxRestarts": 1}))
