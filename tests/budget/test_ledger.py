@@ -245,3 +245,31 @@ async def test_a_settle_the_lock_refuses_is_journalled_and_replayed_by_the_next_
         assert third.report.replayed == 0 and await third.spend(0, 10) == 300
     finally:
         third.close()
+
+
+async def test_a_version_1_ledger_is_migrated_and_its_ownerless_reservations_charged(tmp_path: Path) -> None:
+    from sidecar.store.ledger import MIGRATIONS
+
+    db = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    for statement in MIGRATIONS[1]:
+        db.execute(statement)
+    db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    db.execute("INSERT INTO usage (id, ts_ms, request_id, provider, model, prompt_tokens, completion_tokens,"
+               " cost_micros, outcome, estimated) VALUES (7, 1, 'old', 'p', 'm', 3, 4, 250, 'ok', 0)")
+    db.execute("INSERT INTO reservations (ts_ms, request_id, provider, model, amount_micros, over)"
+               " VALUES (2, 'left', 'p', 'm', 800, 0)")
+    db.close()
+    ledger = Ledger.open(tmp_path)
+    try:
+        assert ledger.report.persistent and ledger.report.stale_reservations == 1
+        assert await ledger.record_ids() >= {7}  # ids survive the table rebuild
+        assert await ledger.spend(0, 10) == 250 + 800
+        assert await ledger.integrity_check() == "ok"
+    finally:
+        ledger.close()
+    check = sqlite3.connect(tmp_path / DB_NAME)
+    assert check.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    assert check.execute("SELECT outcome, cost_micros FROM usage ORDER BY id").fetchall() == [
+        ("ok", 250), ("abandoned", 800)]
+    check.close()

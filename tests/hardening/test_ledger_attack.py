@@ -325,6 +325,17 @@ def test_a_full_disk_at_start(spawn: Spawn, fakes: dict[str, Any], small_fs: Pat
     assert ledger["status"] == "memory" and ledger["problem"].startswith("full"), ledger
 
 
+def test_a_corrupt_ledger_moved_aside_is_shown_in_health(spawn: Spawn, fakes: dict[str, Any], tmp_path: Path) -> None:
+    data_dir = tmp_path / "corrupt"
+    data_dir.mkdir()
+    (data_dir / DB).write_bytes(b"not a database at all" * 200)
+    sidecar = spawn(paid_config(fakes), data_dir=data_dir)
+    ledger = sidecar.result("model:health")["ledger"]
+    assert ledger["status"] == "persistent" and ledger["movedAside"], ledger
+    assert Path(ledger["movedAside"]).read_bytes().startswith(b"not a database")
+    assert "starts again from zero" in ledger["problem"]
+
+
 def test_pid_of_a_live_sidecar_is_recorded_with_its_reservation(spawn: Spawn, fakes: dict[str, Any]) -> None:
     fake = fakes["local-llm"]
     fake.set_default(Reply("slow", usage=USAGE, delay_s=2))
