@@ -8,14 +8,15 @@ registry and the ``model:list-models`` cache learn the provider's models again.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from sidecar.channels.models import fetch_models
-from sidecar.errors import InvalidParams
-from sidecar.local.ollama_pull import Progress, ProgressThrottle, pull_model
+from sidecar.errors import InvalidParams, SidecarError
+from sidecar.local.ollama_pull import Progress, ProgressThrottle, PullOutcome, pull_model
 from sidecar.providers.base import Provider
 from sidecar.transport.dispatcher import Channel, RequestContext
 from sidecar.wire.kinds import kind_of
@@ -57,10 +58,8 @@ def _wire(request_id: Any, progress: Progress) -> dict[str, Any]:
 
 
 def channels(services: Services) -> list[Channel]:
-    async def pull(params: PullParams, ctx: RequestContext) -> PullResult:
-        provider = _ollama_provider(services, params.provider)
+    async def download(provider: Provider, params: PullParams, ctx: RequestContext) -> PullOutcome:
         throttle = ProgressThrottle()
-        started = time.monotonic()
 
         async def on_progress(progress: Progress) -> None:
             if throttle.admit(progress):
@@ -71,9 +70,26 @@ def channels(services: Services) -> list[Channel]:
                                        stall_s=params.stall_timeout_ms / 1000)
             services.forget_models(provider.name)
             await fetch_models(services, provider)
-        log.info("pull", request_id=ctx.request_id, provider=provider.name, model=params.model,
-                 size_bytes=outcome.size_bytes, latency_ms=round((time.monotonic() - started) * 1000, 2))
+        return outcome
+
+    async def pull(params: PullParams, ctx: RequestContext) -> PullResult:
+        provider = _ollama_provider(services, params.provider)
+        started = time.monotonic()
+        fields: dict[str, Any] = {"request_id": ctx.request_id, "provider": provider.name, "model": params.model}
+        try:
+            outcome = await download(provider, params, ctx)
+        except SidecarError as exc:
+            log.info("pull", **fields, outcome=exc.type, error=exc.message, latency_ms=_ms_since(started))
+            raise
+        except asyncio.CancelledError:
+            log.info("pull", **fields, outcome="cancelled", latency_ms=_ms_since(started))
+            raise
+        log.info("pull", **fields, outcome="ok", size_bytes=outcome.size_bytes, latency_ms=_ms_since(started))
         return PullResult(provider=provider.name, model=params.model, digest=outcome.digest,
                           sizeBytes=outcome.size_bytes)
 
     return [Channel("model:pull", PullParams, pull)]
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 2)

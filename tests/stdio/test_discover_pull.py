@@ -241,11 +241,13 @@ def test_cancelling_a_pull_closes_the_upstream_request(spawn: Spawn, ollama: Oll
     sidecar = spawn(config=_pull_config(ollama))
     request_id = sidecar.start("model:pull", {"provider": "ollama", "model": "qwen3:0.6b"})
     sidecar.wait_for(lambda m: m.get("method") == "model:pull-progress"
+                     and m["params"]["requestId"] == request_id
                      and m["params"]["status"].startswith("pulling ")
                      and m["params"]["status"] != "pulling manifest", timeout=10)  # a layer is coming
     sidecar.cancel(request_id)
     response = sidecar.response(request_id, timeout=10)
     assert response["error"]["code"] == -32800, response
+    assert response["error"]["message"] == "request cancelled by the host"  # while it ran
     assert ollama.pulls[0].disconnected.wait(5), "the upstream pull was not closed"
     assert "qwen3:0.6b" not in ollama.models
 
