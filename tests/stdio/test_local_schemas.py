@@ -45,7 +45,7 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
      _one("email", {"type": "string", "pattern": r"^\w+@\w+\.[a-z]{2,}$"})),
     ("semver", "We shipped v1.4.2 today. Give the version tag.",
      _one("tag", {"type": "string", "pattern": r"^v\d+(\.\d+){2}$"})),
-    ("look-ahead (dropped, checked locally)", "The password is abc123. Give the password.",
+    ("look-ahead (left out, checked locally)", "The password is abc123. Give the password.",
      _one("password", {"type": "string", "pattern": r"^(?=.*[0-9])[a-z0-9]{6,}$"})),
     ("date format", "The meeting is on 2024-03-15. Give the date.",
      _one("date", {"type": "string", "format": "date"})),
