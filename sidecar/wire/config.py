@@ -293,6 +293,21 @@ class FormatTemplate(ParamsModel):
     instructions: str | None = None
     max_retries: int | None = Field(default=None, ge=0, le=10)
 
+    @field_validator("schema_")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Checked when stored, not first when a request names the template.
+        from sidecar.errors import InvalidParams
+        from sidecar.structured.validate import compile_schema
+
+        try:
+            compile_schema(value)
+        except InvalidParams as exc:
+            where = "; ".join(f"{e['path'].removeprefix('/responseFormat/schema') or '/'}: {e['message']}"
+                              for e in exc.errors) or exc.message
+            raise ValueError(f"not a valid JSON Schema ({where})") from None
+        return value
+
 
 class ModelOverride(ParamsModel):
     """What the user knows better than the catalog about one model (``provider/model``)."""

@@ -383,6 +383,9 @@ ODD_PATCHES = {
                   "/config/providers/custom"),
     "many-providers": ({"providers": {"custom": {f"p{i}": {"baseURL": "http://127.0.0.1:1/v1", "defaultModel": "m"}
                                                  for i in range(500)}}}, "/config/providers/custom"),
+    "bad-template-schema": ({"formatTemplates": {"t": {"schema": {"type": 12}}}}, "/config/formatTemplates/t/schema"),
+    "unresolved-template-ref": ({"formatTemplates": {"t": {"schema": {"$ref": "#/nope"}}}},
+                                "/config/formatTemplates/t/schema"),
     "too-many-headers": ({"providers": {"ollama": {"headers": {f"X-H{i}": "v" for i in range(500)}}}},
                          "/config/providers/ollama/headers"),
 }
