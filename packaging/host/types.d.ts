@@ -320,6 +320,7 @@ export interface ModelGetConfigResult {
   formatTemplates?: {
     [k: string]: FormatTemplate;
   };
+  maxResponseBytes?: number;
   modelOverrides?: {
     [k: string]: ModelOverride;
   };
@@ -769,6 +770,7 @@ export interface ModelSetConfigResult {
   formatTemplates?: {
     [k: string]: FormatTemplate;
   };
+  maxResponseBytes?: number;
   modelOverrides?: {
     [k: string]: ModelOverride;
   };

@@ -70,7 +70,8 @@ class Router:
         self.stats = stats
         self.planner = planner
         self._clock = clock
-        call = Admitted(Billed(ProviderCall(pool, clock), budget), limits, clock)
+        call = Admitted(Billed(ProviderCall(pool, clock, lambda: config().max_response_bytes), budget), limits,
+                        clock)
         retrying = Retrying(call, pool, stats, clock=clock, sleep=sleep, rand=rand)
         self._chain = FallbackChain(retrying, clock)
 

@@ -342,6 +342,9 @@ class ModelConfig(ParamsModel):
     format_templates: dict[str, FormatTemplate] = Field(default_factory=dict)
     #: Extension: overall deadline of one request, retries and fallbacks included.
     deadline_ms: int = Field(default=600_000, ge=1_000, le=3_600_000)
+    #: Extension: the most bytes a provider may send in one stream line or event, in one
+    #: non-streamed body, and as one answer's text (more is an oversized-response ModelError).
+    max_response_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
 
     def provider_names(self) -> list[str]:
         return [*BUILTIN_PROVIDERS, *self.providers.custom]

@@ -120,6 +120,15 @@ def test_a_huge_body_is_refused_without_buffering_it(spawn: Any, fake: FakeServe
     assert closed_upstream(fake)
 
 
+def test_the_bound_is_configurable(spawn: Any, fake: FakeServer) -> None:
+    fake.enqueue(Flood(), Reply(chunks=["v" * 100_000] * 30), Reply(text="v" * 1_200_000))
+    sidecar = start(spawn, fake, maxResponseBytes=MiB)
+    for method in ("model:stream", "model:stream", "model:generate"):
+        kind, message = error_of(ask(sidecar, fake, method)[0])
+        assert kind == "ModelError" and f"over {MiB} bytes" in message
+    assert "result" in ask(sidecar, fake, "model:generate")[0]
+
+
 def test_an_answer_made_of_many_small_chunks_is_bounded_too(spawn: Any, fake: FakeServer) -> None:
     piece = "y" * 60_000
     fake.enqueue(Reply(chunks=[piece] * (3 * LIMIT // len(piece))))

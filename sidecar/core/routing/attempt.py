@@ -8,6 +8,7 @@ sink as it arrives (a restart chunk first, after a fallback mid-stream).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 
 from sidecar.core import tokens
@@ -54,15 +55,20 @@ def to_provider_request(request: ModelRequest, model: str, prompt_tokens: int | 
 class ProviderCall:
     """Calls the provider once for a :class:`Try` (the :class:`Call` at the bottom)."""
 
-    def __init__(self, pool: ProviderPool, clock: Callable[[], float]) -> None:
+    def __init__(self, pool: ProviderPool, clock: Callable[[], float],
+                 max_response_bytes: Callable[[], int] | None = None) -> None:
         self.pool = pool
         self._clock = clock
+        #: The config's ``maxResponseBytes`` (read per attempt: it may change meanwhile).
+        self._max_response_bytes = max_response_bytes
 
     async def __call__(self, run: Run, attempt: Try) -> Completion:
         provider, candidate = attempt.provider, attempt.candidate
         preq = to_provider_request(run.request, candidate.model, run.decision.prompt_tokens)
         if run.shape is not None:
             preq = run.shape(candidate, preq)
+        if self._max_response_bytes is not None:
+            preq = dataclasses.replace(preq, max_response_bytes=self._max_response_bytes())
         timeout_s = (provider.settings.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
         attempt.started_at = self._clock()
         async with self.pool.use(provider):
