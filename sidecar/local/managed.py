@@ -367,9 +367,10 @@ class ManagedServer:
             proc = await asyncio.create_subprocess_exec(
                 *self._argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env=env, **_process_options(read_fd))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: an argument Popen refuses
             os.close(write_fd)
-            raise self.error(f"cannot run {spec.argv[0]!r}: {exc.strerror or exc}") from None
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise self.error(f"cannot run {spec.argv[0]!r}: {reason}") from None
         finally:
             os.close(read_fd)
         self._proc, self._watch_fd = proc, write_fd

@@ -178,6 +178,7 @@ class ProviderEntry(ParamsModel):
         return out
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
 #: Hosts a server the sidecar runs may listen on: this machine only.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -213,6 +214,29 @@ class ServerConfig(ParamsModel):
         # One error at /port for anything else (the union alone reports one per member).
         if value != "auto" and not (type(value) is int and 1 <= value <= 65535):
             raise ValueError("port must be a number 1-65535 or \"auto\"")
+        return value
+
+    @field_validator("command", "args")
+    @classmethod
+    def _no_nul(cls, value: list[str] | None) -> list[str] | None:
+        # A NUL cannot go into a process argument; an empty program name runs nothing.
+        if value and any("\0" in item for item in value):
+            raise ValueError("no element may contain a NUL character")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _program(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value[0].strip():
+            raise ValueError("the program (first element) is empty")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name, item in (value or {}).items():
+            if not _ENV_NAME.fullmatch(name) or "\0" in item:
+                raise ValueError(f"env: {name[:64]!r} is not a variable name, or its value contains NUL")
         return value
 
     @model_validator(mode="after")

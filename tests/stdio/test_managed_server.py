@@ -223,6 +223,10 @@ def test_shutdown_and_sigkill_leave_no_server(servers: list[int], spawn: Spawn) 
         ({"command": ["srv"], "healthPath": "health"}, "/config/providers/custom/x/server/healthPath"),
         ({"command": ["srv"], "startTimeoutMs": 10}, "/config/providers/custom/x/server/startTimeoutMs"),
         ({"command": ["srv"], "restart": True}, "/config/providers/custom/x/server/restart"),
+        ({"command": [""]}, "/config/providers/custom/x/server/command"),
+        ({"command": ["srv"], "args": ["a\u0000b"]}, "/config/providers/custom/x/server/args"),
+        ({"command": ["srv"], "env": {"A=B": "c"}}, "/config/providers/custom/x/server/env"),
+        ({"command": ["srv"], "env": {"A": "c\u0000"}}, "/config/providers/custom/x/server/env"),
     ],
 )
 def test_a_bad_server_setting_is_refused(spawn: Spawn, server: dict[str, Any], path: str) -> None:
