@@ -291,6 +291,41 @@ def test_a_disk_full_mid_call_loses_no_paid_answer(spawn: Spawn, fakes: dict[str
     wait_until(lambda: ledger_state(data_dir) == ([("ok", CALL_MICROS)] * 8, 0), 20, "the rows once space is back")
 
 
+@contextlib.contextmanager
+def immutable(paths: list[Path]) -> Iterator[None]:
+    """``chattr +i``: every write to these files fails (EPERM), through descriptors already
+    open too: the ledger turns read-only under a running sidecar. Root and ext4/xfs only."""
+    made = subprocess.run(["chattr", "+i", *map(str, paths)], capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"chattr +i is not possible here: {made.stderr.decode(errors='replace')}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, paths)], capture_output=True, check=False)
+
+
+def test_a_ledger_turned_read_only_mid_call_loses_no_paid_answer(spawn: Spawn, fakes: dict[str, Any]) -> None:
+    fake = fakes["local-llm"]
+    fake.set_default(Reply("paid for", usage=USAGE, delay_s=1.0))
+    sidecar = spawn(paid_config(fakes))
+    assert "result" in sidecar.call("model:usage")
+    ids = [sidecar.start(m, PAID) for m in ["model:generate", "model:stream"] * 4]
+    fake.wait_for_requests(8, timeout=20)
+    # Not the -shm: SQLite maps it into memory, and a store into an immutable mapping is
+    # SIGBUS (as on a file system remounted read-only after an error), not a write error.
+    with immutable([sidecar.data_dir / DB, sidecar.data_dir / f"{DB}-wal"]):
+        found = answers(sidecar, ids)
+        assert internal_errors(found) == [], internal_errors(found)[:1]
+        assert all("result" in a for a in found), found[0]
+        usage = sidecar.result("model:usage")
+        assert round(usage["daily"]["spentUsd"] * 1e6) == 8 * CALL_MICROS and usage["daily"]["reservedUsd"] == 0
+        assert sidecar.result("model:health")["ledger"]["pending"] == 8
+        error = sidecar.call("model:generate", PAID, timeout=30)["error"]
+        assert error["data"]["type"] == "StorageError" and len(fake.requests) == 8
+    wait_until(lambda: ledger_state(sidecar.data_dir) == ([("ok", CALL_MICROS)] * 8, 0), 20,
+               "the rows once the ledger is writable again")
+
+
 def test_a_read_only_data_dir_at_start(spawn: Spawn, fakes: dict[str, Any], small_fs: Path) -> None:
     fakes["local-llm"].set_default(Reply("ok", usage=USAGE))
     data_dir = small_fs / "data"
