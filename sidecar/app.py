@@ -98,6 +98,7 @@ class Services:
                             hold=servers.hold)
         pool.configure(provider_settings())
         config.on_change(lambda _cfg: pool.configure(provider_settings()))
+        servers.on_port_change = lambda: pool.configure(provider_settings())
         stats = StatsBook()
         registry = ModelRegistry(Catalog.load(), lambda: config.config.model_overrides)
         planner = Planner(pool, lambda: config.config, registry, stats, classify=_classify)

@@ -226,8 +226,11 @@ class _OutputLog:
 class ManagedServer:
     """One server process for one provider entry, started and stopped on demand."""
 
-    def __init__(self, spec: ServerSpec, env: Mapping[str, str]) -> None:
+    def __init__(self, spec: ServerSpec, env: Mapping[str, str],
+                 on_port_change: Callable[[], None] = lambda: None) -> None:
         self.spec = spec
+        #: Called when an automatic port had to change: the provider's base URL follows.
+        self._on_port_change = on_port_change
         self._base_env = {k: v for k, v in env.items() if k not in _SECRET_ENV}
         self.state: State = "stopped"
         self.last_error: str | None = None
@@ -354,6 +357,12 @@ class ManagedServer:
         return out
 
     async def _spawn(self) -> asyncio.subprocess.Process:
+        if self.spec.auto_port and _port_taken(self.spec.port):
+            # Another program took the port picked earlier: pick another one.
+            moved = free_port()
+            log.info("local_server_port_moved", provider=self.spec.name, port=moved, taken=self.spec.port)
+            self.spec = replace(self.spec, port=moved)
+            self._on_port_change()
         spec = self.spec
         problem = _cannot_start(spec)
         if problem:
@@ -526,6 +535,8 @@ class ServerManager:
         #: name → why the embedded server cannot run (the entry then uses its baseURL).
         self.unavailable: dict[str, str] = {}
         self._stopping: set[asyncio.Task[None]] = set()
+        #: Re-applies the provider settings (set by the app) when a server's port moved.
+        self.on_port_change: Callable[[], None] = lambda: None
 
     def server(self, name: str) -> ManagedServer | None:
         return self._servers.get(name)
@@ -557,7 +568,7 @@ class ServerManager:
                 self._stop_later(current)
         for name, spec in wanted.items():
             if name not in self._servers:
-                self._servers[name] = ManagedServer(spec, self._env)
+                self._servers[name] = ManagedServer(spec, self._env, lambda: self.on_port_change())
 
     def _stop_later(self, server: ManagedServer) -> None:
         with contextlib.suppress(RuntimeError):  # no loop: nothing was ever started
@@ -591,6 +602,12 @@ class ServerManager:
             yield
             return
         proc = await server.acquire()
+        if urlsplit(provider.settings.base_url).port != server.spec.port:
+            server.release(ok=False)
+            # The port moved while this attempt waited; the provider object for the new
+            # address is in the pool now, and the next attempt gets it.
+            raise ModelError(f"local model server of {provider.name!r} moved to port {server.spec.port}; "
+                             "retrying there", provider=provider.name, retryable=True)
         ok = False
         try:
             yield

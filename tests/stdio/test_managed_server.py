@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -169,6 +170,23 @@ def test_a_request_cancelled_while_it_starts_leaves_the_start_going(servers: lis
     servers.append(ready_pid(sidecar, FAKE, servers))
     assert sidecar.result("model:generate", gen())["metadata"]["provider"] == FAKE
     assert _started(sidecar) == 1
+
+
+def test_an_automatic_port_taken_by_another_program_moves(servers: list[int], spawn: Spawn) -> None:
+    config = fake_config({})
+    config["providers"]["custom"][FAKE]["rateLimit"] = {"maxRetries": 1}
+    sidecar = spawn(config)
+    picked = server_health(sidecar, FAKE)["port"]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", picked))
+        squatter.listen()
+        result = sidecar.result("model:generate", gen(), timeout=60)
+        assert result["metadata"]["provider"] == FAKE
+        server = server_health(sidecar, FAKE)
+        assert server["state"] == "ready" and server["port"] != picked and server["restarts"] == 0
+        servers.append(ready_pid(sidecar, FAKE, servers))
+    models = sidecar.result("model:list-models", {"refresh": True})["models"]
+    assert any(m["provider"] == FAKE and m["available"] for m in models)
 
 
 def test_a_crash_loop_ends_in_a_clear_error(spawn: Spawn) -> None:
