@@ -287,6 +287,9 @@ async def _shut_down(services: Services, dispatcher: Dispatcher, reader: LineRea
     except TimeoutError:
         log.warning("local_server_stop_timeout")
     services.servers.kill_now()  # whatever is left, without waiting
+    # A request still finishing committed work (a config write) gets the last moments
+    # before the final flush, so its answer is queued before the writer stops.
+    await _settle(set(dispatcher.tasks), clock.left(reserve=0.15), writer)
     await writer.drain_and_close(timeout=clock.left(reserve=0.05))
     unanswered = len(dispatcher.inflight) + len(dispatcher.held)
     if unanswered or writer.pending:
