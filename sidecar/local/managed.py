@@ -227,8 +227,10 @@ class ManagedServer:
     """One server process for one provider entry, started and stopped on demand."""
 
     def __init__(self, spec: ServerSpec, env: Mapping[str, str],
-                 on_port_change: Callable[[], None] = lambda: None) -> None:
+                 on_port_change: Callable[[], None] = lambda: None, after: asyncio.Task[None] | None = None) -> None:
         self.spec = spec
+        #: The stop of the server this one replaces: the first start waits for it.
+        self._after = after
         #: Called when an automatic port had to change: the provider's base URL follows.
         self._on_port_change = on_port_change
         self._base_env = {k: v for k, v in env.items() if k not in _SECRET_ENV}
@@ -315,6 +317,9 @@ class ManagedServer:
 
     async def _start(self) -> None:
         try:
+            if self._after is not None:
+                await asyncio.wait({self._after})
+                self._after = None
             wait = self._not_before - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -562,19 +567,27 @@ class ServerManager:
                 self.unavailable[name] = str(exc)
                 continue
             wanted[name] = spec
+        stopping: dict[str, asyncio.Task[None]] = {}
         for name, current in list(self._servers.items()):
             if name not in wanted or not current.spec.same_server(wanted[name]):
                 del self._servers[name]
-                self._stop_later(current)
+                task = self._stop_later(current)
+                if task is not None:
+                    stopping[name] = task
         for name, spec in wanted.items():
             if name not in self._servers:
-                self._servers[name] = ManagedServer(spec, self._env, lambda: self.on_port_change())
+                # The new server starts once the old one is gone (it may hold the port).
+                self._servers[name] = ManagedServer(spec, self._env, lambda: self.on_port_change(),
+                                                    after=stopping.get(name))
 
-    def _stop_later(self, server: ManagedServer) -> None:
-        with contextlib.suppress(RuntimeError):  # no loop: nothing was ever started
+    def _stop_later(self, server: ManagedServer) -> asyncio.Task[None] | None:
+        try:
             task = asyncio.get_running_loop().create_task(server.stop(STOP_GRACE_S))
-            self._stopping.add(task)
-            task.add_done_callback(self._stopping.discard)
+        except RuntimeError:  # no loop: nothing was ever started
+            return None
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+        return task
 
     def bind(self, settings: list[ProviderSettings]) -> list[ProviderSettings]:
         """``settings`` with each managed entry's base URL on its server's port."""

@@ -189,6 +189,21 @@ def test_an_automatic_port_taken_by_another_program_moves(servers: list[int], sp
     assert any(m["provider"] == FAKE and m["available"] for m in models)
 
 
+def test_a_changed_server_on_a_fixed_port_starts_after_the_old_one_stopped(servers: list[int],
+                                                                          spawn: Spawn) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sidecar = spawn(fake_config({"port": port}))
+    sidecar.result("model:generate", gen())
+    old = ready_pid(sidecar, FAKE, servers)
+    sidecar.result("model:set-config", {"config": {"providers": {"custom": {FAKE: {"server": {"idleStopMs": 5000}}}}}})
+    result = sidecar.result("model:generate", gen(), timeout=60)  # at once: the old server may still be stopping
+    assert result["metadata"]["provider"] == FAKE
+    new = ready_pid(sidecar, FAKE, servers)
+    assert new != old and not alive(old) and server_health(sidecar, FAKE)["port"] == port
+
+
 def test_a_crash_loop_ends_in_a_clear_error(spawn: Spawn) -> None:
     crash = [sys.executable, "-c", "import sys; sys.stderr.write('no GPU here\\n'); sys.exit(3)"]
     sidecar = spawn(fake_config({"command": crash, "maxRestarts": 1}))
