@@ -86,6 +86,8 @@ _FAULT = os.environ.get("MODEL_SIDECAR_FAULT", "")
 #: at least one part; a file with more broken parts than this is not worth saving).
 _MAX_PRUNE_ROUNDS = 50
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+#: Ignored parts listed in model:health and the log (the count of the rest is given).
+_MAX_REPORTED = 50
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -312,18 +314,24 @@ def _parse(path: Path, raw: bytes | None) -> _Disk:
     return _Disk(raw=raw, doc=parsed, stored=stored, config=config, ignored=ignored)
 
 
-def _try_lock(fd: int) -> bool:
-    try:
-        if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-            import msvcrt
+def _try_lock(fd: int) -> bool | None:
+    """True: locked; False: another process holds it; None: the file system cannot lock."""
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        import msvcrt
 
+        try:
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        else:
-            import fcntl
+        except OSError:  # EACCES/EDEADLOCK: held elsewhere
+            return False
+        return True
+    import fcntl
 
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # BlockingIOError (POSIX) or PermissionError (Windows): held elsewhere
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return False
+    except OSError:  # ENOLCK, EINVAL...: some network file systems have no locks
+        return None
     return True
 
 
@@ -350,7 +358,10 @@ def _exclusive(path: Path, timeout_s: float) -> Iterator[None]:
     try:
         deadline = time.monotonic() + timeout_s
         pause = 0.002
-        while not _try_lock(fd):
+        while not (locked := _try_lock(fd)):
+            if locked is None:
+                log.warning("config_lock_unsupported", path=str(path))  # write unlocked, as before
+                break
             if time.monotonic() >= deadline:
                 reason = f"another process held the config lock for over {timeout_s:g} s"
                 raise StorageError(f"config: {reason}", path=str(path), reason=reason)
@@ -359,7 +370,8 @@ def _exclusive(path: Path, timeout_s: float) -> Iterator[None]:
         try:
             yield
         finally:
-            _unlock(fd)
+            if locked:
+                _unlock(fd)
     finally:
         os.close(fd)
 
@@ -414,8 +426,9 @@ class ConfigManager:
         if disk.problem:
             return disk.problem
         if disk.ignored:
-            parts = ", ".join(item.path or "(whole file)" for item in disk.ignored)
-            return f"{self.path}: ignored what did not validate: {parts}"
+            parts = ", ".join(item.path or "(whole file)" for item in disk.ignored[:_MAX_REPORTED])
+            more = f" and {len(disk.ignored) - _MAX_REPORTED} more" if len(disk.ignored) > _MAX_REPORTED else ""
+            return f"{self.path}: ignored what did not validate: {parts}{more}"
         return None
 
     def load(self) -> None:
@@ -428,7 +441,7 @@ class ConfigManager:
         self._disk = disk
         if disk.broken:
             log.error("config_invalid", error=self.load_error,
-                      ignored=[item.model_dump() for item in disk.ignored] or None)
+                      ignored=[item.model_dump() for item in disk.ignored[:_MAX_REPORTED]] or None)
         self.stored, self.config = disk.stored, disk.config
         self._register_secrets()
 
@@ -451,7 +464,7 @@ class ConfigManager:
         disk = self._disk
         state = "defaults" if disk.problem else "partial" if disk.ignored else "loaded"
         return ConfigStatus(status=state, path=str(self.path), problem=self.load_error,
-                            ignored=list(disk.ignored) or None,
+                            ignored=disk.ignored[:_MAX_REPORTED] or None,
                             backup=str(self._backup) if self._backup else None)
 
     def _validate(self, stored: dict[str, Any]) -> ModelConfig:
