@@ -17,6 +17,7 @@ def channels(services: Services) -> list[Channel]:
     manager = services.config
 
     async def get_config(_params: EmptyParams, _ctx: RequestContext) -> dict[str, Any]:
+        await manager.refresh()  # another sidecar on the same data dir may have written it
         return manager.preview()
 
     async def set_config(params: SetConfigParams, _ctx: RequestContext) -> dict[str, Any]:

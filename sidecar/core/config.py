@@ -293,10 +293,31 @@ class _Disk:
     ignored: list[ConfigIgnored] = field(default_factory=list)
     #: Why the file could not be used at all.
     problem: str | None = None
+    #: The file's identity when it was read (inode, size, mtime), to notice a new one.
+    stamp: tuple[int, int, int] | None = None
 
     @property
     def broken(self) -> bool:
         return self.problem is not None or bool(self.ignored)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _read_disk(path: Path) -> _Disk:
+    """What ``path`` holds now; a file that cannot be used at all gives the defaults."""
+    stamp = _stamp(path)  # before reading: a file replaced meanwhile is read again later
+    try:
+        disk = _parse(path, _read_regular(path))
+    except _Unusable as exc:
+        disk = _Disk(problem=f"{path} {exc.reason}; defaults are used")
+    disk.stamp = stamp
+    return disk
 
 
 def _parse(path: Path, raw: bytes | None) -> _Disk:
@@ -434,16 +455,25 @@ class ConfigManager:
     def load(self) -> None:
         """Read ``config.json``: what validates is used, the rest is ignored and reported."""
         self._remove_leftovers()
-        try:
-            disk = _parse(self.path, _read_regular(self.path))
-        except _Unusable as exc:
-            disk = _Disk(problem=f"{self.path} {exc.reason}; defaults are used")
+        disk = _read_disk(self.path)
         self._disk = disk
-        if disk.broken:
-            log.error("config_invalid", error=self.load_error,
-                      ignored=[item.model_dump() for item in disk.ignored[:_MAX_REPORTED]] or None)
+        self._report()
         self.stored, self.config = disk.stored, disk.config
         self._register_secrets()
+
+    async def refresh(self) -> None:
+        """Adopt ``config.json`` if another process (or a hand edit) replaced it since."""
+        async with self._lock:
+            if _stamp(self.path) == self._disk.stamp:
+                return
+            disk = await asyncio.to_thread(_read_disk, self.path)
+            self._adopt(disk, None)
+            self._report()
+
+    def _report(self) -> None:
+        if self._disk.broken:
+            log.error("config_invalid", error=self.load_error,
+                      ignored=[item.model_dump() for item in self._disk.ignored[:_MAX_REPORTED]] or None)
 
     def _remove_leftovers(self) -> None:
         """Delete temp files of writes interrupted by a crash (only while no one writes)."""
@@ -511,7 +541,8 @@ class ConfigManager:
                 reason = f"cannot keep a backup of the file that did not load ({exc.strerror})"
                 raise StorageError(f"config: {reason}", path=str(self.path), reason=reason) from None
             self._write_atomic(stored)
-        return _Disk(raw=None, doc=stored, stored=stored, config=config), backup
+            stamp = _stamp(self.path)
+        return _Disk(doc=stored, stored=stored, config=config, stamp=stamp), backup
 
     def _merge(self, disk: _Disk, patch: dict[str, Any]) -> tuple[dict[str, Any], ModelConfig]:
         """The patched document and its config; a file's broken parts stay out unless fixed."""

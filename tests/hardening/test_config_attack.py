@@ -221,6 +221,20 @@ def test_two_sidecars_on_one_data_dir_keep_each_others_changes(spawn: Spawn) -> 
     assert adopted["budget"]["monthlyLimit"] == 40 and adopted["selection"]["priority"] == "cost"
 
 
+def test_get_config_adopts_what_another_process_wrote(spawn: Spawn) -> None:
+    first = spawn({"budget": {"alertThreshold": 0.5}})
+    second = spawn(data_dir=first.data_dir)
+    assert "dailyLimit" not in second.result("model:get-config")["budget"]
+    first.result("model:set-config", {"config": {"budget": {"dailyLimit": 3}}})
+    assert second.result("model:get-config")["budget"]["dailyLimit"] == 3
+    # A hand edit with a mistake is adopted too, its valid parts only, and reported.
+    (first.data_dir / "config.json").write_text(json.dumps({"budget": {"dailyLimit": 4, "alertThreshold": 7}}))
+    budget = second.result("model:get-config")["budget"]
+    assert budget["dailyLimit"] == 4 and budget["alertThreshold"] == 0.8
+    status = second.result("model:health", timeout=30)["config"]
+    assert status["status"] == "partial" and status["ignored"][0]["path"] == "/budget/alertThreshold"
+
+
 def test_concurrent_writers_lose_nothing(spawn: Spawn) -> None:
     first = spawn()
     second = spawn(data_dir=first.data_dir)
