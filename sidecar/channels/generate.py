@@ -93,6 +93,12 @@ def channels(services: Services) -> list[Channel]:
 
     async def run(params: GenerateParams, ctx: RequestContext,
                   sink: StreamSink | None) -> tuple[dict[str, Any], Outcome]:
+        """One routed call, or the enforcer's attempts, all within one ``deadlineMs``."""
+        with router.one_deadline():
+            return await routed(params, ctx, sink)
+
+    async def routed(params: GenerateParams, ctx: RequestContext,
+                     sink: StreamSink | None) -> tuple[dict[str, Any], Outcome]:
         """One routed call, or the enforcer's attempts when a responseFormat is given."""
         spec = None
         if params.response_format is not None:

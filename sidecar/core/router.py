@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from sidecar.core.planner import Decision, Planner
 from sidecar.core.pool import ProviderPool
@@ -47,6 +49,10 @@ __all__ = [
     "StreamSink",
     "to_provider_request",
 ]
+
+
+#: The deadline shared by the routed calls of one request (see :meth:`Router.one_deadline`).
+_REQUEST_DEADLINE: ContextVar[float | None] = ContextVar("request_deadline", default=None)
 
 
 class Router:
@@ -75,6 +81,17 @@ class Router:
         retrying = Retrying(call, pool, stats, clock=clock, sleep=sleep, rand=rand)
         self._chain = FallbackChain(retrying, clock)
 
+    @contextmanager
+    def one_deadline(self) -> Iterator[None]:
+        """Every routed call inside the block shares one ``deadlineMs``, counted from now:
+        structured output routes one request several times (retries with feedback), and
+        the deadline bounds them together."""
+        token = _REQUEST_DEADLINE.set(self._clock() + self._config().deadline_ms / 1000)
+        try:
+            yield
+        finally:
+            _REQUEST_DEADLINE.reset(token)
+
     def select_provider(self, request: ModelRequest, selection: ModelSelection | None) -> Decision:
         """The decision for ``request``: first candidate, fallbacks, reasons (no call made)."""
         return self.planner.decide(request, selection)
@@ -95,7 +112,10 @@ class Router:
         started = self._clock()
         if stream is not None:
             stream.started = started
-        run = Run(request, decision, stream, tag, started + cfg.deadline_ms / 1000, shape)
+        deadline = _REQUEST_DEADLINE.get()
+        if deadline is None:
+            deadline = started + cfg.deadline_ms / 1000
+        run = Run(request, decision, stream, tag, deadline, shape)
         outcome = await self._chain.run(run, cfg, started)
         self.planner.registry.note_served(outcome.candidate.provider, outcome.candidate.model,
                                           outcome.completion.model)

@@ -291,3 +291,18 @@ def test_a_dead_local_server_is_named(spawn: Any, fake: FakeServer) -> None:
         assert attempts[0]["error"]["type"] == "ModelError"
         health = sidecar.result("model:health")["providers"]
         assert health["box"]["available"] is False and health["backup"]["available"] is True
+
+
+def test_the_deadline_spans_the_retries_of_structured_output(spawn: Any, fake: FakeServer) -> None:
+    # Each call trickles an answer that is not JSON for ~1.2 s; three calls would take
+    # ~3.6 s, but the request's deadline is 2 s for all of them together.
+    slow = Drip(interval_s=0.05, text="not json at all " * 2, chunk_size=40)
+    fake.enqueue(slow, slow, slow)
+    sidecar = start(spawn, fake, deadlineMs=2000, entry={"timeoutMs": 1000})
+    started = time.monotonic()
+    response = sidecar.call("model:generate", {
+        "request": {"prompt": "hello"}, "selection": {"provider": "hostile", "fallback": False},
+        "responseFormat": {"type": "json", "maxRetries": 2}}, timeout=30)
+    elapsed = time.monotonic() - started
+    assert "error" in response, response
+    assert elapsed < 3.0, (elapsed, response)

@@ -34,7 +34,8 @@ class FallbackChain:
 
     async def run(self, run: Run, cfg: ModelConfig, started: float) -> Outcome:
         try:
-            async with asyncio.timeout(cfg.deadline_ms / 1000):
+            # run.deadline: the request's, which earlier routed calls of it may have used up.
+            async with asyncio.timeout(max(0.0, run.deadline - self._clock())):
                 outcome = await self._candidates(run, cfg, started)
         except NoFallback as failure:
             raise final_error(run, failure.error) from failure.error
