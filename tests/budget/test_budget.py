@@ -78,10 +78,12 @@ async def test_daily_limit_blocks_with_usage_attached(manager_for: Make) -> None
     assert not free.over  # a free call always fits
 
 
-async def test_absurd_limits_mean_no_limit(manager_for: Make) -> None:
-    manager, _ = manager_for(daily_limit=1e300)
+async def test_the_largest_limit_the_config_allows_is_exact(manager_for: Make) -> None:
+    from sidecar.wire.config import MAX_LIMIT_USD
+
+    manager, _ = manager_for(daily_limit=MAX_LIMIT_USD)  # larger ones are refused by the config
     await spend(manager, 1_000_000.0)
-    assert (await manager.usage())["daily"]["remainingUsd"] > 1e12
+    assert (await manager.usage())["daily"]["remainingUsd"] == MAX_LIMIT_USD - 1_000_000.0
 
 
 async def test_monthly_limit_spans_days_and_resets_with_the_month(manager_for: Make, clock: Clock) -> None:
