@@ -31,7 +31,8 @@ This is the only module that touches the database. Rules it keeps:
   disk), the record stays in memory, and its reservation in the ledger stands for it.
 * **Reservations belong to their process** (``owner``: the token of
   :class:`~sidecar.store.journal.Owner`, whose lock file shows whether it still runs).
-  Opening the ledger touches only the reservations of owners that are gone: their
+  Opening the ledger (and, at most every :data:`SWEEP_INTERVAL_S`, a reservation)
+  touches only the reservations of owners that are gone: their
   journals are replayed first, then every reservation still open is *charged* at its
   reserved amount (a usage row with outcome ``abandoned``: the call may have been made
   and billed, nobody knows its real cost), counted in :class:`OpenReport`. A settle whose
@@ -100,6 +101,9 @@ SETTLE_WAIT_S = 2.0
 RETRY_WAIT_S = 0.05
 #: The wait of any write while the last one found the lock held past its bound.
 LOCKED_WAIT_S = 0.5
+#: How often a running sidecar looks for reservations of processes gone since it opened
+#: (checked at a reservation; cheap: one query and a lock probe per other owner).
+SWEEP_INTERVAL_S = 60.0
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
 #: SQLite primary result codes of a write the storage refused, by kind.
 _WRITE_FAILURES = {5: "locked", 6: "locked", 8: "readonly", 10: "io", 13: "full", 14: "io", 15: "locked"}
@@ -290,6 +294,7 @@ class Ledger:
         self._journalled = 0  # how many of them (from the front) are in the journal
         self._failure: str | None = None  # the last write refused, until one succeeds
         self._failure_kind: str | None = None
+        self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S  # the open sweeps first
         self.report = OpenReport(path=path, persistent=False)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -743,6 +748,9 @@ class Ledger:
     def _reserve(self, ts_ms: int, request_id: str, provider: str, model: str, amount: int,
                  caps: tuple[Cap, ...], block: bool) -> ReserveResult:
         self._writable()
+        if time.monotonic() >= self._next_sweep:  # another sidecar may have died meanwhile
+            self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+            self._settle_dead_owners()
 
         def body(db: sqlite3.Connection) -> ReserveResult:
             self._check_version(db)

@@ -273,3 +273,27 @@ async def test_a_version_1_ledger_is_migrated_and_its_ownerless_reservations_cha
     assert check.execute("SELECT outcome, cost_micros FROM usage ORDER BY id").fetchall() == [
         ("ok", 250), ("abandoned", 800)]
     check.close()
+
+
+async def test_a_running_ledger_charges_the_reservations_of_a_process_gone_since(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sidecar.store.ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "SWEEP_INTERVAL_S", 0.0)
+    survivor, gone = Ledger.open(tmp_path), Ledger.open(tmp_path)
+    try:
+        mine = await survivor.reserve(ts_ms=1, request_id="mine", provider="p", model="m", amount_micros=70,
+                                      caps=[], block=True)
+        await gone.reserve(ts_ms=1, request_id="theirs", provider="p", model="m", amount_micros=500,
+                           caps=[], block=True)
+        await survivor.reserve(ts_ms=1, request_id="x", provider="p", model="m", amount_micros=1, caps=[], block=True)
+        assert await survivor.reserved() == (3, 571)  # the other process still runs: left alone
+        gone._owner.release(keep_journal=True)  # as if it died: its lock is gone
+        await survivor.reserve(ts_ms=1, request_id="y", provider="p", model="m", amount_micros=1, caps=[], block=True)
+        assert await survivor.reserved() == (3, 72)  # its 500 charged, ours untouched
+        assert await survivor.spend(0, 10) == 500
+        assert mine.reservation_id is not None
+        assert await survivor.settle(mine.reservation_id, record(ts_ms=1, cost=60)) is not None
+    finally:
+        survivor.close()
+        gone.close()
