@@ -12,8 +12,9 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from sidecar.errors import InvalidParams, SidecarError
+from sidecar.errors import InvalidParams, NetworkError, SidecarError
 from sidecar.providers.base import Provider, ProviderModel
+from sidecar.providers.http import LocalServerDown
 from sidecar.transport.dispatcher import Channel, RequestContext
 from sidecar.wire.methods import ListModelsParams, ListModelsResult
 from sidecar.wire.model import Capability, CostPer1k, ModelInfo
@@ -70,8 +71,10 @@ async def fetch_models(services: Services, provider: Provider, *,
             if provider.settings.kind == "ollama":
                 chat = await _with_details(provider, chat)
     except (SidecarError, TimeoutError) as exc:
-        if note_unreachable and (isinstance(exc, TimeoutError) or exc.type == "NetworkError"):
-            services.stats.failure(provider.name, "NetworkError",
+        unreachable = isinstance(exc, TimeoutError | NetworkError | LocalServerDown)
+        if note_unreachable and unreachable:
+            kind = exc.type if isinstance(exc, SidecarError) else "NetworkError"
+            services.stats.failure(provider.name, kind,
                                    str(exc) or f"no answer within {LIST_TIMEOUT_S:.0f} s", provider_wide=True)
         return None
     services.registry.report(provider.name, chat)

@@ -306,3 +306,20 @@ def test_the_deadline_spans_the_retries_of_structured_output(spawn: Any, fake: F
     elapsed = time.monotonic() - started
     assert "error" in response, response
     assert elapsed < 3.0, (elapsed, response)
+
+
+def test_a_local_server_not_running_at_start_is_cooled_down(spawn: Any, fake: FakeServer) -> None:
+    # The start-up refresh of model lists marks it, so the first requests go elsewhere.
+    with refusing_port() as port:
+        dead = f"http://127.0.0.1:{port}/v1"
+        config = build_config({"box": entry(dead, model=LLAMA), "backup": provider_entry(fake)}, default="box",
+                              chain=["backup"])
+        sidecar = spawn(config)
+        deadline = time.monotonic() + 10
+        box: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            box = sidecar.result("model:health")["providers"]["box"]
+            if box.get("coolDownMs"):
+                break
+            time.sleep(0.1)
+        assert box.get("coolDownMs", 0) > 0 and box["available"] is False, box
