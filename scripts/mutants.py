@@ -230,7 +230,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "        elif max_cost_usd is not None and cost > max_cost_usd:\n",
         "        elif False:\n",
         ("tests/core/test_selector.py::test_hard_filters_max_cost_and_local_only",
-         "tests/stdio/test_core_fixes.py"),
+         "tests/stdio/test_core_fixes.py::test_a_loopback_openai_entry_bills_the_list_price"),
     ),
     Mutant(
         "alert-once-per-period", "model:budget-alert fires once per period and kind, restarts included",
