@@ -236,7 +236,9 @@ def test_shutdown_and_sigkill_leave_no_server(servers: list[int], spawn: Spawn) 
     first = spawn(fake_config({}))
     first.result("model:generate", gen())
     pid = ready_pid(first, FAKE, servers)
+    closing = time.monotonic()
     assert first.close() == 0
+    assert time.monotonic() - closing < 2.5  # the protocol's 2 s, with the server stopped in it
     wait_until(lambda: not alive(pid), 5, "the server to exit with its sidecar")
     second = spawn(fake_config({}))
     second.result("model:generate", gen())
@@ -350,7 +352,9 @@ def test_embedded_starts_on_first_use_and_restarts_after_kill(servers: list[int]
     assert again["content"].strip() and again["metadata"]["provider"] == "local-llm"
     new_pid = ready_pid(sidecar, "local-llm", servers)
     assert new_pid != pid and server_health(sidecar, "local-llm")["restarts"] == 1
+    closing = time.monotonic()
     assert sidecar.close() == 0
+    assert time.monotonic() - closing < 2.5  # the protocol's 2 s, with the server stopped in it
     wait_until(lambda: not alive(new_pid), 5, "the server to exit with its sidecar")
 
 
