@@ -213,7 +213,8 @@ def test_what_the_rewritten_pattern_matches_the_original_matches(pattern: str, d
     assert re.search(pattern, example), (pattern, sent, example)
 
 
-_names = st.sampled_from(["a", "b", "id", 'q"', "x\\y", "", "tab\t", "é", "😀"])
+_names = st.sampled_from(["a", "b", "id", "a b", "a-b", "root", "space", "string", "char", "dot", "1", "-",
+                         'q"', "x\\y", "", "tab\t", "é", "😀"])  # fmt: skip
 _leaves = st.one_of(
     st.fixed_dictionaries({"type": st.sampled_from(["string", "integer", "number", "boolean", "null"])},
                           optional={"pattern": regexes, "minLength": st.integers(0, 3000),
