@@ -119,8 +119,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "seq-numbering", "stream chunks are numbered 0, 1, 2, ... with no gap, however long",
         "sidecar/channels/generate.py",
-        "            seq += 1\n",
-        "            seq += 1 if seq != 200 else 2\n",
+        "        self.seq += 1\n",
+        "        self.seq += 1 if self.seq != 200 else 2\n",
         ("tests/hardening/test_promises.py::test_a_long_stream_arrives_whole_and_numbered",),
     ),
     Mutant(

@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 PROTOCOL_VERSION = 1
 
 #: Every method this build serves, announced in ``sidecar:ready`` before the channels
-#: are imported; a test checks it against :func:`sidecar.channels.build_channels`.
+#: are imported; a test checks it against :func:`sidecar.app.build_channels`.
 CHANNEL_NAMES: tuple[str, ...] = (
     "model:discover",
     "model:generate",

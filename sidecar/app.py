@@ -26,8 +26,12 @@ from typing import Any, BinaryIO
 import structlog
 
 from sidecar import __version__
+from sidecar.channels import config as config_channel
+from sidecar.channels import discover, generate, health, models, pull, select, usage
+from sidecar.channels import lifecycle as lifecycle_channel
 from sidecar.core.budget import BudgetManager
 from sidecar.core.config import ConfigManager
+from sidecar.core.model_lists import ModelLister
 from sidecar.core.planner import Planner
 from sidecar.core.pool import ProviderPool
 from sidecar.core.ratelimit import LimiterBook
@@ -41,12 +45,16 @@ from sidecar.providers.base import ProviderSettings
 from sidecar.providers.http import HttpClientFactory
 from sidecar.secrets import Redactor
 from sidecar.store.ledger import Ledger
-from sidecar.transport.dispatcher import Dispatcher, RequestId
+from sidecar.transport.dispatcher import Channel, Dispatcher, RequestId
 from sidecar.transport.lifecycle import SHUTDOWN_HARD_LIMIT_S, StopClock, install_stop_handlers
 from sidecar.transport.stdio import EndOfInput, LineReader, LineWriter
 from sidecar.wire.config import ModelConfig, ProviderEntry
+from sidecar.wire.model import ModelInfo
 
-__all__ = ["SHUTDOWN_BUDGET_S", "SHUTDOWN_HARD_LIMIT_S", "Services", "serve"]
+__all__ = ["SHUTDOWN_BUDGET_S", "SHUTDOWN_HARD_LIMIT_S", "Lifecycle", "Services", "build_channels", "serve"]
+
+#: ``notify(method, params)``: one notification to the host.
+Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 log = structlog.get_logger("sidecar.app")
 
@@ -60,9 +68,9 @@ SHUTDOWN_BUDGET_S = 1.0
 _AFTER_TASKS_S = 0.45
 
 
-@dataclass
+@dataclass(frozen=True)
 class Services:
-    """Everything the channels use, built once at start-up."""
+    """The long-lived services, built once at start-up; the channels are built from them."""
 
     config: ConfigManager
     pool: ProviderPool
@@ -72,46 +80,27 @@ class Services:
     budget: BudgetManager
     ledger: Ledger
     limits: LimiterBook
-    dispatcher: Dispatcher | None = None
-    #: Sends a notification to the host (set once the writer runs).
-    notify: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    clock: StopClock = field(default_factory=StopClock)
-    #: Drops one provider's cached ``model:list-models`` answer (set by that channel).
-    forget_models: Callable[[str], object] = field(default=lambda _name: None)
     #: The local model servers the sidecar runs itself (entries with ``server``).
-    servers: ServerManager = field(default_factory=ServerManager)
+    servers: ServerManager
+    #: Providers' model lists, cached for ``model:list-models`` and ``model:pull``.
+    lister: ModelLister[list[ModelInfo]]
 
     @classmethod
-    def build(cls, data_dir: Path, env: Mapping[str, str], redactor: Redactor,
-              http: HttpClientFactory | None = None) -> Services:
+    def build(cls, data_dir: Path, env: Mapping[str, str], redactor: Redactor, *,
+              notify: Notify | None = None, http: HttpClientFactory | None = None) -> Services:
+        """``notify(method, params)`` sends a notification to the host (budget alerts)."""
         config = ConfigManager(data_dir, env, redactor)
         config.load()
-        deny_remote = env.get("MODEL_SIDECAR_DENY_REMOTE", "") not in ("", "0")
         servers = ServerManager(env)
-
-        def provider_settings() -> list[ProviderSettings]:
-            servers.configure(config.config)  # servers first: their ports go into the base URLs
-            return servers.bind(config.provider_settings())
-
-        pool = ProviderPool(servers.factory(create_provider), http or HttpClientFactory(deny_remote=deny_remote),
-                            hold=servers.hold)
-        pool.configure(provider_settings())
-        config.on_change(lambda _cfg: pool.configure(provider_settings()))
-        servers.on_port_change = lambda: pool.configure(provider_settings())
+        pool = _provider_pool(config, servers, env, http)
         stats = StatsBook()
         registry = ModelRegistry(Catalog.load(), lambda: config.config.model_overrides)
         planner = Planner(pool, lambda: config.config, registry, stats, classify=_classify)
-        ledger = Ledger.open(data_dir)
-        report = ledger.report
-        log.info("ledger_open", path=str(report.path), persistent=report.persistent, status=report.status,
-                 stale_reservations=report.stale_reservations, moved_aside=report.moved_aside,
-                 replayed=report.replayed, problem=report.problem)
-        services: Services | None = None
+        ledger = _open_ledger(data_dir)
 
         async def alert(payload: dict[str, Any]) -> None:
-            if services is not None and services.notify is not None:
-                await services.notify("model:budget-alert", payload)
+            if notify is not None:
+                await notify("model:budget-alert", payload)
 
         budget = BudgetManager(ledger, lambda: config.config.budget, timezone=config.config.budget.timezone,
                                on_alert=alert)
@@ -120,18 +109,73 @@ class Services:
         _configure_limits(limits, config.config)
         config.on_change(lambda cfg: _configure_limits(limits, cfg))
         router = Router(pool, lambda: config.config, stats, planner, budget=budget, limits=limits)
-        services = cls(config=config, pool=pool, router=router, stats=stats, registry=registry,
-                       budget=budget, ledger=ledger, limits=limits, servers=servers)
-        return services
+        return cls(config=config, pool=pool, router=router, stats=stats, registry=registry, budget=budget,
+                   ledger=ledger, limits=limits, servers=servers, lister=ModelLister(pool, registry, stats))
 
-    async def begin_shutdown(self, *, keep: RequestId | None = None) -> None:
-        """Stop accepting, cancel in-flight requests (answered), then signal the loop."""
+
+def _provider_pool(config: ConfigManager, servers: ServerManager, env: Mapping[str, str],
+                   http: HttpClientFactory | None) -> ProviderPool:
+    """The live providers, rebuilt on every config change (managed servers first: their
+    ports go into the base URLs)."""
+    deny_remote = env.get("MODEL_SIDECAR_DENY_REMOTE", "") not in ("", "0")
+
+    def provider_settings() -> list[ProviderSettings]:
+        servers.configure(config.config)
+        return servers.bind(config.provider_settings())
+
+    pool = ProviderPool(servers.factory(create_provider), http or HttpClientFactory(deny_remote=deny_remote),
+                        hold=servers.hold)
+    pool.configure(provider_settings())
+    config.on_change(lambda _cfg: pool.configure(provider_settings()))
+    servers.on_port_change = lambda: pool.configure(provider_settings())
+    return pool
+
+
+def _open_ledger(data_dir: Path) -> Ledger:
+    ledger = Ledger.open(data_dir)
+    report = ledger.report
+    log.info("ledger_open", path=str(report.path), persistent=report.persistent, status=report.status,
+             stale_reservations=report.stale_reservations, moved_aside=report.moved_aside,
+             replayed=report.replayed, problem=report.problem)
+    return ledger
+
+
+@dataclass
+class Lifecycle:
+    """When the sidecar stops: the stop event, the clock started at the stop signal, and
+    the dispatcher to cancel (bound once it exists, after the channels)."""
+
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    clock: StopClock = field(default_factory=StopClock)
+    dispatcher: Dispatcher | None = None
+
+    async def begin_shutdown(self, keep: RequestId | None = None) -> None:
+        """Stop accepting, cancel in-flight requests but ``keep`` (answered), then stop the loop."""
         self.clock.start()
         dispatcher = self.dispatcher
         if dispatcher is not None:
             dispatcher.accepting = False
             await dispatcher.cancel_all(reason="shutdown", timeout=SHUTDOWN_BUDGET_S / 2, keep=keep)
         asyncio.get_running_loop().call_soon(self.stop.set)
+
+
+def build_channels(services: Services, lifecycle: Lifecycle) -> dict[str, Channel]:
+    """The method table, each channel given only what it uses; its keys are the
+    ``channels`` list that ``sidecar:ready`` announces."""
+    config = services.config
+    table: list[Channel] = [
+        *generate.channels(services.router, lambda: config.config.format_templates),
+        *models.channels(services.lister, lambda: config.config.provider_names()),
+        *select.channels(services.router),
+        *usage.channels(services.budget),
+        *config_channel.channels(config),
+        *health.channels(health.HealthSources(services.pool, services.stats, services.limits, services.servers,
+                                              config, services.ledger)),
+        *lifecycle_channel.channels(lifecycle.begin_shutdown),
+        *discover.channels(services.pool),
+        *pull.channels(services.lister, lambda: config.config.provider_names()),
+    ]
+    return {channel.name: channel for channel in table}
 
 
 async def serve(
@@ -149,53 +193,52 @@ async def serve(
     ``clock`` is the one the command line armed for signals during start-up; it is
     already started when such a signal came.
     """
-    from sidecar.channels import build_channels
-
     loop = asyncio.get_running_loop()
-    services = Services.build(data_dir, env, redactor)
-    if clock is not None:
-        services.clock = clock
+    lifecycle = Lifecycle(clock=clock or StopClock())
 
     def stop() -> None:
-        services.clock.start()
-        services.stop.set()
+        lifecycle.clock.start()
+        lifecycle.stop.set()
 
     writer = LineWriter(wire_out, scrub=redactor.scrub_bytes, on_broken_pipe=stop)
     writer.start()
-    channels = build_channels(services)
-    dispatcher = Dispatcher(channels=channels, send=writer.send, post=writer.post)
-    services.dispatcher = dispatcher
 
     async def notify(method: str, params: dict[str, Any]) -> None:
         await writer.send({"jsonrpc": "2.0", "method": method, "params": params})
 
-    services.notify = notify
+    services = Services.build(data_dir, env, redactor, notify=notify)
+    dispatcher = Dispatcher(channels=build_channels(services, lifecycle), send=writer.send, post=writer.post)
+    lifecycle.dispatcher = dispatcher
     # sidecar:ready already went out (sidecar.transport.claim), before these imports.
     log.info("serving", version=__version__, data_dir=str(data_dir), pid=os.getpid())
     input_closed = asyncio.Event()
     reader = LineReader(wire_in, loop, max_line_bytes=max_message_bytes, on_eof=input_closed.set)
     reader.start()
-    def stop_soon() -> None:  # from a signal handler: the loop may be busy, or mid-step
-        loop.call_soon_threadsafe(services.stop.set)
-
-    install_stop_handlers(stop_soon, services.clock)
-    watch_parent(stop_soon, services.clock)  # the host may die while a grandchild holds our stdin
+    _watch_for_stop(loop, lifecycle)
     _install_debug_dump(loop, services, dispatcher)
-    if services.clock.started is not None:
-        services.stop.set()  # the signal came while we were still importing
-
-    from sidecar.channels.models import refresh_local_models
-
     # Not awaited: requests are served meanwhile; the registry fills in as answers come.
-    refresh = loop.create_task(refresh_local_models(services))
+    refresh = loop.create_task(services.lister.refresh_local())
     reason = "shutdown"
     try:
-        reason = await _read_loop(reader, dispatcher, services.stop, input_closed)
+        reason = await _read_loop(reader, dispatcher, lifecycle.stop, input_closed)
     finally:
-        services.clock.start()
+        lifecycle.clock.start()
         log.info("shutting_down", reason=reason, in_flight=len(dispatcher.inflight))
-        await _shut_down(services, dispatcher, reader, writer)
+        await _shut_down(services, lifecycle.clock, dispatcher, reader, writer)
         refresh.cancel()
+
+
+def _watch_for_stop(loop: asyncio.AbstractEventLoop, lifecycle: Lifecycle) -> None:
+    """Signals, and the parent's death (the host may die while a grandchild holds our
+    stdin), stop the loop; a signal during start-up already did."""
+
+    def stop_soon() -> None:  # from a signal handler: the loop may be busy, or mid-step
+        loop.call_soon_threadsafe(lifecycle.stop.set)
+
+    install_stop_handlers(stop_soon, lifecycle.clock)
+    watch_parent(stop_soon, lifecycle.clock)
+    if lifecycle.clock.started is not None:
+        lifecycle.stop.set()
 
 
 async def _first(task: asyncio.Task[Any], *others: asyncio.Future[Any]) -> bool:
@@ -251,12 +294,12 @@ async def _settle(aws: set[asyncio.Task[None]], timeout: float, writer: LineWrit
         _done, pending = await asyncio.wait(pending, timeout=min(0.05, max(0.0, end - loop.time())))
 
 
-async def _shut_down(services: Services, dispatcher: Dispatcher, reader: LineReader, writer: LineWriter) -> None:
+async def _shut_down(services: Services, clock: StopClock, dispatcher: Dispatcher, reader: LineReader,
+                     writer: LineWriter) -> None:
     """Answer what was read, cancel what runs, let committed work finish, flush, close.
 
     Each step's budget comes from the clock started at the stop signal.
     """
-    clock = services.clock
     dispatcher.accepting = False
     # Lines already read are still answered (requests with RequestCancelled); give the
     # reader a moment to hand over what the host wrote just before.
@@ -297,10 +340,7 @@ async def _shut_down(services: Services, dispatcher: Dispatcher, reader: LineRea
 
 
 def _configure_limits(book: LimiterBook, cfg: ModelConfig) -> None:
-    entries: dict[str, ProviderEntry] = {
-        "openai": cfg.providers.openai, "anthropic": cfg.providers.anthropic, "ollama": cfg.providers.ollama,
-        **cfg.providers.custom,
-    }
+    entries: dict[str, ProviderEntry] = cfg.providers.entries()
     book.configure(
         {name: entry.rate_limit for name, entry in entries.items()},
         {(name, model): limit for name, entry in entries.items()

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from sidecar.core.config import ConfigManager
 from sidecar.transport.dispatcher import Channel, RequestContext
 from sidecar.wire.methods import EmptyParams, SetConfigParams
-
-if TYPE_CHECKING:
-    from sidecar.app import Services
 
 __all__ = ["channels"]
 
 
-def channels(services: Services) -> list[Channel]:
-    manager = services.config
-
+def channels(manager: ConfigManager) -> list[Channel]:
     async def get_config(_params: EmptyParams, _ctx: RequestContext) -> dict[str, Any]:
         await manager.refresh()  # another sidecar on the same data dir may have written it
         return manager.preview()

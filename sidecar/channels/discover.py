@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import structlog
 
+from sidecar.core.pool import ProviderPool
 from sidecar.local.discovery import DEFAULT_PORTS, PORTS_ENV, FoundServer, PortSpec, discover, parse_ports
 from sidecar.providers.base import ProviderSettings
 from sidecar.providers.http import is_loopback_url
 from sidecar.transport.dispatcher import Channel, RequestContext
 from sidecar.wire.methods import DiscoveredServer, DiscoverResult, EmptyParams
-
-if TYPE_CHECKING:
-    from sidecar.app import Services
 
 __all__ = ["channels", "configured_port", "ports_to_probe"]
 
@@ -58,10 +55,10 @@ def _entry_for(server: FoundServer, entries: list[ProviderSettings]) -> str | No
     return matches[0].name if matches else None
 
 
-def channels(services: Services) -> list[Channel]:
+def channels(pool: ProviderPool) -> list[Channel]:
     async def discover_servers(_params: EmptyParams, _ctx: RequestContext) -> DiscoverResult:
         found = await discover(ports_to_probe(os.environ))
-        entries = list(services.pool.settings().values())
+        entries = list(pool.settings().values())
         servers = []
         for server in found:
             provider = _entry_for(server, entries)

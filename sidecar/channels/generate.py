@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
-from sidecar.core.router import Outcome, StreamSink
+from sidecar.core.router import Outcome, Router, StreamSink
 from sidecar.errors import SidecarError
 from sidecar.transport.dispatcher import Channel, RequestContext
 from sidecar.wire.base import dump
+from sidecar.wire.config import FormatTemplate
 from sidecar.wire.methods import GenerateParams
 from sidecar.wire.model import Attempt, ModelResponse, ResponseMetadata, UsageInfo
-
-if TYPE_CHECKING:
-    from sidecar.app import Services
 
 __all__ = ["build_response", "channels", "wire_response"]
 
@@ -88,44 +86,14 @@ def _ms_since(started: float) -> float:
     return round((time.monotonic() - started) * 1000, 2)
 
 
-def channels(services: Services) -> list[Channel]:
-    router = services.router
+def channels(router: Router, templates: Callable[[], Mapping[str, FormatTemplate]]) -> list[Channel]:
+    """``templates()``: the config's ``formatTemplates``, read per request."""
 
     async def run(params: GenerateParams, ctx: RequestContext,
                   sink: StreamSink | None) -> tuple[dict[str, Any], Outcome]:
         """One routed call, or the enforcer's attempts, all within one ``deadlineMs``."""
         with router.one_deadline():
-            return await routed(params, ctx, sink)
-
-    async def routed(params: GenerateParams, ctx: RequestContext,
-                     sink: StreamSink | None) -> tuple[dict[str, Any], Outcome]:
-        """One routed call, or the enforcer's attempts when a responseFormat is given."""
-        spec = None
-        if params.response_format is not None:
-            # Imported on first use (~0.3 s, ~15 MB: jsonschema, xmlschema, json_repair):
-            # a sidecar that never sees a responseFormat never pays for them.
-            from sidecar.structured.enforcer import Enforcer, resolve
-
-            spec = resolve(params.response_format, services.config.config.format_templates)
-        decision = router.select_provider(params.request, params.selection)
-        tag = str(ctx.request_id)
-        if spec is None:
-            if sink is None:
-                outcome = await router.generate(params.request, decision, tag=tag)
-            else:
-                outcome = await router.stream(params.request, decision, sink, tag=tag)
-            return wire_response(build_response(outcome)), outcome
-        enforced = await Enforcer(router).run(params.request, decision, spec, tag=tag, sink=sink)
-        outcome = enforced.outcome
-        outcome.attempts = enforced.attempts
-        outcome.cost_usd = enforced.cost_usd
-        response = build_response(outcome, enforced.parsed)
-        response.metadata.repaired = enforced.repaired
-        response.metadata.structured_mechanism = enforced.mechanism
-        payload = wire_response(response)
-        if spec.kind == "json":
-            payload["parsed"] = enforced.parsed  # present even when the JSON value is null
-        return payload, outcome
+            return await _routed(router, templates, params, ctx, sink)
 
     async def generate(params: GenerateParams, ctx: RequestContext) -> dict[str, Any]:
         with _request_log("model:generate", ctx, time.monotonic()) as done:
@@ -135,55 +103,94 @@ def channels(services: Services) -> list[Channel]:
 
     async def stream(params: GenerateParams, ctx: RequestContext) -> dict[str, Any]:
         started = time.monotonic()
-        seq = 0
-        ctx.partial = []
         json_format = params.response_format is not None and params.response_format.type != "xml"
-
-        async def send(content: str, model: str | None, *, restart: bool = False) -> None:
-            nonlocal seq
-            chunk: dict[str, Any] = {"content": content, "done": False}
-            if model:
-                chunk["model"] = model
-            assert ctx.partial is not None
-            if restart:
-                chunk["restart"] = True
-            elif json_format:
-                from sidecar.structured.partial import parse_partial
-
-                partial = parse_partial("".join(ctx.partial) + content)
-                if partial is not None:
-                    chunk["partial"] = partial
-            # partialContent is exactly what was sent: the text counts once its chunk is
-            # queued for stdout (a cancel while a slow host keeps the queue full stops
-            # the chunk, and must not leave it in partialContent). Nothing awaits after
-            # the notify, so a cancel cannot fall between the two.
-            await ctx.notify(STREAM_CHUNK, {"requestId": ctx.request_id, "seq": seq, "chunk": chunk})
-            if restart:
-                ctx.partial = []
-            else:
-                ctx.partial.append(content)
-            seq += 1
-
-        async def sink(content: str, model: str | None, *, restart: bool = False) -> None:
-            # A provider's delta can be megabytes long: it goes out in pieces, so no
-            # stdout line outgrows what a host reads comfortably.
-            if restart:
-                await send(content, model, restart=True)
-                return
-            for start in range(0, len(content), MAX_CHUNK_CHARS):
-                await send(content[start:start + MAX_CHUNK_CHARS], model)
-
+        relay = _Relay(ctx, json_format)
+        ctx.error_data = relay.error_data
         with _request_log("model:stream", ctx, started) as done:
-            payload, outcome = await run(params, ctx, sink)
+            payload, outcome = await run(params, ctx, relay.sink)
             done.append(outcome)
-        await ctx.notify(
-            STREAM_CHUNK,
-            {"requestId": ctx.request_id, "seq": seq,
-             "chunk": {"content": "", "done": True, "model": payload["model"]}},
-        )
+        await relay.done(payload["model"])
         return payload
 
     return [
         Channel("model:generate", GenerateParams, generate),
         Channel("model:stream", GenerateParams, stream),
     ]
+
+
+async def _routed(router: Router, templates: Callable[[], Mapping[str, FormatTemplate]], params: GenerateParams,
+                  ctx: RequestContext, sink: StreamSink | None) -> tuple[dict[str, Any], Outcome]:
+    """One routed call, or the enforcer's attempts when a responseFormat is given."""
+    spec = None
+    if params.response_format is not None:
+        # Imported on first use (~0.3 s, ~15 MB: jsonschema, xmlschema, json_repair):
+        # a sidecar that never sees a responseFormat never pays for them.
+        from sidecar.structured.enforcer import Enforcer, resolve
+
+        spec = resolve(params.response_format, dict(templates()))
+    decision = router.select_provider(params.request, params.selection)
+    tag = str(ctx.request_id)
+    if spec is None:
+        if sink is None:
+            outcome = await router.generate(params.request, decision, tag=tag)
+        else:
+            outcome = await router.stream(params.request, decision, sink, tag=tag)
+        return wire_response(build_response(outcome)), outcome
+    enforced = await Enforcer(router).run(params.request, decision, spec, tag=tag, sink=sink)
+    response = build_response(enforced.outcome, enforced.parsed)
+    response.metadata.repaired = enforced.repaired
+    response.metadata.structured_mechanism = enforced.mechanism
+    payload = wire_response(response)
+    if spec.kind == "json":
+        payload["parsed"] = enforced.parsed  # present even when the JSON value is null
+    return payload, enforced.outcome
+
+
+class _Relay:
+    """A stream's chunks to the host: ``seq`` unbroken, large deltas split, JSON partials
+    previewed, and what was sent kept for ``data.partialContent``."""
+
+    def __init__(self, ctx: RequestContext, json_format: bool) -> None:
+        self.ctx = ctx
+        self.json_format = json_format
+        self.seq = 0
+        self.sent: list[str] = []
+
+    def error_data(self) -> dict[str, Any]:
+        return {"partialContent": "".join(self.sent)}
+
+    async def sink(self, content: str, model: str | None, *, restart: bool = False) -> None:
+        # A provider's delta can be megabytes long: it goes out in pieces, so no
+        # stdout line outgrows what a host reads comfortably.
+        if restart:
+            await self._send(content, model, restart=True)
+            return
+        for start in range(0, len(content), MAX_CHUNK_CHARS):
+            await self._send(content[start:start + MAX_CHUNK_CHARS], model)
+
+    async def done(self, model: str) -> None:
+        await self.ctx.notify(STREAM_CHUNK, {"requestId": self.ctx.request_id, "seq": self.seq,
+                                             "chunk": {"content": "", "done": True, "model": model}})
+
+    async def _send(self, content: str, model: str | None, *, restart: bool = False) -> None:
+        chunk: dict[str, Any] = {"content": content, "done": False}
+        if model:
+            chunk["model"] = model
+        if restart:
+            chunk["restart"] = True
+        elif self.json_format:
+            from sidecar.structured.partial import parse_partial
+
+            partial = parse_partial("".join(self.sent) + content)
+            if partial is not None:
+                chunk["partial"] = partial
+        # partialContent is exactly what was sent: the text counts once its chunk is
+        # queued for stdout (a cancel while a slow host keeps the queue full stops the
+        # chunk, and must not leave it in partialContent). Nothing awaits after the
+        # notify, so a cancel cannot fall between the two.
+        await self.ctx.notify(STREAM_CHUNK, {"requestId": self.ctx.request_id, "seq": self.seq, "chunk": chunk})
+        if restart:
+            self.sent = []
+        else:
+            self.sent.append(content)
+        self.seq += 1

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
 from sidecar.transport.dispatcher import Channel, RequestContext
-from sidecar.wire.methods import EmptyParams, EmptyResult
-
-if TYPE_CHECKING:
-    from sidecar.app import Services
+from sidecar.wire.methods import EmptyParams, EmptyResult, RequestId
 
 __all__ = ["channels"]
 
 
-def channels(services: Services) -> list[Channel]:
+def channels(begin_shutdown: Callable[[RequestId], Awaitable[None]]) -> list[Channel]:
+    """``begin_shutdown(keep)`` stops accepting and cancels every request but ``keep``."""
+
     async def shutdown(_params: EmptyParams, ctx: RequestContext) -> EmptyResult:
-        await services.begin_shutdown(keep=ctx.request_id)
+        await begin_shutdown(ctx.request_id)
         return EmptyResult()
 
     return [Channel("sidecar:shutdown", EmptyParams, shutdown)]

@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
-from sidecar.channels.models import fetch_models
+from sidecar.core.model_lists import ModelLister
+from sidecar.core.pool import ProviderPool
 from sidecar.errors import InvalidParams, SidecarError
 from sidecar.local.ollama_pull import Progress, ProgressThrottle, PullOutcome, pull_model
 from sidecar.providers.base import Provider
 from sidecar.transport.dispatcher import Channel, RequestContext
 from sidecar.wire.kinds import kind_of
 from sidecar.wire.methods import PullParams, PullResult
-
-if TYPE_CHECKING:
-    from sidecar.app import Services
 
 __all__ = ["PULL_PROGRESS", "channels"]
 
@@ -32,17 +31,17 @@ log = structlog.get_logger("sidecar.requests")
 PULL_PROGRESS = "model:pull-progress"
 
 
-def _ollama_provider(services: Services, name: str) -> Provider:
+def _ollama_provider(pool: ProviderPool, provider_names: Callable[[], list[str]], name: str) -> Provider:
     """The enabled Ollama entry called ``name``; InvalidParams for any other."""
 
     def refuse(message: str) -> InvalidParams:
         return InvalidParams(message, errors=[{"path": "/provider", "message": message}])
 
-    if name not in services.config.config.provider_names():
+    if name not in provider_names():
         raise refuse(f"unknown provider {name[:64]!r}")
     if kind_of(name).name != "ollama":
         raise refuse(f"provider {name[:64]!r} is not an Ollama entry: only Ollama can pull models")
-    provider = services.pool.get(name)
+    provider = pool.get(name)
     if provider is None:
         raise refuse(f"provider {name[:64]!r} is disabled in the config")
     return provider
@@ -57,7 +56,9 @@ def _wire(request_id: Any, progress: Progress) -> dict[str, Any]:
     return params
 
 
-def channels(services: Services) -> list[Channel]:
+def channels(lister: ModelLister[Any], provider_names: Callable[[], list[str]]) -> list[Channel]:
+    pool = lister.pool
+
     async def download(provider: Provider, params: PullParams, ctx: RequestContext) -> PullOutcome:
         throttle = ProgressThrottle()
 
@@ -65,15 +66,15 @@ def channels(services: Services) -> list[Channel]:
             if throttle.admit(progress):
                 await ctx.notify(PULL_PROGRESS, _wire(ctx.request_id, progress))
 
-        async with services.pool.use(provider):
+        async with pool.use(provider):
             outcome = await pull_model(provider, params.model, on_progress=on_progress,
                                        stall_s=params.stall_timeout_ms / 1000)
-            services.forget_models(provider.name)
-            await fetch_models(services, provider)
+            lister.forget(provider.name)
+            await lister.fetch(provider)
         return outcome
 
     async def pull(params: PullParams, ctx: RequestContext) -> PullResult:
-        provider = _ollama_provider(services, params.provider)
+        provider = _ollama_provider(pool, provider_names, params.provider)
         started = time.monotonic()
         fields: dict[str, Any] = {"request_id": ctx.request_id, "provider": provider.name, "model": params.model}
         try:

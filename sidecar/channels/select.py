@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from sidecar.core.router import Router
 from sidecar.transport.dispatcher import Channel, RequestContext
 from sidecar.wire.methods import SelectCandidate, SelectParams, SelectResult
-
-if TYPE_CHECKING:
-    from sidecar.app import Services
 
 __all__ = ["channels"]
 
 
-def channels(services: Services) -> list[Channel]:
+def channels(router: Router) -> list[Channel]:
     async def select(params: SelectParams, _ctx: RequestContext) -> SelectResult:
-        decision = services.router.select_provider(params.request, params.selection)
+        decision = router.select_provider(params.request, params.selection)
         first = decision.candidates[0]
         candidates = [
             SelectCandidate(

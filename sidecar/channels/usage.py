@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from sidecar.core.budget import BudgetManager
 from sidecar.transport.dispatcher import Channel, RequestContext
 from sidecar.wire.methods import EmptyParams
-
-if TYPE_CHECKING:
-    from sidecar.app import Services
 
 __all__ = ["channels"]
 
 
-def channels(services: Services) -> list[Channel]:
+def channels(budget: BudgetManager) -> list[Channel]:
     async def usage(_params: EmptyParams, _ctx: RequestContext) -> dict[str, Any]:
-        return await services.budget.usage()
+        return await budget.usage()
 
     return [Channel("model:usage", EmptyParams, usage)]

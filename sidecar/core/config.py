@@ -41,9 +41,7 @@ from sidecar.errors import InvalidParams, StorageError
 from sidecar.providers.base import ProviderSettings
 from sidecar.providers.http import is_loopback_url
 from sidecar.secrets import Redactor, is_preview, is_sensitive_header, preview
-from sidecar.transport.dispatcher import validation_errors
 from sidecar.wire.config import (
-    BUILTIN_PROVIDERS,
     CROSS_FIELD_ERRORS,
     ConfigIgnored,
     ConfigStatus,
@@ -51,6 +49,8 @@ from sidecar.wire.config import (
     check_api_key,
     check_base_url,
 )
+from sidecar.wire.errors import validation_errors
+from sidecar.wire.kinds import BUILTIN_PROVIDERS, KINDS
 
 __all__ = [
     "CONFIG_FILE",
@@ -78,7 +78,8 @@ MAX_CONFIG_BYTES = 16 * 1024 * 1024
 #: merges recurse, and Python's recursion limit is 1000), nor written by set-config.
 #: A patch arrives inside a request, which the protocol caps at 128 levels itself.
 MAX_CONFIG_DEPTH = 128
-_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+#: provider kind → the environment variable its key may come from.
+_KEY_ENV = {name: kind.key_env for name, kind in KINDS.items() if kind.key_env}
 #: Test hook, read once at start: ``config-write-pause`` makes the config writer stop the
 #: process (SIGSTOP) with half of the new content written, so a test can SIGKILL it there.
 _FAULT = os.environ.get("MODEL_SIDECAR_FAULT", "")

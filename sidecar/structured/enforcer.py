@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -66,12 +66,13 @@ class FormatSpec:
 
 @dataclass(slots=True)
 class Enforced:
+    """A valid answer: the last routed call's outcome, carrying every round's attempts
+    and the cost of them all."""
+
     outcome: Outcome
     parsed: Any
     repaired: bool
     mechanism: str
-    attempts: list[AttemptRecord] = field(default_factory=list)
-    cost_usd: float = 0.0
 
 
 def resolve(fmt: AnyFormat, templates: dict[str, FormatTemplate]) -> FormatSpec:
@@ -139,7 +140,7 @@ class Enforcer:
             last_content = outcome.completion.content
             parsed, repaired, errors, truncated = self._check(spec, outcome)
             if not errors:
-                return Enforced(outcome, parsed, repaired, mechanism, attempts, cost)
+                return Enforced(replace(outcome, attempts=attempts, cost_usd=cost), parsed, repaired, mechanism)
             if attempt < spec.max_retries:
                 current = self._with_feedback(current, last_content, errors, truncated, spec.kind)
                 if sink is not None:

@@ -40,19 +40,19 @@ from sidecar.errors import (
 )
 from sidecar.transport.decode import MAX_DEPTH, Decoded, decode_line, pointer
 from sidecar.transport.stdio import Oversized
+from sidecar.wire.errors import validation_errors
+from sidecar.wire.methods import RequestId
 
-__all__ = ["Channel", "Dispatcher", "RequestContext", "validation_errors"]
+__all__ = ["Channel", "Dispatcher", "RequestContext", "RequestId"]
 
 log = structlog.get_logger("sidecar.dispatch")
 
-RequestId = int | str
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 #: Queue a message without waiting; False when the output queue is full.
 Post = Callable[[dict[str, Any]], bool]
 
 CANCEL_METHOD = "$/cancelRequest"
 _JS_SAFE_INT = 2**53 - 1
-_FORMAT_TAGS = {"json_schema", "json", "xml"}
 
 
 @dataclass(slots=True)
@@ -62,8 +62,9 @@ class RequestContext:
     request_id: RequestId
     method: str
     send: Send
-    #: Text already streamed to the host; sent as ``data.partialContent`` on failure.
-    partial: list[str] | None = None
+    #: What a failure of this request adds to its error's ``data`` (a handler sets it;
+    #: a stream adds the text it already sent as ``partialContent``).
+    error_data: Callable[[], dict[str, Any]] | None = None
     #: Why the request was cancelled ("host" or "shutdown"), when it was.
     cancel_reason: str | None = None
     #: Set once the response went to the writer: never a second one.
@@ -292,8 +293,9 @@ class Dispatcher:
             return
         ctx.answered = True
         self.inflight.pop(ctx.request_id, None)
-        if ctx.partial is not None and "partialContent" not in exc.extra:
-            exc.extra["partialContent"] = "".join(ctx.partial)
+        if ctx.error_data is not None:
+            for key, value in ctx.error_data().items():
+                exc.extra.setdefault(key, value)
         await self._send_error(ctx.request_id, exc)
 
     async def _send_error(self, request_id: RequestId | None, exc: SidecarError) -> None:
@@ -331,22 +333,3 @@ def _valid_id(value: Any) -> bool:
     if isinstance(value, int):
         return -_JS_SAFE_INT <= value <= _JS_SAFE_INT
     return isinstance(value, str)
-
-
-def validation_errors(exc: pydantic.ValidationError) -> list[dict[str, str]]:
-    """pydantic errors as ``{path, message}`` with JSON-pointer paths over wire names."""
-    out = []
-    for err in exc.errors(include_url=False, include_input=False):
-        loc = list(err["loc"])
-        # A tagged union adds its tag as a path segment (responseFormat/json_schema/...):
-        # drop it, it is not a field the host wrote.
-        for i in range(len(loc) - 1, 0, -1):
-            if loc[i - 1] == "responseFormat" and loc[i] in _FORMAT_TAGS:
-                del loc[i]
-        parts = [str(p).replace("~", "~0").replace("/", "~1") for p in loc]
-        path = "/" + "/".join(parts) if parts else ""
-        message = err["msg"]
-        if err["type"] == "extra_forbidden":
-            message = "unknown field"
-        out.append({"path": path, "message": message})
-    return out

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from sidecar.wire.base import ParamsModel, ResultModel
+from sidecar.wire.kinds import BUILTIN_PROVIDERS
 from sidecar.wire.model import Priority
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
     "check_base_url",
 ]
 
-BUILTIN_PROVIDERS = ("openai", "anthropic", "ollama")
 #: The embedded local model's default entry (see ``scripts/local_model.py``).
 LOCAL_PROVIDER = "local-llm"
 LOCAL_PORT = 8080
@@ -274,6 +274,10 @@ class ProvidersConfig(ParamsModel):
     custom: dict[str, CustomProviderEntry] = Field(default_factory=lambda: {LOCAL_PROVIDER: CustomProviderEntry(
         base_url=LOCAL_BASE_URL, default_model=LOCAL_MODEL, server=ServerConfig(run="embedded"),
     )})
+
+    def entries(self) -> dict[str, ProviderEntry]:
+        """Every entry by provider name: the built-in ones, then the custom ones."""
+        return {**{name: getattr(self, name) for name in BUILTIN_PROVIDERS}, **self.custom}
 
     @field_validator("custom")
     @classmethod

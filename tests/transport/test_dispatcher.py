@@ -94,7 +94,7 @@ async def test_sidecar_errors_keep_code_type_and_context() -> None:
 
 async def test_partial_content_is_attached_to_a_failure() -> None:
     async def streams(_p: Any, ctx: RequestContext) -> None:
-        ctx.partial = ["Hel", "lo"]
+        ctx.error_data = lambda: {"partialContent": "Hel" + "lo"}
         raise ModelError("cut")
 
     dispatcher, wire = make(streams)
@@ -141,13 +141,12 @@ def test_announced_channels_are_the_served_ones() -> None:
     from pathlib import Path
 
     from sidecar import CHANNEL_NAMES
-    from sidecar.app import Services
-    from sidecar.channels import build_channels
+    from sidecar.app import Lifecycle, Services, build_channels
     from sidecar.secrets import Redactor
     from sidecar.wire.registry import METHODS
 
     services = Services.build(Path("/nonexistent-sidecar-test"), {}, Redactor())
-    assert sorted(build_channels(services)) == sorted(CHANNEL_NAMES) == sorted(METHODS)
+    assert sorted(build_channels(services, Lifecycle())) == sorted(CHANNEL_NAMES) == sorted(METHODS)
 
 
 async def test_a_result_that_cannot_be_encoded_still_gets_one_answer() -> None:
