@@ -24,3 +24,12 @@ if ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
     echo "setup: building llama-cpp-python for the embedded local model (a few minutes, once)" >&2
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test,local,package]"
+# strace: the ledger durability test watches the sidecar's fsyncs with it (Linux only).
+if [ "$(uname -s)" = "Linux" ] && ! command -v strace >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing strace for the ledger durability test" >&2
+        apt-get install -y -qq strace >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq strace >/dev/null; }
+    else
+        echo "setup: strace is missing (apt-get install strace); the ledger durability test will not run" >&2
+    fi
+fi
