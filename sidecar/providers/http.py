@@ -186,56 +186,46 @@ def map_http_errors(provider: str, model: str | None, *, local_url: str | None =
         yield
     except ResponseTooLarge as exc:
         raise oversized(provider, model, exc.what, exc.limit) from exc
-    except httpx.TimeoutException as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, UnicodeEncodeError) as exc:
+        error = _mapped(exc, provider, model, local_url)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def _mapped(exc: Exception, provider: str, model: str | None, local_url: str | None) -> ProviderError | None:
+    """The typed error of one httpx failure (None: not one this layer maps)."""
+    ctx: dict[str, Any] = {"provider": provider, "model_id": model}
+    if isinstance(exc, httpx.TimeoutException):
         phase = type(exc).__name__.replace("Timeout", "").lower() or "request"
-        raise NetworkError(
-            f"{provider}: {phase} timed out", provider=provider, model_id=model
-        ) from exc
-    except httpx.ConnectError as exc:
+        return NetworkError(f"{provider}: {phase} timed out", **ctx)
+    if isinstance(exc, httpx.ConnectError):
         if local_url is not None and _refused(exc):
-            raise LocalServerDown(
-                f"{provider}: the local server at {local_url} is not running (connection refused)",
-                provider=provider, model_id=model,
-            ) from exc
-        raise NetworkError(
-            f"{provider}: could not connect ({_reason(exc)})", provider=provider, model_id=model
-        ) from exc
-    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError) as exc:
+            return LocalServerDown(
+                f"{provider}: the local server at {local_url} is not running (connection refused)", **ctx)
+        return NetworkError(f"{provider}: could not connect ({_reason(exc)})", **ctx)
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError | httpx.CloseError):
         # Raised on the response side (or by the socket): they never quote the request.
-        raise NetworkError(
-            f"{provider}: connection broken ({_reason(exc)})", provider=provider, model_id=model
-        ) from exc
-    # httpx_sse.SSEError subclasses httpx.TransportError: it must be caught first.
-    except httpx_sse.SSEError as exc:
-        raise ModelError(
-            f"{provider}: expected an event stream ({exc})", provider=provider, model_id=model
-        ) from exc
-    except httpx.LocalProtocolError as exc:
+        return NetworkError(f"{provider}: connection broken ({_reason(exc)})", **ctx)
+    if isinstance(exc, httpx_sse.SSEError):  # an httpx.TransportError: checked before those
+        return ModelError(f"{provider}: expected an event stream ({exc})", **ctx)
+    if isinstance(exc, httpx.LocalProtocolError):
         # h11 refuses a header value with control characters and quotes it whole: the key.
-        raise AuthenticationError(
+        return AuthenticationError(
             f"{provider}: cannot send the request: the API key or a header value holds a "
-            "character HTTP does not allow (a trailing newline?)",
-            provider=provider, model_id=model, retryable=False,
-        ) from exc
-    except httpx.TransportError as exc:
-        raise NetworkError(
-            f"{provider}: transport failure ({type(exc).__name__})", provider=provider, model_id=model
-        ) from exc
-    except UnicodeEncodeError as exc:
-        raise AuthenticationError(
+            "character HTTP does not allow (a trailing newline?)", retryable=False, **ctx)
+    if isinstance(exc, httpx.TransportError):
+        return NetworkError(f"{provider}: transport failure ({type(exc).__name__})", **ctx)
+    if isinstance(exc, UnicodeEncodeError):
+        return AuthenticationError(
             f"{provider}: cannot send the request: the API key or a header value is not ASCII",
-            provider=provider, model_id=model, retryable=False,
-        ) from exc
-    except httpx.InvalidURL as exc:
+            retryable=False, **ctx)
+    if isinstance(exc, httpx.InvalidURL):
         # A request that cannot even be built: the config is wrong, retrying will not help.
-        raise ValidationError(
-            f"{provider}: cannot build the request (invalid URL)", provider=provider, model_id=model,
-            retryable=False,
-        ) from exc
-    except httpx.DecodingError as exc:
-        raise ModelError(
-            f"{provider}: undecodable response body", provider=provider, model_id=model
-        ) from exc
+        return ValidationError(f"{provider}: cannot build the request (invalid URL)", retryable=False, **ctx)
+    if isinstance(exc, httpx.DecodingError):
+        return ModelError(f"{provider}: undecodable response body", **ctx)
+    return None
 
 
 @contextmanager
