@@ -231,6 +231,7 @@ class OllamaProvider(Provider):
                         id=model_id,
                         provider=self.name,
                         capabilities=self._capabilities(entry.get("capabilities")),
+                        version=_version(entry),
                     )
                 )
             return models
@@ -275,3 +276,14 @@ class OllamaProvider(Provider):
             return False
         self._observe(response)
         return response.status_code == 200
+
+
+def _version(entry: dict[str, object]) -> str | None:
+    """``/api/tags`` names a build by its digest (``ollama list`` shows the first 12 hex
+    digits, https://github.com/ollama/ollama/blob/main/docs/api.md#list-local-models);
+    the modified date stands in where a server gives no digest."""
+    digest = entry.get("digest")
+    if isinstance(digest, str) and digest:
+        return digest.removeprefix("sha256:")[:12]
+    modified = entry.get("modified_at")
+    return modified if isinstance(modified, str) and modified else None
