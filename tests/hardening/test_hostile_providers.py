@@ -324,3 +324,13 @@ def test_a_local_server_not_running_at_start_is_cooled_down(spawn: Any, fake: Fa
                 break
             time.sleep(0.1)
         assert box.get("coolDownMs", 0) > 0 and box["available"] is False, box
+
+
+def test_a_dead_local_server_is_not_tried_again_with_its_other_models(spawn: Any, fake: FakeServer) -> None:
+    with refusing_port() as port:
+        box = entry(f"http://127.0.0.1:{port}/v1", model=LLAMA, models=[LLAMA, "other-model"], retries=2)
+        config = build_config({"box": box, "backup": provider_entry(fake)}, default="box", chain=["backup"])
+        sidecar = spawn(config)
+        response = sidecar.call("model:generate", {"request": {"prompt": "hi"}, "selection": {"provider": "box"}})
+        attempts = response["result"]["metadata"]["attempts"]
+        assert [a["provider"] for a in attempts] == ["box", "backup"], attempts
