@@ -8,7 +8,7 @@ import json
 import structlog
 
 from sidecar.logs import configure_logging
-from sidecar.secrets import Redactor, is_preview, preview
+from sidecar.secrets import Redactor, StreamScrubber, is_preview, preview
 
 
 def test_preview_shows_only_the_ends() -> None:
@@ -40,3 +40,25 @@ def test_log_processor_scrubs_any_field_and_key_shaped_strings() -> None:
     assert record["api_key"] == "[redacted]"
     assert record["nested"]["authorization"] == "[redacted]"
     assert "sk-abcdefghijklmnopqrstu" not in dumped
+
+
+def test_a_key_split_across_pieces_is_replaced_whole() -> None:
+    key = "sk-test-SPLITKEY0123456789"
+    scrubber = StreamScrubber([key + "\n", "short"])
+    out = [scrubber.feed(p) for p in ("hello sk-te", "st-SPLITKEY01", "23456789 bye sk-", "x done", "s")]
+    out.append(scrubber.flush())
+    assert out == ["hello ", "", "[redacted] bye ", "sk-x done", "", "s"]
+    assert "".join(out) == "hello [redacted] bye sk-x dones"
+
+
+def test_text_without_a_key_prefix_is_never_held_back() -> None:
+    scrubber = StreamScrubber(["sk-test-SPLITKEY0123456789"])
+    assert [scrubber.feed(p) for p in ("Hello", " world", "!")] == ["Hello", " world", "!"]
+    assert scrubber.flush() == ""
+
+
+def test_every_form_of_a_key_is_scrubbed() -> None:
+    redactor = Redactor()
+    redactor.add("  sk-test-FORMS0123456789\n", "sk-test-HEAD0123\x01TAIL0123456789")
+    text = "a sk-test-FORMS0123456789 b sk-test-HEAD0123\\x01TAIL0123456789 c"
+    assert redactor.scrub_text(text) == "a [redacted] b [redacted]\\x01[redacted] c"
