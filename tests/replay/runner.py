@@ -7,7 +7,9 @@ A transcript (``*.jsonl``) starts with a setup line, then one line per message::
     {">": {"jsonrpc": "2.0", "id": 1, "method": "model:generate", "params": {...}}}
     {"<": {"jsonrpc": "2.0", "id": 1, "result": {...}}}
 
-``>`` lines are written to the sidecar's stdin (``>raw``: a string sent as bytes); each ``<`` line must match the next stdout
+``>`` lines are written to the sidecar's stdin (``>raw``: a string sent as bytes); a
+``wait`` line (``{"wait": {"fake": NAME, "requests": N}}``) holds the transcript until that
+fake has received N chat requests (a cancel sent once the request is upstream); each ``<`` line must match the next stdout
 line exactly, except for placeholders: ``"<any>"``, ``"<string>"``, ``"<number>"``,
 ``"<int>"``. ``{{fake:NAME}}`` stands for that fake server's base URL, both ways.
 
@@ -117,6 +119,10 @@ def replay(path: Path, *, record: bool = False) -> None:
                 if direction == ">":
                     sidecar.send(_substitute(value, urls))
                     rows.append((">", value))
+                    continue
+                if direction == "wait":
+                    fakes[value["fake"]].wait_for_requests(value["requests"], timeout=10)
+                    rows.append((direction, value))
                     continue
                 actual = sidecar.ready if first_output else sidecar.next_message(timeout=20)
                 first_output = False
