@@ -1,17 +1,16 @@
 """Anthropic Messages API: ``POST /v1/messages`` and its SSE event stream.
 
 One body builder and one stop-reason/usage mapping serve both the streaming and the
-non-streaming path (wire-reference §2). The base URL has no ``/v1`` suffix, as the
+non-streaming path (https://docs.anthropic.com/en/api/messages). The base URL has no ``/v1`` suffix, as the
 official SDK writes it (``https://api.anthropic.com``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-import httpx
 import orjson
 
 from sidecar.errors import (
@@ -23,28 +22,22 @@ from sidecar.errors import (
 from sidecar.providers.base import (
     Completion,
     FinishReason,
-    Provider,
     ProviderModel,
     ProviderRequest,
     StreamDelta,
     Usage,
 )
-from sidecar.providers.guard import DEFAULT_MAX_RESPONSE_BYTES
+from sidecar.providers.guard import DEFAULT_MAX_RESPONSE_BYTES, AnswerGuard
 from sidecar.providers.http import (
     SSEEvent,
-    aiter_sse,
     as_count,
     error_from_payload,
-    fetch_json,
-    finish_body,
     loads_body,
-    map_http_errors,
-    parse_rate_limit,
     probe,
-    raise_for_error,
     redact_errors,
     text_or,
 )
+from sidecar.providers.skeleton import HttpProvider
 
 __all__ = [
     "ANTHROPIC_VERSION",
@@ -56,7 +49,7 @@ __all__ = [
 ]
 
 ANTHROPIC_VERSION = "2023-06-01"
-#: ``max_tokens`` is required by the Messages API (§2.2); used when the request sets none.
+#: ``max_tokens`` is required by the Messages API (https://docs.anthropic.com/en/api/messages); used when the request sets none.
 DEFAULT_MAX_TOKENS = 4096
 
 _MESSAGES_PATH = "/v1/messages"
@@ -64,7 +57,7 @@ _MODELS_PATH = "/v1/models"
 #: Guard against a listing whose cursor never advances.
 _MAX_MODEL_PAGES = 50
 
-# wire-reference §2.3 (SDK types/stop_reason.py).
+# https://docs.anthropic.com/en/api/messages (stop_reason).
 _STOP_REASONS: dict[str, FinishReason] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -80,7 +73,7 @@ _PROMPT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_inp
 
 def build_messages_body(request: ProviderRequest, *, stream: bool) -> dict[str, Any]:
     """The Messages API body for ``request``; only the fields that are set."""
-    # There is no system role (§2.2): `system` is its own field, and system-role turns
+    # There is no system role (https://docs.anthropic.com/en/api/messages): `system` is its own field, and system-role turns
     # are folded into it in order.
     system_parts = [request.system] if request.system else []
     messages: list[dict[str, str]] = []
@@ -97,13 +90,13 @@ def build_messages_body(request: ProviderRequest, *, stream: bool) -> dict[str, 
     if system_parts:
         body["system"] = "\n\n".join(system_parts)
     if request.temperature is not None:
-        # The contract allows 0-2 (OpenAI's range); Anthropic accepts 0-1 (§2.2).
+        # The contract allows 0-2 (OpenAI's range); Anthropic accepts 0-1.
         body["temperature"] = min(max(request.temperature, 0.0), 1.0)
     if request.top_p is not None:
         body["top_p"] = request.top_p
     if request.stop:
         body["stop_sequences"] = list(request.stop)
-    # frequency_penalty / presence_penalty do not exist in the Messages API (§2.2):
+    # frequency_penalty / presence_penalty do not exist in the Messages API:
     # they are dropped rather than sent and refused.
     if stream:
         body["stream"] = True
@@ -126,21 +119,34 @@ def map_stop_reason(value: object) -> FinishReason | None:
 
 
 def map_usage(fields: Mapping[str, Any]) -> Usage:
-    """Prompt tokens include cache writes and reads (they are billed input), §2.3."""
+    """Prompt tokens include cache writes and reads (they are billed input), see https://docs.anthropic.com/en/api/messages (usage)."""
     return Usage(
         prompt_tokens=sum(as_count(fields.get(name)) for name in _PROMPT_FIELDS),
         completion_tokens=as_count(fields.get("output_tokens")),
     )
 
 
-class AnthropicProvider(Provider):
+@dataclass(slots=True)
+class _MessageStream:
+    """What a Messages stream has said so far."""
+
+    model: str
+    forced: str | None
+    finish: FinishReason | None = None
+    usage_fields: dict[str, Any] = field(default_factory=dict)
+    done: bool = False
+
+
+class AnthropicProvider(HttpProvider[_MessageStream]):
     """Claude models through the Messages API."""
 
     kind: ClassVar[str] = "anthropic"
+    chat_path: ClassVar[str] = _MESSAGES_PATH
+    framing: ClassVar[Literal["sse", "ndjson"]] = "sse"
     capabilities: ClassVar[frozenset[str]] = frozenset({"chat", "streaming", "tools"})
     key_env_var: ClassVar[str | None] = "ANTHROPIC_API_KEY"
 
-    def _headers(self, model: str | None) -> dict[str, str]:
+    def headers(self, model: str | None) -> dict[str, str]:
         key = self.api_key
         if not key:
             raise AuthenticationError(
@@ -157,95 +163,54 @@ class AnthropicProvider(Provider):
         headers.update(self.settings.headers)
         return headers
 
-    def _observe(self, response: httpx.Response) -> None:
-        self.last_rate_limit = parse_rate_limit(response.headers)
+    def chat_body(self, request: ProviderRequest, *, stream: bool) -> dict[str, Any]:
+        return build_messages_body(request, stream=stream)
 
-    async def generate(self, request: ProviderRequest) -> Completion:
-        with redact_errors(*self.secrets):
-            headers = self._headers(request.model)
-            body = build_messages_body(request, stream=False)
-            data = await fetch_json(
-                self.client, "POST", _MESSAGES_PATH, provider=self.name, model=request.model,
-                max_bytes=request.max_response_bytes, local_url=self.local_url, seen=self._observe,
-                content=orjson.dumps(body), headers=headers,
-            )
-            if not isinstance(data, dict) or not isinstance(data.get("content"), list):
-                raise ModelError(
-                    f"{self.name}: response has no content blocks",
-                    provider=self.name,
-                    model_id=request.model,
-                )
-            # Only text blocks are content; tool_use/thinking blocks are not (§2.3) --
-            # except the input of a tool the request forced: that is the answer.
-            forced = forced_tool(request)
-            if forced is not None:
-                text = "".join(
-                    orjson.dumps(block.get("input")).decode("utf-8")
-                    for block in data["content"]
-                    if isinstance(block, dict) and block.get("type") == "tool_use" and block.get("name") == forced
-                )
-            else:
-                text = "".join(
-                    block["text"]
-                    for block in data["content"]
-                    if isinstance(block, dict)
-                    and block.get("type") == "text"
-                    and isinstance(block.get("text"), str)
-                )
-            usage = data.get("usage")
-            finish = map_stop_reason(data.get("stop_reason"))
-            completion = Completion(
-                content=text,
-                model=text_or(data.get("model"), request.model),
-                finish_reason="stop" if forced is not None and finish == "tool_calls" else finish,
-                usage=map_usage(usage) if isinstance(usage, dict) else None,
-            )
-            return self.guarded(completion, self.answer_guard(request, body["max_tokens"]))
+    def output_limit(self, body: dict[str, Any]) -> int | None:
+        return int(body["max_tokens"])  # required by the Messages API: our default when unset
 
-    async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamDelta, None]:
-        with redact_errors(*self.secrets):
-            headers = self._headers(request.model)
-            body = build_messages_body(request, stream=True)
-            state = _MessageStream(model=request.model, forced=forced_tool(request))
-            guard = self.answer_guard(request, body["max_tokens"])
-            with map_http_errors(self.name, request.model, local_url=self.local_url):
-                # Opened inside the generator: aclose() or cancelling the consumer exits
-                # this block, which closes the upstream connection.
-                async with self.client.stream(
-                    "POST", _MESSAGES_PATH, content=orjson.dumps(body), headers=headers
-                ) as response:
-                    self._observe(response)
-                    await raise_for_error(response, provider=self.name, model=request.model)
-                    events = aiter_sse(response, request.max_response_bytes)
-                    async for event in events:
-                        text = self._event(event, state, request.model)
-                        if state.done:
-                            break
-                        piece = guard.feed(text) if text else ""
-                        if piece:
-                            yield StreamDelta(content=piece, model=state.model)
-                        if guard.cut:
-                            break  # far past max_tokens: leaving the block closes upstream
-                    if state.done:
-                        await finish_body(events)  # the connection goes back to the pool
-            tail = guard.flush()
-            if guard.cut:
-                # The server ignored max_tokens; what it billed never came: the router bills the text.
-                yield StreamDelta(content=tail, model=state.model, finish_reason="length")
-                return
-            if not state.done:
-                raise NetworkError(
-                    f"{self.name}: stream ended early (no message_stop)",
-                    provider=self.name,
-                    model_id=request.model,
-                )
-            finish = state.finish
-            yield StreamDelta(
-                content=tail,
-                model=state.model,
-                finish_reason="stop" if state.forced is not None and finish == "tool_calls" else finish,
-                usage=map_usage(state.usage_fields) if state.usage_fields else None,
-            )
+    def completion(self, data: Any, request: ProviderRequest) -> Completion:
+        if not isinstance(data, dict) or not isinstance(data.get("content"), list):
+            raise ModelError(f"{self.name}: response has no content blocks", provider=self.name,
+                             model_id=request.model)
+        # Only text blocks are content; tool_use/thinking blocks are not
+        # (https://docs.anthropic.com/en/api/messages, "content") -- except the input of a
+        # tool the request forced: that is the answer.
+        forced = forced_tool(request)
+        blocks = [block for block in data["content"] if isinstance(block, dict)]
+        if forced is not None:
+            text = "".join(orjson.dumps(block.get("input")).decode("utf-8") for block in blocks
+                           if block.get("type") == "tool_use" and block.get("name") == forced)
+        else:
+            text = "".join(block["text"] for block in blocks
+                           if block.get("type") == "text" and isinstance(block.get("text"), str))
+        usage = data.get("usage")
+        finish = map_stop_reason(data.get("stop_reason"))
+        return Completion(
+            content=text,
+            model=text_or(data.get("model"), request.model),
+            finish_reason="stop" if forced is not None and finish == "tool_calls" else finish,
+            usage=map_usage(usage) if isinstance(usage, dict) else None,
+        )
+
+    def stream_state(self, request: ProviderRequest) -> _MessageStream:
+        return _MessageStream(model=request.model, forced=forced_tool(request))
+
+    def read_frame(self, frame: SSEEvent, state: _MessageStream, model: str) -> str | None:
+        return self._event(frame, state, model)
+
+    def stream_end(self, state: _MessageStream, guard: AnswerGuard, model: str) -> StreamDelta:
+        tail = guard.flush()
+        if not state.done:
+            raise NetworkError(f"{self.name}: stream ended early (no message_stop)", provider=self.name,
+                               model_id=model)
+        finish = state.finish
+        return StreamDelta(
+            content=tail,
+            model=state.model,
+            finish_reason="stop" if state.forced is not None and finish == "tool_calls" else finish,
+            usage=map_usage(state.usage_fields) if state.usage_fields else None,
+        )
 
     def _event(self, event: SSEEvent, state: _MessageStream, model: str) -> str | None:
         """Read one event into ``state``; its text, if any."""
@@ -257,7 +222,7 @@ class AnthropicProvider(Provider):
         if not isinstance(data, dict):
             raise ModelError(f"{self.name}: unexpected stream payload", provider=self.name, model_id=model)
         # Without an `event:` line the event is "message"; the payload's own `type` names
-        # the event then (it always repeats it, §2.4).
+        # the event then (it always repeats it, https://docs.anthropic.com/en/docs/build-with-claude/streaming).
         name = event.event
         if name == "message" and isinstance(data.get("type"), str):
             name = data["type"]
@@ -275,28 +240,23 @@ class AnthropicProvider(Provider):
             delta = data.get("delta")
             if isinstance(delta, dict):
                 state.finish = map_stop_reason(delta.get("stop_reason")) or state.finish
-            # message_delta usage is cumulative: newest value wins (§2.4).
+            # message_delta usage is cumulative: newest value wins (https://docs.anthropic.com/en/docs/build-with-claude/streaming).
             if isinstance(data.get("usage"), dict):
                 state.usage_fields.update(data["usage"])
         elif name == "content_block_delta":
             return _delta_text(data.get("delta"), state.forced)
-        # content_block_start/stop and unknown event types are ignored (§2.4).
+        # content_block_start/stop and unknown event types are ignored (https://docs.anthropic.com/en/docs/build-with-claude/streaming).
         return None
 
     async def list_models(self) -> list[ProviderModel]:
         with redact_errors(*self.secrets):
-            headers = self._headers(None)
             models: list[ProviderModel] = []
             after: str | None = None
             for _ in range(_MAX_MODEL_PAGES):
                 params: dict[str, str | int] = {"limit": 1000}
                 if after:
                     params["after_id"] = after
-                page = await fetch_json(
-                    self.client, "GET", _MODELS_PATH, provider=self.name, model=None,
-                    max_bytes=DEFAULT_MAX_RESPONSE_BYTES, local_url=self.local_url, seen=self._observe,
-                    params=params, headers=headers,
-                )
+                page = await self.fetch("GET", _MODELS_PATH, None, DEFAULT_MAX_RESPONSE_BYTES, params=params)
                 entries = page.get("data") if isinstance(page, dict) else None
                 if not isinstance(entries, list):
                     raise ModelError(f"{self.name}: model list has no data array", provider=self.name)
@@ -313,7 +273,7 @@ class AnthropicProvider(Provider):
 
     def _model(self, entry: dict[str, Any]) -> ProviderModel:
         capabilities = set(self.capabilities)
-        # 2026 listings describe capabilities as {"name": {"supported": bool}} (§2.7).
+        # 2026 listings describe capabilities as {"name": {"supported": bool}} (https://docs.anthropic.com/en/api/models-list).
         reported = entry.get("capabilities")
         if isinstance(reported, dict):
             for name, ours in (
@@ -339,13 +299,13 @@ class AnthropicProvider(Provider):
     async def is_available(self) -> bool:
         """One ``GET /v1/models?limit=1`` answers 2xx."""
         try:
-            headers = self._headers(None)
+            headers = self.headers(None)
         except SidecarError:
             return False
         response = await probe(self.client, _MODELS_PATH, headers=headers, params={"limit": 1})
         if response is None:
             return False
-        self._observe(response)
+        self.observe(response)
         return response.is_success
 
 
@@ -360,12 +320,3 @@ def _delta_text(delta: object, forced: str | None) -> str | None:
     return text if isinstance(text, str) else None
 
 
-@dataclass(slots=True)
-class _MessageStream:
-    """What a Messages stream has said so far."""
-
-    model: str
-    forced: str | None
-    finish: FinishReason | None = None
-    usage_fields: dict[str, Any] = field(default_factory=dict)
-    done: bool = False

@@ -355,7 +355,8 @@ def error_from_status(
 
 
 # Error types seen in payloads that arrive with HTTP 200 (mid-stream or in the body):
-# OpenAI §1.4/§1.6, Anthropic §2.4/§2.5, llama.cpp §4.
+# OpenAI (https://platform.openai.com/docs/guides/error-codes), Anthropic
+# (https://docs.anthropic.com/en/api/errors), llama.cpp's server (https://github.com/ggml-org/llama.cpp/blob/master/tools/server/README.md).
 _PAYLOAD_RATE_LIMIT = {"rate_limit_error", "rate_limit_exceeded", "requests", "tokens"}
 _PAYLOAD_AUTH = {"authentication_error", "permission_error", "billing_error"}
 _PAYLOAD_TRANSIENT = {"server_error", "api_error", "overloaded_error", "service_unavailable", "timeout_error"}

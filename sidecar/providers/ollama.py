@@ -1,42 +1,36 @@
 """Ollama's native API: ``POST /api/chat`` (NDJSON stream), ``/api/tags``, ``/api/show``.
 
 The native API is used rather than Ollama's ``/v1`` because only it can set the context
-size (``options.num_ctx``, wire-reference §3.1, §3.5). One body builder and one
+size (``options.num_ctx``, https://github.com/ollama/ollama/blob/main/docs/api.md). One body builder and one
 done-reason/usage mapping serve both the streaming and the non-streaming path.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
-from typing import Any, ClassVar
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
-import httpx
 import orjson
 
 from sidecar.errors import ModelError, NetworkError, ProviderError
 from sidecar.providers.base import (
     Completion,
     FinishReason,
-    Provider,
     ProviderModel,
     ProviderRequest,
     StreamDelta,
     Usage,
 )
-from sidecar.providers.guard import DEFAULT_MAX_RESPONSE_BYTES
+from sidecar.providers.guard import DEFAULT_MAX_RESPONSE_BYTES, AnswerGuard
 from sidecar.providers.http import (
-    aiter_ndjson,
     as_count,
-    fetch_json,
-    finish_body,
     loads_body,
-    map_http_errors,
-    parse_rate_limit,
     probe,
-    raise_for_error,
     redact_errors,
     text_or,
 )
+from sidecar.providers.skeleton import HttpProvider
 
 __all__ = ["OllamaProvider", "build_chat_body", "map_done_reason", "map_usage"]
 
@@ -44,9 +38,9 @@ _CHAT_PATH = "/api/chat"
 _TAGS_PATH = "/api/tags"
 _SHOW_PATH = "/api/show"
 
-# wire-reference §3.1: `load`/`unload` are not generation endings and map to None.
+# https://github.com/ollama/ollama/blob/main/docs/api.md: `load`/`unload` are not generation endings and map to None.
 _DONE_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
-# /api/show `capabilities` entries that name a contract capability (§3.4).
+# /api/show `capabilities` entries that name a capability of ours (https://github.com/ollama/ollama/blob/main/docs/api.md, show model information).
 _SHOW_CAPABILITIES = {"tools": "tools", "vision": "vision", "thinking": "reasoning"}
 
 
@@ -69,7 +63,7 @@ def build_chat_body(request: ProviderRequest, *, stream: bool) -> dict[str, Any]
             options[name] = value
     if request.stop:
         options["stop"] = list(request.stop)
-    # Always explicit: Ollama streams unless told `"stream": false` (§3).
+    # Always explicit: Ollama streams unless told `"stream": false` (https://github.com/ollama/ollama/blob/main/docs/api.md).
     body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": stream}
     if options:
         body["options"] = options
@@ -88,7 +82,7 @@ def map_done_reason(value: object) -> FinishReason | None:
 
 
 def map_usage(final: Mapping[str, Any]) -> Usage:
-    """Counts of the ``done: true`` object; omitted when zero (``omitempty``, §3)."""
+    """Counts of the ``done: true`` object; omitted when zero (``omitempty``)."""
     return Usage(
         prompt_tokens=as_count(final.get("prompt_eval_count")),
         completion_tokens=as_count(final.get("eval_count")),
@@ -101,16 +95,28 @@ def _message_text(data: Mapping[str, Any]) -> str:
     return content if isinstance(content, str) else ""
 
 
-class OllamaProvider(Provider):
+@dataclasses.dataclass(slots=True)
+class _ChatLines:
+    """What an ``/api/chat`` stream has said so far."""
+
+    model: str
+    done: bool = False
+    #: The ``done: true`` object: reason, counts, maybe a last piece of text.
+    final: dict[str, Any] | None = None
+
+
+class OllamaProvider(HttpProvider[_ChatLines]):
     """A local (or remote) Ollama server; no key unless one is configured for a proxy."""
 
     kind: ClassVar[str] = "ollama"
+    chat_path: ClassVar[str] = _CHAT_PATH
+    framing: ClassVar[Literal["sse", "ndjson"]] = "ndjson"
     capabilities: ClassVar[frozenset[str]] = frozenset(
         {"chat", "streaming", "json_mode", "json_schema", "local"}
     )
     key_env_var: ClassVar[str | None] = None
 
-    def _headers(self) -> dict[str, str]:
+    def headers(self, model: str | None = None) -> dict[str, str]:
         headers = {"content-type": "application/json"}
         if self.api_key:
             headers["authorization"] = f"Bearer {self.api_key}"
@@ -118,90 +124,53 @@ class OllamaProvider(Provider):
         return headers
 
     def _error_line(self, data: object, model: str | None) -> ModelError | None:
-        """A ``{"error": "..."}`` object (mid-stream it comes with HTTP 200, §3.3)."""
+        """A ``{"error": "..."}`` object (mid-stream it comes with HTTP 200)."""
         if isinstance(data, dict) and "error" in data:
             message = data["error"] if isinstance(data["error"], str) else "error in response"
             return ModelError(f"{self.name}: {message}", provider=self.name, model_id=model)
         return None
 
-    def _observe(self, response: httpx.Response) -> None:
-        self.last_rate_limit = parse_rate_limit(response.headers)
+    def chat_body(self, request: ProviderRequest, *, stream: bool) -> dict[str, Any]:
+        return build_chat_body(request, stream=stream)
 
-    async def _fetch(self, method: str, path: str, model: str | None, max_bytes: int, **kwargs: Any) -> Any:
-        return await fetch_json(
-            self.client, method, path, provider=self.name, model=model, max_bytes=max_bytes,
-            local_url=self.local_url, seen=self._observe, headers=self._headers(), **kwargs,
+    def completion(self, data: Any, request: ProviderRequest) -> Completion:
+        error = self._error_line(data, request.model)
+        if error is not None:
+            raise error
+        if not isinstance(data, dict) or not isinstance(data.get("message"), dict):
+            raise ModelError(f"{self.name}: response has no message", provider=self.name, model_id=request.model)
+        return Completion(
+            content=_message_text(data),
+            model=text_or(data.get("model"), request.model),
+            finish_reason=map_done_reason(data.get("done_reason")),
+            usage=map_usage(data),
         )
 
-    async def generate(self, request: ProviderRequest) -> Completion:
-        with redact_errors(*self.secrets):
-            body = build_chat_body(request, stream=False)
-            data = await self._fetch("POST", _CHAT_PATH, request.model, request.max_response_bytes,
-                                     content=orjson.dumps(body))
-            error = self._error_line(data, request.model)
-            if error is not None:
-                raise error
-            if not isinstance(data, dict) or not isinstance(data.get("message"), dict):
-                raise ModelError(
-                    f"{self.name}: response has no message",
-                    provider=self.name,
-                    model_id=request.model,
-                )
-            completion = Completion(
-                content=_message_text(data),
-                model=text_or(data.get("model"), request.model),
-                finish_reason=map_done_reason(data.get("done_reason")),
-                usage=map_usage(data),
-            )
-            return self.guarded(completion, self.answer_guard(request))
+    def stream_state(self, request: ProviderRequest) -> _ChatLines:
+        return _ChatLines(model=request.model)
 
-    async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamDelta, None]:
-        with redact_errors(*self.secrets):
-            body = build_chat_body(request, stream=True)
-            model = request.model
-            final: dict[str, Any] | None = None
-            guard = self.answer_guard(request)
-            with map_http_errors(self.name, request.model, local_url=self.local_url):
-                # Opened inside the generator: aclose() or cancelling the consumer exits
-                # this block, which closes the upstream connection.
-                async with self.client.stream(
-                    "POST", _CHAT_PATH, content=orjson.dumps(body), headers=self._headers()
-                ) as response:
-                    self._observe(response)
-                    await raise_for_error(response, provider=self.name, model=request.model)
-                    # Split on the byte \n only: U+2028/U+2029 stay inside a line (§3).
-                    lines = aiter_ndjson(response, request.max_response_bytes)
-                    async for line in lines:
-                        data = self._stream_line(line, request.model)
-                        model = text_or(data.get("model"), model)
-                        if data.get("done") is True:
-                            final = data
-                            break
-                        piece = guard.feed(_message_text(data))
-                        if piece:
-                            yield StreamDelta(content=piece, model=model)
-                        if guard.cut:
-                            break  # far past num_predict: leaving the block closes upstream
-                    if final is not None:
-                        await finish_body(lines)  # the connection goes back to the pool
-            if guard.cut:
-                # The server ignored num_predict; its counts never came: the router bills the text.
-                yield StreamDelta(content=guard.flush(), model=model, finish_reason="length")
-                return
-            if final is None:
-                raise NetworkError(
-                    f"{self.name}: stream ended early (no done: true)",
-                    provider=self.name,
-                    model_id=request.model,
-                )
-            # The done object may still carry a last piece of text (§3.1 examples).
-            last = guard.feed(_message_text(final))
-            yield StreamDelta(
-                content=last + guard.flush(),
-                model=model,
-                finish_reason="length" if guard.cut else map_done_reason(final.get("done_reason")),
-                usage=map_usage(final),
-            )
+    def read_frame(self, frame: bytes, state: _ChatLines, model: str) -> str | None:
+        data = self._stream_line(frame, model)
+        state.model = text_or(data.get("model"), state.model)
+        if data.get("done") is True:
+            state.done, state.final = True, data
+            return None
+        return _message_text(data)
+
+    def stream_end(self, state: _ChatLines, guard: AnswerGuard, model: str) -> StreamDelta:
+        final = state.final
+        if final is None:
+            raise NetworkError(f"{self.name}: stream ended early (no done: true)", provider=self.name,
+                               model_id=model)
+        # The done object may still carry a last piece of text (docs/api.md, "Chat request
+        # (streaming)": the final response object).
+        last = guard.feed(_message_text(final))
+        return StreamDelta(
+            content=last + guard.flush(),
+            model=state.model,
+            finish_reason="length" if guard.cut else map_done_reason(final.get("done_reason")),
+            usage=map_usage(final),
+        )
 
     def _stream_line(self, line: bytes, model: str) -> dict[str, Any]:
         data = loads_body(line, provider=self.name, model=model)
@@ -209,13 +178,13 @@ class OllamaProvider(Provider):
         if error is not None:
             raise error
         if not isinstance(data, dict) or "done" not in data:
-            # Every /api/chat line carries `done` (§3.1); anything else is garbage.
+            # Every /api/chat line carries `done`; anything else is garbage.
             raise ModelError(f"{self.name}: unexpected stream line", provider=self.name, model_id=model)
         return data
 
     async def list_models(self) -> list[ProviderModel]:
         with redact_errors(*self.secrets):
-            data = await self._fetch("GET", _TAGS_PATH, None, DEFAULT_MAX_RESPONSE_BYTES)
+            data = await self.fetch("GET", _TAGS_PATH, None, DEFAULT_MAX_RESPONSE_BYTES)
             entries = data.get("models") if isinstance(data, dict) else None
             if not isinstance(entries, list):
                 raise ModelError(f"{self.name}: model list has no models array", provider=self.name)
@@ -248,7 +217,7 @@ class OllamaProvider(Provider):
         """``POST /api/show``: trained context length and capabilities; None if unknown."""
         with redact_errors(*self.secrets):
             try:
-                data = await self._fetch("POST", _SHOW_PATH, model_id, DEFAULT_MAX_RESPONSE_BYTES,
+                data = await self.fetch("POST", _SHOW_PATH, model_id, DEFAULT_MAX_RESPONSE_BYTES,
                                          content=orjson.dumps({"model": model_id}))
             except ProviderError as exc:
                 if exc.status == 404:
@@ -270,11 +239,11 @@ class OllamaProvider(Provider):
             )
 
     async def is_available(self) -> bool:
-        """``GET /`` answers 200 "Ollama is running" (§3)."""
-        response = await probe(self.client, "/", headers=self._headers())
+        """``GET /`` answers 200 "Ollama is running"."""
+        response = await probe(self.client, "/", headers=self.headers())
         if response is None:
             return False
-        self._observe(response)
+        self.observe(response)
         return response.status_code == 200
 
 

@@ -1,8 +1,8 @@
 """OpenAI Chat Completions, for the official API and every OpenAI-compatible server.
 
-``OpenAIProvider`` speaks ``POST /chat/completions`` (wire-reference §1) and serves the
+``OpenAIProvider`` speaks ``POST /chat/completions`` (https://platform.openai.com/docs/api-reference/chat) and serves the
 official API; ``OpenAICompatibleProvider`` is the same wire for custom entries
-(llama.cpp, vLLM, LM Studio, Ollama ``/v1``: wire-reference §3.5, §4), which need no
+(llama.cpp, vLLM, LM Studio, Ollama ``/v1``, see https://github.com/ollama/ollama/blob/main/docs/openai.md), which need no
 key and still want the old ``max_tokens`` name. Both share one body builder and one
 finish-reason/usage mapping so the streaming and non-streaming paths cannot drift.
 """
@@ -12,10 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import AsyncGenerator
-from typing import Any, ClassVar
-
-import httpx
-import orjson
+from typing import Any, ClassVar, Literal
 
 from sidecar.errors import (
     AuthenticationError,
@@ -28,7 +25,6 @@ from sidecar.errors import (
 from sidecar.providers.base import (
     Completion,
     FinishReason,
-    Provider,
     ProviderModel,
     ProviderRequest,
     StreamDelta,
@@ -36,19 +32,15 @@ from sidecar.providers.base import (
 )
 from sidecar.providers.guard import DEFAULT_MAX_RESPONSE_BYTES, AnswerGuard
 from sidecar.providers.http import (
-    aiter_sse,
+    SSEEvent,
     as_count,
     error_from_payload,
-    fetch_json,
-    finish_body,
     loads_body,
-    map_http_errors,
-    parse_rate_limit,
     probe,
-    raise_for_error,
     redact_errors,
     text_or,
 )
+from sidecar.providers.skeleton import HttpProvider
 
 __all__ = [
     "OpenAICompatibleProvider",
@@ -67,7 +59,7 @@ _FINISH_REASONS: dict[str, FinishReason] = {
     "length": "length",
     "content_filter": "content_filter",
     "tool_calls": "tool_calls",
-    # Deprecated spelling of tool_calls (wire-reference §1.2, spec finish_reason enum).
+    # Deprecated spelling of tool_calls (https://platform.openai.com/docs/api-reference/chat/create, the finish_reason enum).
     "function_call": "tool_calls",
 }
 
@@ -82,7 +74,7 @@ def is_reasoning_model(model: str) -> bool:
 
 
 def _rejects_stop(model: str) -> bool:
-    # wire-reference §1.2: `stop` is "not supported by o3/o4-mini".
+    # https://platform.openai.com/docs/api-reference/chat/create: `stop` is "not supported by o3/o4-mini".
     model = model.lower()
     return model.startswith(("o3", "o4-mini"))
 
@@ -100,7 +92,7 @@ def build_chat_body(request: ProviderRequest, *, official: bool, stream: bool) -
     messages.extend({"role": m.role, "content": m.content} for m in request.messages)
     body: dict[str, Any] = {"model": request.model, "messages": messages}
 
-    # wire-reference §1.2: reasoning models (o-series, gpt-5 family) answer 400
+    # https://platform.openai.com/docs/api-reference/chat/create: reasoning models (o-series, gpt-5 family) answer 400
     # `unsupported_value` to non-default temperature/top_p/penalties, and o3/o4-mini
     # reject `stop`; OpenAI-compatible servers get whatever was asked.
     reasoning = official and is_reasoning_model(request.model)
@@ -114,7 +106,7 @@ def build_chat_body(request: ProviderRequest, *, official: bool, stream: bool) -
             if value is not None:
                 body[name] = value
     if request.max_tokens is not None:
-        # §1.2: `max_tokens` is deprecated and refused by o-series/gpt-5 on the official API.
+        # `max_tokens` is deprecated and refused by o-series/gpt-5 on the official API.
         body["max_completion_tokens" if official else "max_tokens"] = request.max_tokens
     if request.stop and not (official and _rejects_stop(request.model)):
         body["stop"] = list(request.stop)
@@ -148,10 +140,24 @@ def _first_choice(data: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-class OpenAIProvider(Provider):
+@dataclasses.dataclass(slots=True)
+class _ChatStream:
+    """What a Chat Completions stream has said so far."""
+
+    model: str
+    finish: FinishReason | None = None
+    usage: Usage | None = None
+    done: bool = False
+    #: Whether any finish_reason came, even one we do not know (mapped to None).
+    finished: bool = False
+
+
+class OpenAIProvider(HttpProvider[_ChatStream]):
     """The official OpenAI API (``https://api.openai.com/v1``)."""
 
     kind: ClassVar[str] = "openai"
+    chat_path: ClassVar[str] = _CHAT_PATH
+    framing: ClassVar[Literal["sse", "ndjson"]] = "sse"
     capabilities: ClassVar[frozenset[str]] = frozenset(
         {"chat", "streaming", "json_mode", "json_schema", "tools"}
     )
@@ -162,7 +168,7 @@ class OpenAIProvider(Provider):
         """The official API: its dialect (see :func:`build_chat_body`) and a required key."""
         return self.kind == "openai" and self.settings.kind != "custom"
 
-    def _headers(self, model: str | None) -> dict[str, str]:
+    def headers(self, model: str | None) -> dict[str, str]:
         key = self.api_key
         if not key and self.official:
             raise AuthenticationError(
@@ -177,63 +183,30 @@ class OpenAIProvider(Provider):
         headers.update(self.settings.headers)
         return headers
 
-    def _completion(self, data: Any, model: str) -> Completion:
+    def chat_body(self, request: ProviderRequest, *, stream: bool) -> dict[str, Any]:
+        return build_chat_body(request, official=self.official, stream=stream)
+
+    def completion(self, data: Any, request: ProviderRequest) -> Completion:
+        # Some compatible servers answer 200 with an error envelope.
+        if isinstance(data, dict) and data.get("error"):
+            raise error_from_payload(data["error"], provider=self.name, model=request.model)
         choice = _first_choice(data) if isinstance(data, dict) else None
         if choice is None:
-            raise ModelError(f"{self.name}: response has no choices", provider=self.name, model_id=model)
+            raise ModelError(f"{self.name}: response has no choices", provider=self.name, model_id=request.model)
         message = choice.get("message")
         content = message.get("content") if isinstance(message, dict) else None
         return Completion(
             content=content if isinstance(content, str) else "",
-            model=text_or(data.get("model"), model),
+            model=text_or(data.get("model"), request.model),
             finish_reason=map_finish_reason(choice.get("finish_reason")),
             usage=map_usage(data.get("usage")),
         )
 
-    def _observe(self, response: httpx.Response) -> None:
-        self.last_rate_limit = parse_rate_limit(response.headers)
+    def stream_state(self, request: ProviderRequest) -> _ChatStream:
+        return _ChatStream(model=request.model)
 
-    async def generate(self, request: ProviderRequest) -> Completion:
-        with redact_errors(*self.secrets):
-            headers = self._headers(request.model)
-            body = build_chat_body(request, official=self.official, stream=False)
-            data = await fetch_json(
-                self.client, "POST", _CHAT_PATH, provider=self.name, model=request.model,
-                max_bytes=request.max_response_bytes, local_url=self.local_url, seen=self._observe,
-                content=orjson.dumps(body), headers=headers,
-            )
-            # Some compatible servers answer 200 with an error envelope.
-            if isinstance(data, dict) and data.get("error"):
-                raise error_from_payload(data["error"], provider=self.name, model=request.model)
-            return self.guarded(self._completion(data, request.model), self.answer_guard(request))
-
-    async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamDelta, None]:
-        with redact_errors(*self.secrets):
-            headers = self._headers(request.model)
-            body = build_chat_body(request, official=self.official, stream=True)
-            state = _ChatStream(model=request.model)
-            guard = self.answer_guard(request)
-            with map_http_errors(self.name, request.model, local_url=self.local_url):
-                # Opened inside the generator: aclose() or cancelling the consumer exits
-                # this block, which closes the upstream connection.
-                async with self.client.stream(
-                    "POST", _CHAT_PATH, content=orjson.dumps(body), headers=headers
-                ) as response:
-                    self._observe(response)
-                    await raise_for_error(response, provider=self.name, model=request.model)
-                    events = aiter_sse(response, request.max_response_bytes)
-                    async for event in events:
-                        text = self._chunk(event.data, state, request.model)
-                        if state.done:
-                            break
-                        piece = guard.feed(text) if text else ""
-                        if piece:
-                            yield StreamDelta(content=piece, model=state.model)
-                        if guard.cut:
-                            break  # far past maxTokens: leaving the block closes upstream
-                    if state.done:
-                        await finish_body(events)  # the connection goes back to the pool
-            yield self._stream_end(state, guard, request.model)
+    def read_frame(self, frame: SSEEvent, state: _ChatStream, model: str) -> str | None:
+        return self._chunk(frame.data, state, model)
 
     def _chunk(self, data: bytes, state: _ChatStream, model: str) -> str | None:
         """Read one event's payload into ``state``; its text, if any."""
@@ -248,8 +221,8 @@ class OpenAIProvider(Provider):
         if chunk.get("error"):
             raise error_from_payload(chunk["error"], provider=self.name, model=model)
         state.model = text_or(chunk.get("model"), state.model)
-        # The usage chunk has `choices: []` (§1.4); older llama.cpp builds put usage on
-        # the finish chunk instead (§4.3): take it wherever it is.
+        # The usage chunk has `choices: []` (https://platform.openai.com/docs/api-reference/chat-streaming); older llama.cpp builds put usage on
+        # the finish chunk instead: take it wherever it is.
         state.usage = map_usage(chunk.get("usage")) or state.usage
         choice = _first_choice(chunk)
         if choice is None:
@@ -262,12 +235,9 @@ class OpenAIProvider(Provider):
         text = delta.get("content") if isinstance(delta, dict) else None
         return text if isinstance(text, str) else None
 
-    def _stream_end(self, state: _ChatStream, guard: AnswerGuard, model: str) -> StreamDelta:
+    def stream_end(self, state: _ChatStream, guard: AnswerGuard, model: str) -> StreamDelta:
         """The last delta (the held-back text, finish reason, usage), or the stream's error."""
         tail = guard.flush()
-        if guard.cut:
-            # The server ignored maxTokens; its usage never came: the router bills the text.
-            return StreamDelta(content=tail, model=state.model, finish_reason="length")
         if not state.done:
             raise NetworkError(
                 f"{self.name}: stream ended early (no [DONE])", provider=self.name, model_id=model
@@ -285,12 +255,7 @@ class OpenAIProvider(Provider):
 
     async def list_models(self) -> list[ProviderModel]:
         with redact_errors(*self.secrets):
-            headers = self._headers(None)
-            data = await fetch_json(
-                self.client, "GET", _MODELS_PATH, provider=self.name, model=None,
-                max_bytes=DEFAULT_MAX_RESPONSE_BYTES, local_url=self.local_url, seen=self._observe,
-                headers=headers,
-            )
+            data = await self.fetch("GET", _MODELS_PATH, None, DEFAULT_MAX_RESPONSE_BYTES)
             entries = data.get("data") if isinstance(data, dict) else None
             if not isinstance(entries, list):
                 raise ModelError(f"{self.name}: model list has no data array", provider=self.name)
@@ -299,7 +264,7 @@ class OpenAIProvider(Provider):
             for entry in entries:
                 if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
                     continue
-                # llama.cpp reports the trained context as meta.n_ctx_train (§4.2).
+                # llama.cpp reports the trained context as meta.n_ctx_train (https://github.com/ggml-org/llama.cpp/blob/master/tools/server/README.md, GET /v1/models).
                 meta = entry.get("meta")
                 n_ctx = meta.get("n_ctx_train") if isinstance(meta, dict) else None
                 models.append(
@@ -315,26 +280,14 @@ class OpenAIProvider(Provider):
     async def is_available(self) -> bool:
         """``GET /models`` answers 2xx (llama.cpp's ``/health`` is not under ``/v1``)."""
         try:
-            headers = self._headers(None)
+            headers = self.headers(None)
         except SidecarError:
             return False
         response = await probe(self.client, _MODELS_PATH, headers=headers)
         if response is None:
             return False
-        self._observe(response)
+        self.observe(response)
         return response.is_success
-
-
-@dataclasses.dataclass(slots=True)
-class _ChatStream:
-    """What a Chat Completions stream has said so far."""
-
-    model: str
-    finish: FinishReason | None = None
-    usage: Usage | None = None
-    done: bool = False
-    #: Whether any finish_reason came, even one we do not know (mapped to None).
-    finished: bool = False
 
 
 class OpenAICompatibleProvider(OpenAIProvider):

@@ -1,0 +1,147 @@
+"""The skeleton every HTTP provider shares; a provider keeps only its wire mapping.
+
+A call passes through the same steps whatever the wire protocol: keys scrubbed from any
+error (:func:`~sidecar.providers.http.redact_errors`), transport failures mapped to typed
+errors (:func:`~sidecar.providers.http.map_http_errors`), rate-limit headers observed, an
+error status raised with the provider's own message, the body read within
+``maxResponseBytes``, and for a stream: frames read one by one, the answer guarded
+(size, output-token ceiling, secrets split across chunks), the terminator required, and
+the rest of the body read so the connection goes back to the pool.
+
+A subclass says only what differs: its path, its headers and body, how one answer or
+one stream frame reads, and how a stream ends.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
+
+import httpx
+import orjson
+
+from sidecar.providers.base import Completion, Provider, ProviderRequest, StreamDelta
+from sidecar.providers.guard import AnswerGuard
+from sidecar.providers.http import (
+    aiter_ndjson,
+    aiter_sse,
+    fetch_json,
+    finish_body,
+    map_http_errors,
+    parse_rate_limit,
+    raise_for_error,
+    redact_errors,
+)
+
+__all__ = ["HttpProvider", "StreamState"]
+
+
+class StreamState(Protocol):
+    """What the skeleton reads of a provider's per-stream state."""
+
+    model: str
+    #: The protocol's terminator arrived (``[DONE]``, ``message_stop``, ``done: true``).
+    done: bool
+
+
+S = TypeVar("S", bound=StreamState)
+
+
+class HttpProvider(Provider, Generic[S]):
+    """A provider over HTTP: the shared steps of :meth:`generate` and :meth:`stream`."""
+
+    #: Where chat requests go, relative to the base URL.
+    chat_path: ClassVar[str]
+    #: How a stream is framed: server-sent events or one JSON object per line.
+    framing: ClassVar[Literal["sse", "ndjson"]]
+
+    # -- what each provider says ----------------------------------------------------
+
+    @abc.abstractmethod
+    def headers(self, model: str | None) -> dict[str, str]:
+        """The request headers (the key, the configured extra headers)."""
+
+    @abc.abstractmethod
+    def chat_body(self, request: ProviderRequest, *, stream: bool) -> dict[str, Any]:
+        """The wire body of one chat request."""
+
+    @abc.abstractmethod
+    def completion(self, data: Any, request: ProviderRequest) -> Completion:
+        """One non-streamed answer, from its parsed body (raises on an error envelope)."""
+
+    @abc.abstractmethod
+    def stream_state(self, request: ProviderRequest) -> S:
+        """A fresh state for one stream."""
+
+    @abc.abstractmethod
+    def read_frame(self, frame: Any, state: S, model: str) -> str | None:
+        """Read one SSE event or NDJSON line into ``state``; its text, if any."""
+
+    @abc.abstractmethod
+    def stream_end(self, state: S, guard: AnswerGuard, model: str) -> StreamDelta:
+        """The last delta (held-back text, finish reason, usage), or the error of a stream
+        that ended without its terminator."""
+
+    def output_limit(self, body: dict[str, Any]) -> int | None:
+        """The output-token limit the body really carries, when it differs from the
+        request's (a default the API requires)."""
+        return None
+
+    # -- the shared steps -------------------------------------------------------------
+
+    def observe(self, response: httpx.Response) -> None:
+        self.last_rate_limit = parse_rate_limit(response.headers)
+
+    async def fetch(self, method: str, path: str, model: str | None, max_bytes: int, **kwargs: Any) -> Any:
+        """One non-streamed request: its parsed JSON body, or the typed error."""
+        return await fetch_json(
+            self.client, method, path, provider=self.name, model=model, max_bytes=max_bytes,
+            local_url=self.local_url, seen=self.observe, headers=self.headers(model), **kwargs,
+        )
+
+    async def generate(self, request: ProviderRequest) -> Completion:
+        with redact_errors(*self.secrets):
+            body = self.chat_body(request, stream=False)
+            data = await self.fetch("POST", self.chat_path, request.model, request.max_response_bytes,
+                                    content=orjson.dumps(body))
+            return self.guarded(self.completion(data, request), self.answer_guard(request, self.output_limit(body)))
+
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamDelta, None]:
+        with redact_errors(*self.secrets):
+            headers = self.headers(request.model)
+            body = self.chat_body(request, stream=True)
+            state = self.stream_state(request)
+            guard = self.answer_guard(request, self.output_limit(body))
+            with map_http_errors(self.name, request.model, local_url=self.local_url):
+                # Opened inside the generator: aclose() or cancelling the consumer exits
+                # this block, which closes the upstream connection.
+                async with self.client.stream(
+                    "POST", self.chat_path, content=orjson.dumps(body), headers=headers
+                ) as response:
+                    self.observe(response)
+                    await raise_for_error(response, provider=self.name, model=request.model)
+                    frames = self._frames(response, request.max_response_bytes)
+                    async for frame in frames:
+                        text = self.read_frame(frame, state, request.model)
+                        if state.done:
+                            break
+                        piece = guard.feed(text) if text else ""
+                        if piece:
+                            yield StreamDelta(content=piece, model=state.model)
+                        if guard.cut:
+                            break  # far past the output limit: leaving the block closes upstream
+                    if state.done:
+                        await finish_body(frames)  # the connection goes back to the pool
+            if guard.cut:
+                # The server ignored the output limit; its usage never came: the router
+                # bills the text that arrived.
+                yield StreamDelta(content=guard.flush(), model=state.model, finish_reason="length")
+                return
+            yield self.stream_end(state, guard, request.model)
+
+    def _frames(self, response: httpx.Response, max_bytes: int) -> AsyncIterator[Any]:
+        if self.framing == "sse":
+            return aiter_sse(response, max_bytes)
+        # Split on the byte \n only: U+2028/U+2029 stay inside a line.
+        return aiter_ndjson(response, max_bytes)
