@@ -193,12 +193,16 @@ class ProviderError(SidecarError):
         status: int | None = None,
         retry_after_ms: int | None = None,
         extra: dict[str, Any] | None = None,
+        upstream: str | None = None,
     ) -> None:
         super().__init__(
             message, provider=provider, model_id=model_id, retryable=retryable, extra=extra
         )
         self.status = status
         self.retry_after_ms = retry_after_ms
+        #: The provider's own error text, as it sent it: what a provider module may
+        #: classify (which parameter a server refused); our message is for people.
+        self.upstream = upstream
 
     @property
     def may_retry_same(self) -> bool:

@@ -322,7 +322,7 @@ def error_from_status(
     """Map an HTTP error response to the contract's typed error, keeping the message."""
     message, err_type, code = read_error_body(body)
     text = f"{provider}: {message or f'HTTP {status}'}"
-    ctx: dict[str, Any] = {"provider": provider, "model_id": model, "status": status}
+    ctx: dict[str, Any] = {"provider": provider, "model_id": model, "status": status, "upstream": message}
     retry_after = parse_retry_after_ms(headers)
     should_retry = headers.get("x-should-retry")
     retryable = None if should_retry is None else should_retry.strip().lower() == "true"
@@ -373,7 +373,7 @@ def error_from_payload(error: object, *, provider: str, model: str | None) -> Pr
     else:
         message, err_type, code = (error if isinstance(error, str) else None), "", ""
     text = f"{provider}: {message or 'error in stream'}"
-    ctx: dict[str, Any] = {"provider": provider, "model_id": model}
+    ctx: dict[str, Any] = {"provider": provider, "model_id": model, "upstream": message}
     if err_type:
         ctx["extra"] = {"providerType": err_type}
     if err_type in _PAYLOAD_RATE_LIMIT or code == "rate_limit_exceeded":

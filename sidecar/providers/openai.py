@@ -319,7 +319,7 @@ class OpenAICompatibleProvider(OpenAIProvider):
             not self.flat_schema_format
             and isinstance(form, dict) and form.get("type") == "json_schema"
             and not isinstance(exc, (NetworkError, RateLimitError, AuthenticationError))
-            and "response_format" in str(exc)
+            and "response_format" in (exc.upstream or "")
         )
 
     async def generate(self, request: ProviderRequest) -> Completion:
