@@ -18,7 +18,7 @@ from sidecar.core.registry import ModelRegistry
 from sidecar.core.stats import StatsBook
 from sidecar.errors import NetworkError, SidecarError
 from sidecar.providers.base import Provider, ProviderModel
-from sidecar.providers.http import LocalServerDown
+from sidecar.providers.failures import LocalServerDown
 
 __all__ = ["CACHE_TTL_S", "LIST_TIMEOUT_S", "ModelLister"]
 

@@ -22,14 +22,9 @@ import orjson
 
 from sidecar.errors import ModelError, NetworkError, SidecarError
 from sidecar.providers.base import Provider
-from sidecar.providers.http import (
-    DEFAULT_CONNECT_TIMEOUT_S,
-    as_count,
-    loads_body,
-    map_http_errors,
-    raise_for_error,
-    redact_errors,
-)
+from sidecar.providers.failures import map_http_errors, redact_errors
+from sidecar.providers.framing import as_count, loads_body
+from sidecar.providers.http import DEFAULT_CONNECT_TIMEOUT_S, raise_for_error
 
 __all__ = ["MAX_PULL_LINE_BYTES", "Progress", "ProgressThrottle", "PullOutcome", "pull_model"]
 

@@ -67,7 +67,7 @@ class SurrogateJoiner:
     """Joins UTF-16 surrogate pairs split across pieces; lone halves become U+FFFD.
 
     ``orjson`` refuses a lone surrogate escape, so a payload carrying one is parsed by
-    the standard library (see :func:`sidecar.providers.http.loads_body`), which keeps it
+    the standard library (see :func:`sidecar.providers.framing.loads_body`), which keeps it
     as a lone code point. A server that cuts its text by UTF-16 units (as JavaScript's
     ``String.slice`` does) sends ``"\\ud83d"`` at the end of one delta and ``"\\ude00"``
     at the start of the next.

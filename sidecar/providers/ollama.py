@@ -22,14 +22,10 @@ from sidecar.providers.base import (
     StreamDelta,
     Usage,
 )
+from sidecar.providers.failures import redact_errors
+from sidecar.providers.framing import as_count, loads_body, text_or
 from sidecar.providers.guard import DEFAULT_MAX_RESPONSE_BYTES, AnswerGuard
-from sidecar.providers.http import (
-    as_count,
-    loads_body,
-    probe,
-    redact_errors,
-    text_or,
-)
+from sidecar.providers.http import probe
 from sidecar.providers.skeleton import HttpProvider
 
 __all__ = ["OllamaProvider", "build_chat_body", "map_done_reason", "map_usage"]

@@ -30,16 +30,10 @@ from sidecar.providers.base import (
     StreamDelta,
     Usage,
 )
+from sidecar.providers.failures import error_from_payload, redact_errors
+from sidecar.providers.framing import SSEEvent, as_count, loads_body, text_or
 from sidecar.providers.guard import DEFAULT_MAX_RESPONSE_BYTES, AnswerGuard
-from sidecar.providers.http import (
-    SSEEvent,
-    as_count,
-    error_from_payload,
-    loads_body,
-    probe,
-    redact_errors,
-    text_or,
-)
+from sidecar.providers.http import probe
 from sidecar.providers.skeleton import HttpProvider
 
 __all__ = [

@@ -1,8 +1,8 @@
 """The skeleton every HTTP provider shares; a provider keeps only its wire mapping.
 
 A call passes through the same steps whatever the wire protocol: keys scrubbed from any
-error (:func:`~sidecar.providers.http.redact_errors`), transport failures mapped to typed
-errors (:func:`~sidecar.providers.http.map_http_errors`), rate-limit headers observed, an
+error (:func:`~sidecar.providers.failures.redact_errors`), transport failures mapped to typed
+errors (:func:`~sidecar.providers.failures.map_http_errors`), rate-limit headers observed, an
 error status raised with the provider's own message, the body read within
 ``maxResponseBytes``, and for a stream: frames read one by one, the answer guarded
 (size, output-token ceiling, secrets split across chunks), the terminator required, and
@@ -22,17 +22,11 @@ import httpx
 import orjson
 
 from sidecar.providers.base import Completion, Provider, ProviderRequest, StreamDelta
+from sidecar.providers.failures import map_http_errors, redact_errors
+from sidecar.providers.framing import aiter_ndjson, aiter_sse, finish_body
 from sidecar.providers.guard import AnswerGuard
-from sidecar.providers.http import (
-    aiter_ndjson,
-    aiter_sse,
-    fetch_json,
-    finish_body,
-    map_http_errors,
-    parse_rate_limit,
-    raise_for_error,
-    redact_errors,
-)
+from sidecar.providers.headers import parse_rate_limit
+from sidecar.providers.http import fetch_json, raise_for_error
 
 __all__ = ["HttpProvider", "StreamState"]
 

@@ -22,7 +22,7 @@ from sidecar.errors import (
     ValidationError,
 )
 from sidecar.providers.base import StreamDelta
-from sidecar.providers.http import LocalServerDown
+from sidecar.providers.failures import LocalServerDown
 from tests.fakes import CutStream, Drip, Error, Hang, Malformed, MidStreamError, Raw, Reply
 from tests.providers.conftest import API_KEY, Harness, run
 

@@ -1,0 +1,196 @@
+"""Reading provider bodies: stream framing and JSON payloads, all bounded.
+
+Stream bodies are split as bytes, on ``\\n`` only (NDJSON) or on ``\\r\\n``, ``\\r``,
+``\\n`` (SSE): never by ``str.splitlines``, which would also split on U+2028/U+2029 that
+JSON leaves raw. Every line, event and body is bounded (see
+:mod:`sidecar.providers.guard`), so no server can make the sidecar buffer without end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import httpx_sse
+import orjson
+
+from sidecar.errors import (
+    ModelError,
+)
+from sidecar.providers.failures import ResponseTooLarge
+
+__all__ = [
+    "FINISH_BODY_TIMEOUT_S",
+    "MAX_TOKEN_COUNT",
+    "SSEEvent",
+    "aiter_ndjson",
+    "aiter_sse",
+    "as_count",
+    "finish_body",
+    "loads_body",
+    "text_or",
+]
+
+
+#: Token counts above this are nonsense from a broken server; clamping keeps sums exact
+#: for JavaScript hosts and inside JSON's safe integer range.
+MAX_TOKEN_COUNT = 2**40
+
+
+def as_count(value: object) -> int:
+    """A token count from a provider body: an int clamped to 0..2^40; anything else is 0."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return min(max(value, 0), MAX_TOKEN_COUNT)
+    return 0
+
+
+def text_or(value: object, default: str) -> str:
+    """``value`` when it is a non-empty string, else ``default``."""
+    return value if isinstance(value, str) and value else default
+
+
+#: A ``\\uD800``-``\\uDFFF`` escape: half of a surrogate pair, which orjson refuses alone.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def loads_body(body: bytes | str, *, provider: str, model: str | None) -> Any:
+    """Parse a JSON body or stream payload; garbage becomes a retryable :class:`ModelError`.
+
+    A payload with a lone surrogate escape (half an emoji, from a server that cut its text
+    by UTF-16 units) is valid JSON that orjson refuses: the standard library parses it,
+    and :class:`~sidecar.providers.guard.SurrogateJoiner` mends the text afterwards.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+        if _SURROGATE_ESCAPE.search(raw):
+            try:
+                return json.loads(raw, parse_constant=_no_constant)
+            except ValueError:
+                pass
+        snippet = raw[:80].decode("utf-8", "replace")
+        raise ModelError(
+            f"{provider}: malformed JSON from the provider ({snippet!r})",
+            provider=provider,
+            model_id=model,
+        ) from exc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_SSE_EOL = re.compile(rb"\r\n|\r|\n")
+
+
+_LF = re.compile(rb"\n")
+
+
+async def _aiter_lines(response: httpx.Response, max_bytes: int, *, sse: bool) -> AsyncIterator[bytes]:
+    """The lines of a body as bytes, none longer than ``max_bytes`` (:class:`ResponseTooLarge`).
+
+    Split on bytes, so a multi-byte UTF-8 character cut between two reads is whole again
+    in its line; SSE lines end at ``\r\n``, ``\r`` or ``\n``, NDJSON lines at ``\n``
+    only. A long line is kept as a list of pieces: no copy grows per read.
+    """
+    eol = _SSE_EOL if sse else _LF
+    parts: list[bytes] = []
+    size = 0
+    skip_lf = False  # a \r ended the last read; a \n opening this one belongs to it
+    async for chunk in response.aiter_bytes():
+        if not chunk:
+            continue
+        if skip_lf and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        skip_lf = sse and chunk.endswith(b"\r")
+        pos = 0
+        for match in eol.finditer(chunk):
+            piece = chunk[pos:match.start()]
+            if size + len(piece) > max_bytes:
+                raise ResponseTooLarge("stream line", max_bytes)
+            parts.append(piece)
+            yield b"".join(parts)
+            parts, size, pos = [], 0, match.end()
+        rest = chunk[pos:]
+        if rest:
+            size += len(rest)
+            if size > max_bytes:
+                raise ResponseTooLarge("stream line", max_bytes)
+            parts.append(rest)
+    if parts:
+        yield b"".join(parts)
+
+
+async def aiter_ndjson(response: httpx.Response, max_bytes: int) -> AsyncIterator[bytes]:
+    """Yield the non-empty lines of an NDJSON body, split on the byte ``\n`` only."""
+    async for line in _aiter_lines(response, max_bytes, sse=False):
+        line = line.rstrip(b"\r")
+        if line.strip():
+            yield line
+
+
+#: How long the end of a body may take to arrive after the stream's terminator.
+FINISH_BODY_TIMEOUT_S = 0.1
+
+
+async def finish_body(rest: AsyncIterator[object], *, limit: int = 64) -> None:
+    """Read what follows a stream's terminator (``[DONE]``, ``message_stop``, ``done``).
+
+    Breaking out at the terminator leaves the end of the chunked body unread, and httpx
+    then closes the connection instead of pooling it: every stream would pay a new TCP
+    (and TLS) handshake. A server that does not end the body promptly, or keeps sending,
+    just loses the connection; nothing here fails the answer already received.
+    """
+    try:
+        async with asyncio.timeout(FINISH_BODY_TIMEOUT_S):
+            count = 0
+            async for _ in rest:
+                count += 1
+                if count >= limit:
+                    return
+    except (TimeoutError, httpx.HTTPError):
+        return
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One dispatched Server-Sent Event: its type (``message`` when unnamed) and data."""
+
+    event: str
+    data: bytes
+
+
+async def aiter_sse(response: httpx.Response, max_bytes: int) -> AsyncIterator[SSEEvent]:
+    """Yield the events of an SSE body (WHATWG HTML, "Parsing an event stream").
+
+    An event's data may not pass ``max_bytes`` (:class:`ResponseTooLarge`); an event left
+    without its closing blank line at the end of the body is dropped, as the spec says.
+    """
+    content_type = response.headers.get("content-type", "").partition(";")[0]
+    if "text/event-stream" not in content_type:
+        raise httpx_sse.SSEError(f"got Content-Type {content_type[:60]!r}")
+    name = b""
+    data: list[bytes] = []
+    size = 0
+    async for line in _aiter_lines(response, max_bytes, sse=True):
+        if not line:
+            if data or name:
+                yield SSEEvent(name.decode("utf-8", "replace") or "message", b"\n".join(data))
+            name, data, size = b"", [], 0
+            continue
+        field, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if field == b"data":
+            size += len(value) + 1
+            if size > max_bytes:
+                raise ResponseTooLarge("stream event", max_bytes)
+            data.append(value)
+        elif field == b"event":
+            name = value
