@@ -188,6 +188,7 @@ def _as_str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+_NO_CREDIT = re.compile(r"credit balance is too low", re.IGNORECASE)
 _CONTEXT_PATTERNS = re.compile(
     r"context[_ ]length|context window|maximum context|prompt is too long|too many tokens"
     r"|exceeds the context|input is too long|num_ctx|available context size|exceed_context_size",
@@ -230,6 +231,11 @@ def error_from_status(
         return ModelError(text, retryable=False if retryable is None else retryable, **ctx)
     if status >= 500 or status == 409:
         return ModelError(text, retry_after_ms=retry_after, retryable=retryable, **ctx)
+    if message and _NO_CREDIT.search(message):
+        # Anthropic answers an exhausted credit balance with 400 invalid_request_error
+        # (https://docs.anthropic.com/en/api/errors): the account, not the request, is at
+        # fault, so another provider may serve it.
+        return AuthenticationError(text, retryable=False, **ctx)
     too_long = (
         code == "context_length_exceeded"
         or err_type == "exceed_context_size_error"  # llama.cpp server

@@ -21,6 +21,7 @@ import orjson
 
 from sidecar.errors import (
     ModelError,
+    SidecarError,
 )
 from sidecar.providers.failures import ResponseTooLarge
 
@@ -154,7 +155,9 @@ async def finish_body(rest: AsyncIterator[object], *, limit: int = 64) -> None:
                 count += 1
                 if count >= limit:
                     return
-    except (TimeoutError, httpx.HTTPError):
+    except (TimeoutError, httpx.HTTPError, ResponseTooLarge, SidecarError):
+        # Whatever follows the terminator (an oversized or garbled line included) costs
+        # the connection, never the answer.
         return
 
 

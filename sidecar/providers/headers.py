@@ -9,6 +9,7 @@ Anthropic: https://docs.anthropic.com/en/api/rate-limits#response-headers.
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -23,30 +24,40 @@ __all__ = [
 ]
 
 
+#: Header values are clamped here: a hostile server's ``inf`` or 400-digit number must
+#: neither crash the request nor reach a host as an integer JavaScript cannot hold.
+_MAX_HEADER_VALUE = 10**12
+
+
+def _number(raw: str) -> float | None:
+    """A finite, non-negative number from a header value, clamped; None otherwise."""
+    try:
+        value = float(raw)
+    except (ValueError, OverflowError):
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return min(value, float(_MAX_HEADER_VALUE))
+
+
 def parse_retry_after_ms(headers: Mapping[str, str], now: float | None = None) -> int | None:
     """Read ``retry-after-ms`` (checked first) or ``retry-after`` (seconds or HTTP-date)."""
     raw_ms = headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            value = float(raw_ms)
-        except ValueError:
-            value = -1.0
-        if value >= 0:
-            return int(value)
+    if raw_ms and (value := _number(raw_ms)) is not None:
+        return int(value)
     raw = headers.get("retry-after")
     if not raw:
         return None
-    try:
-        seconds = float(raw)
-    except ValueError:
+    seconds = _number(raw)
+    if seconds is None:
         try:
             when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError, IndexError):
             return None
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = when.timestamp() - (time.time() if now is None else now)
-    return max(0, int(seconds * 1000))
+    return max(0, int(min(seconds * 1000, _MAX_HEADER_VALUE)))
 
 
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|h|m|s)")
@@ -61,26 +72,24 @@ def parse_go_duration_ms(value: str) -> int | None:
     parts = _GO_DURATION.findall(value)
     if not parts or "".join(n + u for n, u in parts) != value:
         return None
-    return int(sum(float(n) * _UNIT_MS[u] for n, u in parts))
+    total = sum(float(n) * _UNIT_MS[u] for n, u in parts)
+    return int(total) if math.isfinite(total) and total <= _MAX_HEADER_VALUE else None
 
 
 def _rfc3339_to_ms(value: str, now: float | None) -> int | None:
     try:
         when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0, int((when.timestamp() - (time.time() if now is None else now)) * 1000))
+    ms = (when.timestamp() - (time.time() if now is None else now)) * 1000
+    return max(0, int(min(ms, _MAX_HEADER_VALUE)))
 
 
 def _int(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(float(value))
-    except ValueError:
-        return None
+    number = None if value is None else _number(value)
+    return None if number is None else int(number)
 
 
 def parse_rate_limit(headers: Mapping[str, str], now: float | None = None) -> RateLimitSnapshot | None:

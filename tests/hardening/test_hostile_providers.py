@@ -189,6 +189,8 @@ def test_a_stream_far_past_max_tokens_is_stopped_and_billed_for_what_arrived(spa
     spent = usage["daily"]["spentUsd"]
     assert spent < 0.2, usage  # the server's 4,101 tokens would have cost 4.10
     assert usage["byProvider"][name]["completionTokens"] <= 140
+    # The response's costUsd is what the ledger holds, though the server's usage never came.
+    assert result["metadata"]["costUsd"] == pytest.approx(spent, abs=1e-6) and spent > 0
 
 
 @pytest.mark.parametrize("fake", ["llamacpp", "anthropic", "ollama"], indirect=True)

@@ -386,3 +386,50 @@ async def test_a_key_with_surrounding_whitespace_is_sent_trimmed(harness: Harnes
     assert result.content == "fine"
     headers = harness.server.requests[0].headers
     assert API_KEY in (headers.get("authorization", "") + headers.get("x-api-key", ""))
+
+
+HOSTILE_HEADERS = {
+    "x-ratelimit-remaining-requests": "inf",
+    "x-ratelimit-reset-requests": "9" * 400 + "h",
+    "anthropic-ratelimit-requests-remaining": "1e999",
+    "anthropic-ratelimit-requests-reset": "99999-01-01T00:00:00Z",
+    "retry-after": "nan",
+    "retry-after-ms": "-inf",
+}
+
+
+async def test_hostile_rate_limit_headers_are_ignored_not_fatal(harness: Harness, streaming: bool) -> None:
+    # Regression: float('inf') -> int raised OverflowError out of the header parser, so the
+    # answer ended as an internal error with no retry or fallback.
+    harness.server.enqueue(Reply("still fine", headers=HOSTILE_HEADERS))
+    provider = harness.make()
+    result = await run(provider, harness.request(), streaming)
+    assert result.content == "still fine"
+    snapshot = provider.last_rate_limit
+    assert snapshot is None or (snapshot.remaining_requests is None and snapshot.reset_requests_ms is None)
+
+
+async def test_a_429_with_hostile_retry_after_is_still_a_rate_limit_error(harness: Harness, streaming: bool) -> None:
+    harness.server.enqueue(Error(429, headers={"retry-after": "1e999", "retry-after-ms": "nan"}))
+    exc = await expect_error(harness, streaming, RateLimitError)
+    assert exc.retry_after_ms is None
+
+
+async def test_anthropic_credit_exhaustion_may_fall_back(anthropic: Harness, streaming: bool) -> None:
+    # Anthropic sends an exhausted credit balance as 400 invalid_request_error: the
+    # account is at fault, not the request, so another provider may serve it.
+    anthropic.server.enqueue(Error(400, message="Your credit balance is too low to access the Anthropic API. "
+                                                "Please go to Plans & Billing to upgrade or purchase credits."))
+    exc = await expect_error(anthropic, streaming, AuthenticationError)
+    assert not exc.retryable and exc.may_fall_back and exc.provider_wide
+
+
+async def test_an_oversized_line_after_the_terminator_costs_the_connection_not_the_answer(openai: Harness) -> None:
+    # Regression: finish_body let ResponseTooLarge out, so a complete, relayed answer
+    # ended as a ModelError.
+    chunk = {"id": "c", "object": "chat.completion.chunk", "model": openai.model,
+             "choices": [{"index": 0, "delta": {"content": "hello world"}, "finish_reason": "stop"}]}
+    body = b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\ndata: " + b"x" * 5000 + b"\n\n"
+    openai.server.enqueue(Raw(body=body, content_type="text/event-stream"))
+    result = await run(openai.make(), openai.request(max_response_bytes=1000), True)
+    assert result.content == "hello world" and result.finish_reason == "stop"

@@ -48,6 +48,7 @@ class Billed:
         if self.budget is None:
             completion = await self.inner(run, attempt)
             attempt.used_tokens = completion.usage.total_tokens if completion.usage else None
+            attempt.cost_usd = attempt.candidate.cost_usd(_billed_usage(run, completion))
             return completion
         candidate = attempt.candidate
         reservation = await self.budget.reserve(
@@ -59,14 +60,13 @@ class Billed:
             outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "failed"
             await asyncio.shield(self._settle_partial(run, attempt, reservation, outcome))
             raise
-        usage = completion.usage
-        attempt.used_tokens = usage.total_tokens if usage else None
-        estimated = usage is None
-        if usage is None:  # a server that reports no usage: bill the estimate
-            usage = Usage(run.decision.prompt_tokens, tokens.estimate_text(completion.content))
+        attempt.used_tokens = completion.usage.total_tokens if completion.usage else None
+        usage = _billed_usage(run, completion)
+        # What the response reports as costUsd is what the ledger holds.
+        attempt.cost_usd = candidate.cost_usd(usage)
         await asyncio.shield(self.budget.settle(
-            reservation, cost_usd=candidate.cost_usd(usage), prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens, outcome="ok", estimated=estimated))
+            reservation, cost_usd=attempt.cost_usd, prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens, outcome="ok", estimated=completion.usage is None))
         return completion
 
     async def _settle_partial(self, run: Run, attempt: Try, reservation: Any, outcome: str) -> None:
@@ -83,3 +83,10 @@ class Billed:
                                  completion_tokens=usage.completion_tokens, outcome="partial", estimated=True)
         log.info("billed_partial", provider=candidate.provider, model=candidate.model, outcome=outcome,
                  completion_tokens=usage.completion_tokens)
+
+
+def _billed_usage(run: Run, completion: Completion) -> Usage:
+    """The provider's usage; for a server that reports none, our estimate."""
+    if completion.usage is not None:
+        return completion.usage
+    return Usage(run.decision.prompt_tokens, tokens.estimate_text(completion.content))

@@ -136,7 +136,8 @@ class Retrying:
         if run.stream is not None and run.stream.first_chunk_at is not None:
             ttft = (run.stream.first_chunk_at - started) * 1000
         return Outcome(completion, candidate, run.attempts, (now - started) * 1000, ttft,
-                       candidate.cost_usd(completion.usage), run.decision)
+                       attempt.cost_usd if attempt.cost_usd is not None else candidate.cost_usd(completion.usage),
+                       run.decision)
 
 
 def _retry_policy(name: str, cfg: ModelConfig) -> tuple[str, int]:

@@ -72,6 +72,8 @@ class Try:
     used_tokens: int | None = None
     #: When the provider call itself began (after admission and reservation).
     started_at: float | None = None
+    #: What the attempt was billed (estimated when the server reported no usage).
+    cost_usd: float | None = None
 
 
 class Call(Protocol):
