@@ -244,6 +244,8 @@ class ManagedServer:
         self._watch_fd: int | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
+        #: Why the last :meth:`stop` happened, for the requests whose start it cut short.
+        self._stop_reason = "its config changed"
         self._pumps: list[asyncio.Task[None]] = []
         #: Every process started and not yet reaped (a stop in progress included).
         self._live: set[asyncio.subprocess.Process] = set()
@@ -256,6 +258,11 @@ class ManagedServer:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether a process it started has not been reaped yet."""
+        return bool(self._live)
 
     def health(self) -> LocalServerHealth:
         return LocalServerHealth(state=self.state, pid=self.pid, port=self.spec.port, restarts=self.restarts,
@@ -286,10 +293,22 @@ class ManagedServer:
                 if self._start_task is None:
                     self._start_task = asyncio.get_running_loop().create_task(self._start())
                     self._start_task.add_done_callback(_retrieve)
-                await asyncio.shield(self._start_task)
+                await self._await_start(self._start_task)
         except BaseException:
             self.release(ok=False)
             raise
+
+    async def _await_start(self, start: asyncio.Task[None]) -> None:
+        """Wait for ``start``; a start stopped by :meth:`stop` (not by our own cancellation)
+        is a retryable ModelError: the server entry was replaced or the sidecar is stopping."""
+        try:
+            await asyncio.shield(start)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not start.cancelled() or (current is not None and current.cancelling()):
+                raise
+            raise ModelError(f"local model server of {self.spec.name!r}: stopped, {self._stop_reason}",
+                             provider=self.spec.name, retryable=True) from None
 
     def release(self, *, ok: bool) -> None:
         self._users -= 1
@@ -385,6 +404,9 @@ class ManagedServer:
             os.close(write_fd)
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise self.error(f"cannot run {spec.argv[0]!r}: {reason}") from None
+        except BaseException:  # cancelled meanwhile: nothing holds the write end yet
+            os.close(write_fd)
+            raise
         finally:
             os.close(read_fd)
         self._proc, self._watch_fd = proc, write_fd
@@ -465,8 +487,9 @@ class ManagedServer:
                 os.close(self._watch_fd)
             self._watch_fd = None
 
-    async def stop(self, grace: float) -> None:
+    async def stop(self, grace: float, reason: str = "its config changed") -> None:
         """Stop the server (SIGTERM to its group, SIGKILL after ``grace``); back to ``stopped``."""
+        self._stop_reason = reason
         self._cancel_idle()
         task = self._start_task
         if task is not None:
@@ -540,6 +563,9 @@ class ServerManager:
         #: name → why the embedded server cannot run (the entry then uses its baseURL).
         self.unavailable: dict[str, str] = {}
         self._stopping: set[asyncio.Task[None]] = set()
+        #: Servers replaced by a config change whose processes may still run: ``kill_now``
+        #: reaches them too, even when their stop task was cancelled.
+        self._retired: set[ManagedServer] = set()
         #: Re-applies the provider settings (set by the app) when a server's port moved.
         self.on_port_change: Callable[[], None] = lambda: None
 
@@ -581,6 +607,8 @@ class ServerManager:
                                                     after=stopping.get(name))
 
     def _stop_later(self, server: ManagedServer) -> asyncio.Task[None] | None:
+        self._retired = {old for old in self._retired if old.running}
+        self._retired.add(server)
         try:
             task = asyncio.get_running_loop().create_task(server.stop(STOP_GRACE_S))
         except RuntimeError:  # no loop: nothing was ever started
@@ -637,8 +665,10 @@ class ServerManager:
     async def aclose(self, grace: float = 0.2) -> None:
         """Stop every server: SIGTERM, SIGKILL after ``grace``."""
         servers = list(self._servers.values())
-        await asyncio.gather(*(s.stop(grace) for s in servers), *self._stopping, return_exceptions=True)
+        await asyncio.gather(*(s.stop(grace, "the sidecar is stopping") for s in servers), *self._stopping,
+                             return_exceptions=True)
 
     def kill_now(self) -> None:
-        for server in self._servers.values():
+        """SIGKILL every server process started and not yet reaped, those still stopping included."""
+        for server in [*self._servers.values(), *self._retired]:
             server.kill_now()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.util
+import os
+import time
 from typing import Any
 
 import pytest
 
 from sidecar.core.config import config_from_doc
+from sidecar.errors import ModelError
 from sidecar.local import embedded
-from sidecar.local.managed import ServerManager, _with_port
+from sidecar.local.managed import ManagedServer, ServerManager, _with_port
 from sidecar.providers.base import ProviderSettings
 from sidecar.wire.config import LOCAL_BASE_URL, ModelConfig
 
@@ -95,3 +100,101 @@ def test_a_fixed_port_goes_into_the_base_url() -> None:
 ])
 def test_with_port(url: str, expected: str) -> None:
     assert _with_port(url, 5) == expected
+
+
+# -- start and stop, with ``sleep`` as a server that never answers its health path --------
+
+
+def _sleeper(**server: Any) -> dict[str, Any]:
+    return {"baseURL": "http://127.0.0.1:1/v1", "defaultModel": "m",
+            "server": {"command": ["sleep", "30"], "startTimeoutMs": 30000, **server}}
+
+
+def _zombie_or_gone(pid: int) -> bool:
+    """Whether ``pid`` has ended (a zombie not yet reaped counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def _starting(server: ManagedServer) -> None:
+    async with asyncio.timeout(10):
+        # The server offers no event for "process created": poll, bounded.
+        while server.pid is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_a_config_change_during_the_start_is_a_retryable_model_error_for_its_waiters() -> None:
+    manager = ServerManager(env={})
+    manager.configure(config({"enabled": False}, mine=_sleeper()))
+    server = manager.server("mine")
+    assert server is not None
+    waiters = [asyncio.create_task(server.acquire()) for _ in range(2)]
+    try:
+        await _starting(server)
+        manager.configure(config({"enabled": False}, mine=_sleeper(idleStopMs=5)))
+        async with asyncio.timeout(10):
+            results = await asyncio.gather(*waiters, return_exceptions=True)
+        for result in results:
+            assert isinstance(result, ModelError), result
+            assert result.retryable and "stopped, its config changed" in result.message
+    finally:
+        await manager.aclose()
+
+
+async def test_a_waiter_cancelled_itself_still_gets_cancelled_error() -> None:
+    manager = ServerManager(env={})
+    manager.configure(config({"enabled": False}, mine=_sleeper()))
+    server = manager.server("mine")
+    assert server is not None
+    waiter = asyncio.create_task(server.acquire())
+    try:
+        await _starting(server)
+        waiter.cancel()
+        async with asyncio.timeout(10):
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+        assert server.state == "starting"  # the start goes on for the next request
+    finally:
+        await manager.aclose()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open descriptors in /proc")
+async def test_a_start_cancelled_while_the_process_is_created_leaks_no_descriptor() -> None:
+    manager = ServerManager(env={})
+    manager.configure(config({"enabled": False}, mine=_sleeper()))
+    server = manager.server("mine")
+    assert server is not None
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        spawn = asyncio.create_task(server._spawn())
+        await asyncio.sleep(0)  # the process is forked; its pipes are being connected
+        spawn.cancel()
+        async with asyncio.timeout(10):
+            with contextlib.suppress(asyncio.CancelledError):
+                await spawn
+        await server.stop(0.0)
+    assert len(os.listdir("/proc/self/fd")) - before < 5
+    await manager.aclose()
+
+
+async def test_kill_now_reaches_a_replaced_server_that_is_still_stopping() -> None:
+    manager = ServerManager(env={})
+    manager.configure(config({"enabled": False}, mine=_sleeper()))
+    server = manager.server("mine")
+    assert server is not None
+    waiter = asyncio.create_task(server.acquire())
+    await _starting(server)
+    pid = server.pid
+    assert pid is not None
+    manager.configure(config({"enabled": False}, mine=_sleeper(idleStopMs=5)))  # its stop has not run yet
+    manager.kill_now()  # the last step of a shutdown: no await between it and the check
+    deadline = time.monotonic() + 5
+    while not _zombie_or_gone(pid):
+        assert time.monotonic() < deadline, "the replaced server's process was not killed"
+        time.sleep(0.02)  # noqa: ASYNC251 - blocking on purpose: the loop must not run the stop meanwhile
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    await manager.aclose()
