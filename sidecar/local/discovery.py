@@ -147,6 +147,8 @@ _PROBES: dict[str, int] = {
     "/system": 1 << 20,
 }
 _Answers = Mapping[str, _Answer | None]
+#: Probes take the body as sent; a server that compresses anyway is not identified.
+_IDENTITY = {"Accept-Encoding": "identity"}
 
 
 async def discover(ports: tuple[PortSpec, ...] = DEFAULT_PORTS, *, probe_timeout_s: float = PROBE_TIMEOUT_S,
@@ -180,11 +182,15 @@ async def _probe_port(client: httpx.AsyncClient, spec: PortSpec, timeout_s: floa
 
 
 async def _get(client: httpx.AsyncClient, url: str, limit: int, timeout_s: float) -> _Answer | None:
-    """One bounded GET: None when nothing (or no HTTP) answered within ``timeout_s``."""
+    """One bounded GET: None when nothing (or no HTTP) answered within ``timeout_s``.
+
+    The bound is on the bytes received: the body is asked for and read uncompressed, so a
+    compressed answer cannot inflate past ``limit`` (one gzip chunk can grow a thousandfold).
+    """
     try:
-        async with asyncio.timeout(timeout_s), client.stream("GET", url) as response:
+        async with asyncio.timeout(timeout_s), client.stream("GET", url, headers=_IDENTITY) as response:
             body = bytearray()
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_raw():
                 body += chunk
                 if len(body) > limit:
                     return _Answer(response.status_code, bytes(body[:limit]), complete=False)

@@ -6,6 +6,8 @@ so nothing running on this machine's usual ports changes the results.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -14,13 +16,15 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sidecar.local.discovery import PORTS_ENV
+from sidecar.local.discovery import PORTS_ENV, PortSpec, discover
 from tests.fakes import FakeServer, refusing_port
 from tests.fakes.local_servers import LocalServerFake, OllamaPullFake, PullScript, SilentPort
 from tests.stdio.conftest import Spawn
@@ -372,3 +376,52 @@ def test_the_progress_throttle_passes_new_statuses_and_one_completion_per_layer(
     assert throttle.admit(layer[-1])  # the interval has passed
     assert not throttle.admit(layer[-1])
     assert throttle.admit(Progress("verifying sha256 digest"))  # a new status: at once
+
+
+# -- bounds on what a loopback responder can make the sidecar hold -----------------------
+
+#: 256 MiB of zeros, gzip-compressed to about 250 KiB: a "gzip bomb".
+_BOMB_BYTES = 256 << 20
+
+
+def _gzip_bomb() -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip format
+    block = bytes(1 << 20)
+    return b"".join([*(compressor.compress(block) for _ in range(_BOMB_BYTES >> 20)), compressor.flush()])
+
+
+class _BombServer:
+    """Answers every request with a gzip bomb (whatever ``Accept-Encoding`` says); records the headers."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.accept_encodings: list[str] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        for line in head.decode("latin-1").split("\r\n"):
+            if line.lower().startswith("accept-encoding:"):
+                self.accept_encodings.append(line.split(":", 1)[1].strip())
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(self.body))
+        with contextlib.suppress(ConnectionError):
+            writer.write(self.body)
+            await writer.drain()
+        writer.close()
+
+
+async def test_discovery_probes_do_not_inflate_a_compressed_answer() -> None:
+    bomb = _BombServer(_gzip_bomb())
+    server = await asyncio.start_server(bomb.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    tracemalloc.start()
+    try:
+        found = await discover((PortSpec(port),), probe_timeout_s=5.0, deadline_s=10.0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        server.close()
+    assert found == []
+    assert bomb.accept_encodings and set(bomb.accept_encodings) == {"identity"}
+    # Seven probes of at most 2 MiB each; an inflated chunk alone would be ~64 MiB.
+    assert peak < 32 << 20, f"peak {peak >> 20} MiB while probing"
