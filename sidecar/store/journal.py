@@ -71,17 +71,26 @@ class Owner:
         return self._fd is not None
 
     def acquire(self) -> None:
-        """Create and lock this process's lock file (``OSError`` if the disk refuses)."""
+        """Create this process's lock file already locked (``OSError`` if the disk refuses).
+
+        The file is made and locked under a temporary name, then renamed into place: a
+        sweep in another process never sees the lock file unlocked, so it never takes
+        this live process for dead."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        temp = self.directory / f"{self.token}.lock.tmp"
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, b"\0")  # msvcrt locks a byte range: give it one byte
             if not _lock(fd):
-                raise OSError(f"lock {self.lock_path} is held by another process")
+                raise OSError(f"lock {temp} is held by another process")
+            os.replace(temp, self.lock_path)
         except BaseException:
             os.close(fd)
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
             raise
         self._fd = fd
+        _fsync_dir(self.directory)
 
     def release(self, *, keep_journal: bool) -> None:
         """Drop the lock and remove the files (the journal only if ``keep_journal`` is off)."""
@@ -95,15 +104,25 @@ class Owner:
             self.lock_path.unlink(missing_ok=True)
 
     def append(self, lines: list[dict[str, Any]]) -> None:
-        """Append ``lines`` to the journal and fsync it; ``OSError`` when the disk refuses."""
+        """Append ``lines`` to the journal and fsync it; ``OSError`` when the disk refuses.
+
+        A failed write is cut back to the size before it; a torn line left anyway (a
+        crash, or a failed cut) is ended with a newline first, so the next line starts
+        whole and only the torn one is skipped on replay."""
         data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
         new = not self.journal_path.exists()
-        fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            written = 0
-            while written < len(data):
-                written += os.write(fd, data[written:])
-            os.fsync(fd)
+            size = os.fstat(fd).st_size
+            if size and _byte_at(fd, size - 1) != b"\n":
+                data = b"\n" + data
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
         finally:
             os.close(fd)
         if new:
@@ -114,6 +133,17 @@ class Owner:
         of lines already applied adds nothing)."""
         with contextlib.suppress(OSError):
             self.journal_path.unlink(missing_ok=True)
+
+
+def _byte_at(fd: int, offset: int) -> bytes:
+    os.lseek(fd, offset, os.SEEK_SET)  # O_APPEND writes go to the end all the same
+    return os.read(fd, 1)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    written = 0
+    while written < len(data):
+        written += os.write(fd, data[written:])
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -169,7 +199,24 @@ def read_journal(directory: Path, token: str) -> list[dict[str, Any]]:
 
 
 def forget(directory: Path, token: str) -> None:
-    """Remove a dead owner's files once its journal and reservations are settled."""
-    for suffix in (".jsonl", ".lock"):
+    """Remove a dead owner's files once its journal and reservations are settled. The
+    lock file is removed only while this process holds its lock: one whose owner took
+    it again (or that cannot be locked) stays."""
+    lock_path = directory / f"{token}.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR if sys.platform == "win32" else os.O_RDONLY)
+    except FileNotFoundError:
+        fd = None
+    except OSError:
+        return
+    try:
+        if fd is not None and not _lock(fd):
+            return  # alive after all
         with contextlib.suppress(OSError):
-            (directory / f"{token}{suffix}").unlink(missing_ok=True)
+            (directory / f"{token}.jsonl").unlink(missing_ok=True)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                lock_path.unlink(missing_ok=True)
+    finally:
+        if fd is not None:
+            os.close(fd)

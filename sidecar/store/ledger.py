@@ -273,7 +273,14 @@ def _failure_kind(exc: BaseException) -> str | None:
         return _WRITE_FAILURES.get(int(code) & 0xFF, "io") if code is not None else "io"
     if isinstance(exc, OSError):
         return _OS_FAILURES.get(exc.errno or 0, "io")
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, _SQLITE_BUGS):
+        return "io"  # the file went bad while running ("database disk image is malformed")
     return None
+
+
+#: Errors in how the ledger uses SQLite (a broken constraint, a misused API): bugs.
+_SQLITE_BUGS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError,
+                sqlite3.NotSupportedError)
 
 
 class Ledger:
@@ -472,7 +479,7 @@ class Ledger:
     def _connect(self, target: str) -> sqlite3.Connection:
         conn = sqlite3.connect(target, isolation_level=None, timeout=RESERVE_WAIT_S)
         try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = _wal(conn)
             if target != ":memory:" and str(mode).lower() != "wal":
                 log.warning("ledger_no_wal", journal_mode=mode)
             conn.execute("PRAGMA synchronous=FULL")
@@ -496,7 +503,11 @@ class Ledger:
             raise sqlite3.OperationalError(f"ledger schema {version} is newer than this sidecar's {SCHEMA_VERSION}")
 
         def apply(db: sqlite3.Connection) -> None:
-            for target in range(version + 1, SCHEMA_VERSION + 1):
+            # Read again inside the transaction: a second sidecar starting at the same
+            # moment may have migrated the file since the read above.
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            current = int(row[0]) if row else 0
+            for target in range(current + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[target]:
                     db.execute(statement)
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
@@ -738,16 +749,31 @@ class Ledger:
             self._deferred_write(reservation_id, None, True)
             return True
         try:
-            return self._write_tx(
-                lambda db: db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,)).rowcount == 1,
-                durable=True, wait_s=self._wait_s(SETTLE_WAIT_S))
+            # Through the settle path: a reservation a sweep took for a dead process's
+            # was charged as abandoned; giving it back must undo that charge too.
+            return self._write_tx(lambda db: self._release_open(db, reservation_id),
+                                  durable=True, wait_s=self._wait_s(SETTLE_WAIT_S))
         except LedgerWriteError:
             self._defer(_Deferred(uuid.uuid4().hex, reservation_id, None))
             return True
 
+    def _release_open(self, db: sqlite3.Connection, reservation_id: int) -> bool:
+        """Release one reservation through :meth:`_apply`; whether it was still ours (open,
+        or charged as abandoned by a sweep)."""
+        held = db.execute("SELECT 1 FROM reservations WHERE id = ? UNION ALL SELECT 1 FROM usage"
+                          " WHERE reservation_id = ? AND outcome = ?",
+                          (reservation_id, reservation_id, ABANDONED)).fetchone() is not None
+        self._apply(db, _Deferred(uuid.uuid4().hex, reservation_id, None), keyed=False)
+        return held
+
     def _reserve(self, ts_ms: int, request_id: str, provider: str, model: str, amount: int,
                  caps: tuple[Cap, ...], block: bool) -> ReserveResult:
         self._writable()
+        if amount > 0 and not self._owner.held:
+            # Without the owner lock another sidecar's sweep would take this process for
+            # dead and charge its open reservations as abandoned.
+            raise LedgerWriteError(self.path, "unavailable", self.report.problem
+                                   or f"this process does not hold {self._owner.lock_path}")
         if time.monotonic() >= self._next_sweep:  # another sidecar may have died meanwhile
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
             self._settle_dead_owners()
@@ -841,3 +867,21 @@ def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
         return (int(code) & 0xFF) in _CORRUPT_CODES
     # Raised by our own quick_check, or without an error code.
     return not isinstance(exc, sqlite3.OperationalError)
+
+
+#: How long opening waits for another process that holds the file while it switches it
+#: to WAL (two sidecars starting at once).
+_WAL_WAIT_S = 5.0
+
+
+def _wal(conn: sqlite3.Connection) -> str:
+    """Switch to WAL, waiting out another process's brief hold on the file."""
+    deadline = time.monotonic() + _WAL_WAIT_S
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
