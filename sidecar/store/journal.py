@@ -12,7 +12,8 @@ by the process's *token* (``<pid>-<random hex>``, new at every start):
   could not commit (locked past its wait, read-only, disk full). Every append is
   fsynced before the answer it belongs to is sent. Each line carries a unique ``key``,
   stored with the row it becomes, so replaying a journal twice adds nothing. A torn
-  last line (a crash mid-write) is skipped: its answer was never sent.
+  line (a crash or a failed write) is skipped: its answer was never sent. The next
+  append starts on a new line, so it never glues onto a torn one.
 """
 
 from __future__ import annotations

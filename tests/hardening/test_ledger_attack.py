@@ -382,3 +382,22 @@ def test_pid_of_a_live_sidecar_is_recorded_with_its_reservation(spawn: Spawn, fa
     db.close()
     assert pid == sidecar.proc.pid and owner
     assert "result" in sidecar.response(call)
+
+
+def test_paid_calls_are_refused_when_the_owner_lock_cannot_be_taken(spawn: Spawn, fakes: dict[str, Any],
+                                                                     tmp_path: Path) -> None:
+    """Without its owner lock a sidecar would look dead to another one's sweep, which would
+    charge its open reservations as abandoned: paid calls are refused, free ones served."""
+    fakes["local-llm"].set_default(Reply("ok", usage=USAGE))
+    data_dir = tmp_path / "nolock"
+    data_dir.mkdir()
+    (data_dir / "usage-journal").write_bytes(b"")  # a file where the lock directory belongs
+    sidecar = spawn(paid_config(fakes), data_dir=data_dir)
+    error = sidecar.call("model:generate", PAID)["error"]
+    assert (error["code"], error["data"]["type"]) == (-32009, "StorageError"), error
+    assert "cannot lock" in error["data"]["reason"]
+    assert fakes["local-llm"].requests == []
+    assert "result" in sidecar.call("model:generate", FREE)
+    ledger = sidecar.result("model:health")["ledger"]
+    assert ledger["status"] == "persistent" and "cannot lock" in ledger["problem"], ledger
+    assert ledger_state(data_dir) == ([("ok", 0)], 0)
