@@ -53,6 +53,7 @@ from sidecar.wire.model import ModelInfo
 
 __all__ = ["SHUTDOWN_BUDGET_S", "SHUTDOWN_HARD_LIMIT_S", "Lifecycle", "Services", "build_channels", "serve"]
 
+SHUTDOWN_METHOD = "sidecar:shutdown"
 #: ``notify(method, params)``: one notification to the host.
 Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -84,6 +85,8 @@ class Services:
     servers: ServerManager
     #: Providers' model lists, cached for ``model:list-models`` and ``model:pull``.
     lister: ModelLister[list[ModelInfo]]
+    #: The environment the sidecar was started with (keys, discovery ports, test hooks).
+    env: Mapping[str, str]
 
     @classmethod
     def build(cls, data_dir: Path, env: Mapping[str, str], redactor: Redactor, *,
@@ -110,7 +113,8 @@ class Services:
         config.on_change(lambda cfg: _configure_limits(limits, cfg))
         router = Router(pool, lambda: config.config, stats, planner, budget=budget, limits=limits)
         return cls(config=config, pool=pool, router=router, stats=stats, registry=registry, budget=budget,
-                   ledger=ledger, limits=limits, servers=servers, lister=ModelLister(pool, registry, stats))
+                   ledger=ledger, limits=limits, servers=servers, lister=ModelLister(pool, registry, stats),
+                   env=env)
 
 
 def _provider_pool(config: ConfigManager, servers: ServerManager, env: Mapping[str, str],
@@ -148,15 +152,23 @@ class Lifecycle:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     clock: StopClock = field(default_factory=StopClock)
     dispatcher: Dispatcher | None = None
+    #: The ``sidecar:shutdown`` request being served: answered ``{}``, never cancelled.
+    shutdown_id: RequestId | None = None
 
     async def begin_shutdown(self, keep: RequestId | None = None) -> None:
-        """Stop accepting, cancel in-flight requests but ``keep`` (answered), then stop the loop."""
+        """Stop accepting, cancel in-flight requests but ``keep`` (answered), then stop the loop.
+
+        The loop is stopped whatever happens here (a host that cancels its own
+        ``sidecar:shutdown`` still gets the orderly shutdown, not the watchdog's)."""
         self.clock.start()
+        self.shutdown_id = keep
         dispatcher = self.dispatcher
-        if dispatcher is not None:
-            dispatcher.accepting = False
-            await dispatcher.cancel_all(reason="shutdown", timeout=SHUTDOWN_BUDGET_S / 2, keep=keep)
-        asyncio.get_running_loop().call_soon(self.stop.set)
+        try:
+            if dispatcher is not None:
+                dispatcher.accepting = False
+                await dispatcher.cancel_all(reason="shutdown", timeout=SHUTDOWN_BUDGET_S / 2, keep=keep)
+        finally:
+            asyncio.get_running_loop().call_soon(self.stop.set)
 
 
 def build_channels(services: Services, lifecycle: Lifecycle) -> dict[str, Channel]:
@@ -172,7 +184,7 @@ def build_channels(services: Services, lifecycle: Lifecycle) -> dict[str, Channe
         *health.channels(health.HealthSources(services.pool, services.stats, services.limits, services.servers,
                                               config, services.ledger)),
         *lifecycle_channel.channels(lifecycle.begin_shutdown),
-        *discover.channels(services.pool),
+        *discover.channels(services.pool, services.env),
         *pull.channels(services.lister, lambda: config.config.provider_names()),
     ]
     return {channel.name: channel for channel in table}
@@ -224,7 +236,7 @@ async def serve(
     finally:
         lifecycle.clock.start()
         log.info("shutting_down", reason=reason, in_flight=len(dispatcher.inflight))
-        await _shut_down(services, lifecycle.clock, dispatcher, reader, writer)
+        await _shut_down(services, lifecycle, dispatcher, reader, writer)
         refresh.cancel()
 
 
@@ -294,12 +306,13 @@ async def _settle(aws: set[asyncio.Task[None]], timeout: float, writer: LineWrit
         _done, pending = await asyncio.wait(pending, timeout=min(0.05, max(0.0, end - loop.time())))
 
 
-async def _shut_down(services: Services, clock: StopClock, dispatcher: Dispatcher, reader: LineReader,
+async def _shut_down(services: Services, lifecycle: Lifecycle, dispatcher: Dispatcher, reader: LineReader,
                      writer: LineWriter) -> None:
     """Answer what was read, cancel what runs, let committed work finish, flush, close.
 
     Each step's budget comes from the clock started at the stop signal.
     """
+    clock = lifecycle.clock
     dispatcher.accepting = False
     # Lines already read are still answered (requests with RequestCancelled); give the
     # reader a moment to hand over what the host wrote just before.
@@ -309,7 +322,11 @@ async def _shut_down(services: Services, clock: StopClock, dispatcher: Dispatche
         if not isinstance(pending, EndOfInput):
             dispatcher.handle_line(pending)
     flush = asyncio.get_running_loop().create_task(dispatcher.flush_held())
-    await dispatcher.cancel_all(reason="shutdown", timeout=0)
+    # A sidecar:shutdown in flight (EOF or a signal came while it waited for the other
+    # requests) still gets its {} answer.
+    keep = lifecycle.shutdown_id or next(
+        (rid for rid, entry in dispatcher.inflight.items() if entry.ctx.method == SHUTDOWN_METHOD), None)
+    await dispatcher.cancel_all(reason="shutdown", timeout=0, keep=keep)
     # Cancelled requests answer at once; one past its point of no return (a config being
     # written) swallows the cancel and finishes, and its real answer still goes out.
     # Waiting ends early when the host has stopped reading: nothing could reach it.
@@ -320,7 +337,13 @@ async def _shut_down(services: Services, clock: StopClock, dispatcher: Dispatche
         await asyncio.wait_for(services.budget.drain(), min(0.3, clock.left(reserve=0.15)))
     except TimeoutError:
         log.warning("ledger_drain_timeout")
-    services.ledger.close()
+    try:
+        # Off the loop and bounded: a settle waiting on another process's lock must not
+        # freeze the loop past the final flush.
+        await asyncio.wait_for(asyncio.to_thread(services.ledger.close),
+                               max(0.05, min(0.3, clock.left(reserve=0.5))))
+    except TimeoutError:
+        log.warning("ledger_close_timeout")
     try:
         await asyncio.wait_for(services.pool.aclose(), min(0.2, clock.left(reserve=0.1)))
     except TimeoutError:

@@ -7,7 +7,6 @@ host decides what to add to the config.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -55,9 +54,11 @@ def _entry_for(server: FoundServer, entries: list[ProviderSettings]) -> str | No
     return matches[0].name if matches else None
 
 
-def channels(pool: ProviderPool) -> list[Channel]:
+def channels(pool: ProviderPool, env: Mapping[str, str]) -> list[Channel]:
+    """``env``: the sidecar's environment (:data:`PORTS_ENV` replaces the usual ports)."""
+
     async def discover_servers(_params: EmptyParams, _ctx: RequestContext) -> DiscoverResult:
-        found = await discover(ports_to_probe(os.environ))
+        found = await discover(ports_to_probe(env))
         entries = list(pool.settings().values())
         servers = []
         for server in found:

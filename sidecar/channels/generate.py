@@ -25,6 +25,10 @@ log = structlog.get_logger("sidecar.requests")
 STREAM_CHUNK = "model:stream-chunk"
 #: The most text one ``model:stream-chunk`` carries (a longer delta is split).
 MAX_CHUNK_CHARS = 64 * 1024
+#: JSON previews (``chunk.partial``): on every chunk up to this much text...
+PREVIEW_ALL_CHARS = 4 * 1024
+#: ...then as the text grows by a quarter, and never past this.
+PREVIEW_MAX_CHARS = 1024 * 1024
 
 
 def wire_response(response: ModelResponse) -> dict[str, Any]:
@@ -155,6 +159,21 @@ class _Relay:
         self.json_format = json_format
         self.seq = 0
         self.sent: list[str] = []
+        #: Characters of the text so far, and at the last JSON preview.
+        self.size = 0
+        self.previewed = 0
+
+    def _preview_due(self, adding: int) -> bool:
+        """Whether this chunk carries a JSON preview. Each preview parses the whole text so
+        far: every chunk while the answer is short, then each time it grew by a quarter,
+        and none past :data:`PREVIEW_MAX_CHARS`, so a long answer costs O(n log n), not
+        O(n^2), and no chunk line grows with the answer."""
+        size = self.size + adding
+        self.size = size
+        if size <= PREVIEW_ALL_CHARS or (size <= PREVIEW_MAX_CHARS and size - self.previewed >= self.previewed // 4):
+            self.previewed = size
+            return True
+        return False
 
     def error_data(self) -> dict[str, Any]:
         return {"partialContent": "".join(self.sent)}
@@ -178,7 +197,7 @@ class _Relay:
             chunk["model"] = model
         if restart:
             chunk["restart"] = True
-        elif self.json_format:
+        elif self.json_format and self._preview_due(len(content)):
             from sidecar.structured.partial import parse_partial
 
             partial = parse_partial("".join(self.sent) + content)
@@ -191,6 +210,7 @@ class _Relay:
         await self.ctx.notify(STREAM_CHUNK, {"requestId": self.ctx.request_id, "seq": self.seq, "chunk": chunk})
         if restart:
             self.sent = []
+            self.size = self.previewed = 0
         else:
             self.sent.append(content)
         self.seq += 1

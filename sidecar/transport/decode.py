@@ -12,7 +12,8 @@
 * **Depth.** orjson parses up to 1024 levels but serialises only 255, and Python code
   that walks a value recursively (copies, merges, schema checks) fails well before 1024
   levels. A message nested deeper than :data:`MAX_DEPTH` arrays and objects is refused
-  before it reaches a handler.
+  before it reaches a handler, wherever the deep value is (its duplicate keys are then
+  not looked for: the slow parse would recurse that deep).
 """
 
 from __future__ import annotations
@@ -98,14 +99,25 @@ def _survey(root: dict[str, Any] | list[Any]) -> tuple[int, int, int]:
 
 
 def _deep_path(root: Any) -> Path:
-    stack: list[tuple[Any, Path]] = [(root, ())]
+    """A path deeper than :data:`MAX_DEPTH`: inside ``params`` when there is one there (so
+    the error names the host's field), else wherever it is."""
+    params = root.get("params") if isinstance(root, dict) else None
+    if isinstance(params, dict | list):
+        found = _deep_under(params, ("params",))
+        if found is not None:
+            return found
+    return _deep_under(root, ()) or ()
+
+
+def _deep_under(root: Any, start: Path) -> Path | None:
+    stack: list[tuple[Any, Path]] = [(root, start)]
     while stack:
         value, path = stack.pop()
         if len(path) >= MAX_DEPTH:
             return path
         items = value.items() if isinstance(value, dict) else enumerate(value)
         stack.extend((item, (*path, key)) for key, item in items if isinstance(item, dict | list))
-    return ()  # pragma: no cover - only called once _survey found a deeper value
+    return None
 
 
 class _Pairs(dict[str, Any]):

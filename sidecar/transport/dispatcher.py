@@ -153,6 +153,13 @@ class Dispatcher:
                 keys = ", ".join(f'"{key}"' for key in envelope_twice)
                 self._reply_error(reply_id, InvalidRequest(f"duplicate key {keys} in the message"))
             return
+        deep = shape.too_deep
+        if deep is not None and deep[:1] != ("params",):
+            # Too deep outside params: its duplicate keys could not be looked for either.
+            if has_id:
+                self._reply_error(reply_id, InvalidRequest(
+                    f"message nested deeper than {MAX_DEPTH} levels at {pointer(deep) or '/'}"))
+            return
         if message.get("jsonrpc") != "2.0":
             self._reply_error(reply_id, InvalidRequest('"jsonrpc" must be "2.0"'))
             return

@@ -179,3 +179,19 @@ def test_xml_is_checked_for_form_root_and_xsd(spawn: Spawn, fakes: dict[str, Any
     error = sidecar.call("model:generate", ask("ollama", {"type": "xml", "rootElement": "person",
                                                           "maxRetries": 0}))["error"]
     assert error["data"]["type"] == "StructuredOutputError"
+
+
+def test_a_long_json_stream_previews_as_it_grows_not_on_every_chunk(spawn: Spawn, fakes: dict[str, Any]) -> None:
+    # Regression: every chunk re-parsed all the text so far (quadratic, on the event loop)
+    # and carried the whole value, so a long answer cost minutes and gigabytes of stdout.
+    pieces = ["["] + ["12345678,"] * 3000 + ["0]"]
+    fakes["ollama"].enqueue(Reply("".join(pieces), chunks=pieces))
+    sidecar = spawn(fake_config(fakes))
+    request_id = sidecar.start("model:stream", ask("ollama", {"type": "json_schema", "schema": {"type": "array"}}))
+    response = sidecar.response(request_id, timeout=60)
+    assert len(response["result"]["parsed"]) == 3001
+    chunks = [m["params"]["chunk"] for m in sidecar.notifications("model:stream-chunk", request_id)]
+    previews = [c for c in chunks if "partial" in c]
+    # Every chunk of the first 4 KiB (~455 here), then one per quarter of growth.
+    assert 400 < len(previews) < 520, len(previews)
+    assert len(previews[-1]["partial"]) > 2000  # previews keep coming as the text grows
