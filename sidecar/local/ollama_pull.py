@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import httpx
 import orjson
+import structlog
 
 from sidecar.errors import ModelError, NetworkError, SidecarError
 from sidecar.providers.base import Provider
@@ -26,12 +27,17 @@ from sidecar.providers.failures import map_http_errors, redact_errors
 from sidecar.providers.framing import as_count, loads_body
 from sidecar.providers.http import DEFAULT_CONNECT_TIMEOUT_S, raise_for_error
 
-__all__ = ["MAX_PULL_LINE_BYTES", "Progress", "ProgressThrottle", "PullOutcome", "pull_model"]
+__all__ = ["MAX_PULL_LINE_BYTES", "MAX_TAGS_BYTES", "Progress", "ProgressThrottle", "PullOutcome", "pull_model"]
+
+log = structlog.get_logger("sidecar.local")
 
 _PULL_PATH = "/api/pull"
 _TAGS_PATH = "/api/tags"
 #: Progress lines are a few hundred bytes; anything longer is a broken stream.
 MAX_PULL_LINE_BYTES = 64 * 1024
+#: ``/api/tags`` after a pull, read for the model's digest and size: about 500 bytes a
+#: model, so 4 MiB is thousands of models; a longer answer is not read further.
+MAX_TAGS_BYTES = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,11 +170,28 @@ def _same_model(a: str, b: str) -> bool:
     return (a if ":" in a.rsplit("/", 1)[-1] else a + ":latest") == (b if ":" in b.rsplit("/", 1)[-1] else b + ":latest")
 
 
+async def _tags_body(provider: Provider, model: str) -> bytes | None:
+    """The body of ``/api/tags`` as sent, at most :data:`MAX_TAGS_BYTES`; None when longer or compressed."""
+    headers = {**_headers(provider), "accept-encoding": "identity"}
+    async with provider.client.stream("GET", _TAGS_PATH, headers=headers) as response:
+        await raise_for_error(response, provider=provider.name, model=model)
+        if response.headers.get("content-encoding", "identity").lower() != "identity":
+            return None  # asked for identity: never inflate an answer of unknown ratio
+        body = bytearray()
+        async for chunk in response.aiter_raw():
+            body += chunk
+            if len(body) > MAX_TAGS_BYTES:
+                return None
+        return bytes(body)
+
+
 async def _listed(provider: Provider, model: str) -> PullOutcome | None:
     """The pulled model's digest and size from ``/api/tags``; None when it is not listed."""
-    response = await provider.client.get(_TAGS_PATH, headers=_headers(provider))
-    await raise_for_error(response, provider=provider.name, model=model)
-    data = loads_body(response.content, provider=provider.name, model=model)
+    body = await _tags_body(provider, model)
+    if body is None:
+        log.warning("ollama_tags_unread", provider=provider.name, limit=MAX_TAGS_BYTES)
+        return None
+    data = loads_body(body, provider=provider.name, model=model)
     entries = data.get("models") if isinstance(data, dict) else None
     for entry in entries if isinstance(entries, list) else []:
         if isinstance(entry, dict) and any(isinstance(entry.get(k), str) and _same_model(entry[k], model)

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from sidecar.local.discovery import PORTS_ENV, PortSpec, discover
+from sidecar.local.ollama_pull import MAX_TAGS_BYTES
 from tests.fakes import FakeServer, refusing_port
 from tests.fakes.local_servers import LocalServerFake, OllamaPullFake, PullScript, SilentPort
 from tests.stdio.conftest import Spawn
@@ -186,6 +187,28 @@ def test_pull_reports_progress_and_the_model_is_listed_after(spawn: Spawn, ollam
     # The list-models cache learned the new model without being asked to refresh.
     listed = sidecar.result("model:list-models", {"provider": "ollama"})
     assert "qwen3:0.6b" in [m["id"] for m in listed["models"]]
+
+
+def test_a_tags_listing_past_its_bound_is_not_read_and_the_pull_still_succeeds(spawn: Spawn) -> None:
+    # Each entry repeats its 3000-character name twice: over 4 MiB in all.
+    padding = [f"{'padding-model-' * 214}{i:05d}:latest" for i in range(MAX_TAGS_BYTES // 5000)]
+    ollama = OllamaPullFake(models=padding)
+    ollama.start()
+    try:
+        sidecar = spawn(config=_pull_config(ollama))
+        script = PullScript(steps=4, delay_s=0.0)
+        ollama.enqueue(script)
+        response = sidecar.call("model:pull", {"provider": "ollama", "model": "qwen3:0.6b"}, timeout=60)
+    finally:
+        ollama.stop()
+    assert_wire_valid(response, "model:pull")
+    # No digest (the listing was too long to read); the size is the layers' totals.
+    assert response["result"] == {"provider": "ollama", "model": "qwen3:0.6b",
+                                  "sizeBytes": sum(total for _digest, total in script.layers)}
+    deadline = time.monotonic() + 5  # stderr is collected by a thread: it may lag the response
+    while b'"event":"ollama_tags_unread"' not in sidecar.stderr:
+        assert time.monotonic() < deadline, "no ollama_tags_unread log line"
+        time.sleep(0.02)
 
 
 @pytest.mark.parametrize(("params", "fragment"), [
