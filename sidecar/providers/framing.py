@@ -98,11 +98,11 @@ async def _aiter_lines(response: httpx.Response, max_bytes: int, *, sse: bool) -
 
     Split on bytes, so a multi-byte UTF-8 character cut between two reads is whole again
     in its line; SSE lines end at ``\r\n``, ``\r`` or ``\n``, NDJSON lines at ``\n``
-    only. A long line is kept as a list of pieces: no copy grows per read.
+    only. A long line grows in one ``bytearray`` (amortised, one byte per byte: a server
+    trickling one byte per read cannot multiply the memory a line takes).
     """
     eol = _SSE_EOL if sse else _LF
-    parts: list[bytes] = []
-    size = 0
+    pending = bytearray()
     skip_lf = False  # a \r ended the last read; a \n opening this one belongs to it
     async for chunk in response.aiter_bytes():
         if not chunk:
@@ -112,20 +112,21 @@ async def _aiter_lines(response: httpx.Response, max_bytes: int, *, sse: bool) -
         skip_lf = sse and chunk.endswith(b"\r")
         pos = 0
         for match in eol.finditer(chunk):
-            piece = chunk[pos:match.start()]
-            if size + len(piece) > max_bytes:
+            if len(pending) + match.start() - pos > max_bytes:
                 raise ResponseTooLarge("stream line", max_bytes)
-            parts.append(piece)
-            yield b"".join(parts)
-            parts, size, pos = [], 0, match.end()
-        rest = chunk[pos:]
-        if rest:
-            size += len(rest)
-            if size > max_bytes:
+            if pending:
+                pending += chunk[pos:match.start()]
+                yield bytes(pending)
+                pending.clear()
+            else:
+                yield chunk[pos:match.start()]
+            pos = match.end()
+        if pos < len(chunk):
+            if len(pending) + len(chunk) - pos > max_bytes:
                 raise ResponseTooLarge("stream line", max_bytes)
-            parts.append(rest)
-    if parts:
-        yield b"".join(parts)
+            pending += chunk[pos:]
+    if pending:
+        yield bytes(pending)
 
 
 async def aiter_ndjson(response: httpx.Response, max_bytes: int) -> AsyncIterator[bytes]:
