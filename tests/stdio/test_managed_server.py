@@ -172,6 +172,21 @@ def test_a_request_cancelled_while_it_starts_leaves_the_start_going(servers: lis
     assert _started(sidecar) == 1
 
 
+def test_a_config_change_while_it_starts_retries_on_the_new_server(servers: list[int], spawn: Spawn) -> None:
+    slow = ["/bin/sh", "-c", 'sleep 1 && exec "$0" -m tests.fakes --kind llamacpp --port {port} --no-stdin',
+            sys.executable]
+    config = fake_config({"command": slow})
+    config["providers"]["custom"][FAKE]["rateLimit"] = {"maxRetries": 1}
+    sidecar = spawn(config)
+    request_id = sidecar.start("model:generate", gen())
+    wait_state(sidecar, FAKE, "starting", timeout=30)
+    sidecar.result("model:set-config", {"config": {"providers": {"custom": {FAKE: {"server": {"idleStopMs": 5000}}}}}})
+    response = sidecar.response(request_id, timeout=60)
+    assert response.get("result", {}).get("metadata", {}).get("provider") == FAKE, response
+    servers.append(ready_pid(sidecar, FAKE, servers))
+    assert _started(sidecar) == 2
+
+
 def test_an_automatic_port_taken_by_another_program_moves(servers: list[int], spawn: Spawn) -> None:
     config = fake_config({})
     config["providers"]["custom"][FAKE]["rateLimit"] = {"maxRetries": 1}
