@@ -287,8 +287,11 @@ class ManagedServer:
                 if self.gave_up:
                     raise self.error(f"failed {self.failures} times in a row and is not restarted "
                                       f"until its config changes (last: {self.last_error})")
-                if self._stop_task is not None:  # an idle stop in progress still holds the port
-                    await asyncio.shield(self._stop_task)
+                stopping = self._stop_task
+                if stopping is not None:  # an idle stop in progress still holds the port
+                    await asyncio.wait({stopping})  # its end, even cancelled, is no error of this request
+                    if self._stop_task is stopping:  # cancelled before it ran: nothing reset it
+                        self._stop_task = None
                     continue
                 if self._start_task is None:
                     self._start_task = asyncio.get_running_loop().create_task(self._start())

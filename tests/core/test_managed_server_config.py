@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import importlib.util
 import os
+import sys
 import time
 from typing import Any
 
@@ -115,7 +116,7 @@ def _zombie_or_gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped meanwhile (by the child watcher thread)
         return True
 
 
@@ -198,3 +199,28 @@ async def test_kill_now_reaches_a_replaced_server_that_is_still_stopping() -> No
     waiter.cancel()
     await asyncio.gather(waiter, return_exceptions=True)
     await manager.aclose()
+
+
+async def test_a_request_waiting_on_an_idle_stop_that_got_cancelled_is_served() -> None:
+    fake = [sys.executable, "-m", "tests.fakes", "--kind", "llamacpp", "--port", "{port}", "--no-stdin"]
+    entry = {"baseURL": "http://127.0.0.1:1/v1", "defaultModel": "m",
+             "server": {"command": fake, "healthPath": "/v1/models", "idleStopMs": 60000}}
+    manager = ServerManager(env={**os.environ})
+    manager.configure(config({"enabled": False}, mine=entry))
+    server = manager.server("mine")
+    assert server is not None
+    try:
+        async with asyncio.timeout(30):
+            first = await server.acquire()
+            server.release(ok=True)
+            server._idle()  # the idle timer fires: a stop task starts
+            stopping = server._stop_task
+            assert stopping is not None
+            await asyncio.sleep(0)  # it signalled the server and waits for it to exit
+            assert server.pid is None and server.state == "ready"
+            stopping.cancel()  # and is cancelled (the loop shutting down, say)
+            second = await server.acquire()  # not CancelledError: this request was not cancelled
+            assert second is not first and second.returncode is None
+            server.release(ok=True)
+    finally:
+        await manager.aclose()
