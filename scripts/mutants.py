@@ -239,6 +239,64 @@ MUTANTS: tuple[Mutant, ...] = (
         "                if True:\n                    await self._emit(",
         ("tests/budget/test_budget.py::test_alerts_are_not_repeated_after_reopening",),
     ),
+    Mutant(
+        "duplicate-keys", "a line with duplicate keys is refused, never resolved to the last one",
+        "sidecar/transport/decode.py",
+        "    if bound <= members:\n",
+        "    if True:\n",
+        ("tests/hardening/test_transport_attack.py::test_duplicate_keys_inside_a_config_patch_change_nothing",),
+    ),
+    Mutant(
+        "deep-params", "params nested deeper than the limit are InvalidParams, not a handler's recursion",
+        "sidecar/transport/dispatcher.py",
+        '    if deep is not None and deep[:1] == ("params",):\n',
+        "    if False:\n",
+        ("tests/hardening/test_transport_attack.py::test_a_config_nested_300_deep_is_invalid_params",),
+    ),
+    Mutant(
+        "answer-size-bound", "a provider's answer past maxResponseBytes is a ModelError, not unbounded memory",
+        "sidecar/providers/guard.py",
+        "        if self.received_bytes > self._max_bytes:\n",
+        "        if False:\n",
+        ("tests/hardening/test_hostile_providers.py",),
+    ),
+    Mutant(
+        "journal-replayed", "a settle journalled by a killed sidecar is charged at its real cost at the next start",
+        "sidecar/store/ledger.py",
+        "                for entry in filter(None, map(_Deferred.from_line, read_journal(directory, token))):\n"
+        "                    self._apply(db, entry)\n",
+        "                for entry in ():\n"
+        "                    self._apply(db, entry)\n",
+        ("tests/hardening/test_ledger_attack.py::test_a_journal_left_by_a_killed_sidecar_is_settled_at_the_next_start",),
+    ),
+    Mutant(
+        "dead-owner-charged", "a dead process's open reservation is charged at its amount, not deleted",
+        "sidecar/store/ledger.py",
+        "                           (ts_ms, request_id, provider, model, amount, ABANDONED, rid))\n",
+        "                           (ts_ms, request_id, provider, model, 0, ABANDONED, rid))\n",
+        ("tests/hardening/test_ledger_attack.py::test_a_dead_owners_reservation_is_charged_at_its_amount",),
+    ),
+    Mutant(
+        "money-follows-the-model", "a cloud model is billed at its list price whichever address serves it",
+        "sidecar/core/registry.py",
+        "        free = KINDS[settings.kind].free and not priced_by_user\n",
+        "        free = settings.local and not priced_by_user\n",
+        ("tests/stdio/test_core_fixes.py::test_a_loopback_openai_entry_bills_the_list_price",),
+    ),
+    Mutant(
+        "one-token-estimate", "a CJK prompt counts a token per character: the server is asked for a window that holds it",
+        "sidecar/core/tokens.py",
+        '    return math.ceil(len(text.encode("utf-8", "replace")) / 3)\n',
+        "    return len(text) // 3\n",
+        ("tests/stdio/test_core_fixes.py::test_a_cjk_prompt_gets_a_window_that_holds_it",),
+    ),
+    Mutant(
+        "hostile-headers", "rate-limit and retry headers a server makes up never crash a request",
+        "sidecar/providers/headers.py",
+        "    if not math.isfinite(value) or value < 0:\n",
+        "    if value < 0:\n",
+        ("tests/providers/test_errors.py::test_hostile_rate_limit_headers_are_ignored_not_fatal",),
+    ),
 )
 
 
