@@ -49,11 +49,9 @@ from sidecar.transport.dispatcher import Channel, Dispatcher, RequestId
 from sidecar.transport.lifecycle import SHUTDOWN_HARD_LIMIT_S, StopClock, install_stop_handlers
 from sidecar.transport.stdio import EndOfInput, LineReader, LineWriter
 from sidecar.wire.config import ModelConfig, ProviderEntry
-from sidecar.wire.model import ModelInfo
 
 __all__ = ["SHUTDOWN_BUDGET_S", "SHUTDOWN_HARD_LIMIT_S", "Lifecycle", "Services", "build_channels", "serve"]
 
-SHUTDOWN_METHOD = "sidecar:shutdown"
 #: ``notify(method, params)``: one notification to the host.
 Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -84,7 +82,7 @@ class Services:
     #: The local model servers the sidecar runs itself (entries with ``server``).
     servers: ServerManager
     #: Providers' model lists, cached for ``model:list-models`` and ``model:pull``.
-    lister: ModelLister[list[ModelInfo]]
+    lister: ModelLister
     #: The environment the sidecar was started with (keys, discovery ports, test hooks).
     env: Mapping[str, str]
 
@@ -152,8 +150,6 @@ class Lifecycle:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     clock: StopClock = field(default_factory=StopClock)
     dispatcher: Dispatcher | None = None
-    #: The ``sidecar:shutdown`` request being served: answered ``{}``, never cancelled.
-    shutdown_id: RequestId | None = None
 
     async def begin_shutdown(self, keep: RequestId | None = None) -> None:
         """Stop accepting, cancel in-flight requests but ``keep`` (answered), then stop the loop.
@@ -161,7 +157,6 @@ class Lifecycle:
         The loop is stopped whatever happens here (a host that cancels its own
         ``sidecar:shutdown`` still gets the orderly shutdown, not the watchdog's)."""
         self.clock.start()
-        self.shutdown_id = keep
         dispatcher = self.dispatcher
         try:
             if dispatcher is not None:
@@ -324,8 +319,8 @@ async def _shut_down(services: Services, lifecycle: Lifecycle, dispatcher: Dispa
     flush = asyncio.get_running_loop().create_task(dispatcher.flush_held())
     # A sidecar:shutdown in flight (EOF or a signal came while it waited for the other
     # requests) still gets its {} answer.
-    keep = lifecycle.shutdown_id or next(
-        (rid for rid, entry in dispatcher.inflight.items() if entry.ctx.method == SHUTDOWN_METHOD), None)
+    keep = next((rid for rid, entry in dispatcher.inflight.items() if entry.ctx.method == lifecycle_channel.SHUTDOWN),
+                None)
     await dispatcher.cancel_all(reason="shutdown", timeout=0, keep=keep)
     # Cancelled requests answer at once; one past its point of no return (a config being
     # written) swallows the cancel and finishes, and its real answer still goes out.

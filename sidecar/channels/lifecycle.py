@@ -7,7 +7,9 @@ from collections.abc import Awaitable, Callable
 from sidecar.transport.dispatcher import Channel, RequestContext
 from sidecar.wire.methods import EmptyParams, EmptyResult, RequestId
 
-__all__ = ["channels"]
+__all__ = ["SHUTDOWN", "channels"]
+
+SHUTDOWN = "sidecar:shutdown"
 
 
 def channels(begin_shutdown: Callable[[RequestId], Awaitable[None]]) -> list[Channel]:
@@ -17,4 +19,4 @@ def channels(begin_shutdown: Callable[[RequestId], Awaitable[None]]) -> list[Cha
         await begin_shutdown(ctx.request_id)
         return EmptyResult()
 
-    return [Channel("sidecar:shutdown", EmptyParams, shutdown)]
+    return [Channel(SHUTDOWN, EmptyParams, shutdown)]

@@ -23,7 +23,7 @@ __all__ = ["channels"]
 _CAPS = {c.value for c in Capability}
 
 
-def channels(lister: ModelLister[list[ModelInfo]], provider_names: Callable[[], list[str]]) -> list[Channel]:
+def channels(lister: ModelLister, provider_names: Callable[[], list[str]]) -> list[Channel]:
     pool, registry, stats = lister.pool, lister.registry, lister.stats
 
     def info(provider: Provider, model_id: str, available: bool) -> ModelInfo:

@@ -56,7 +56,7 @@ def _wire(request_id: Any, progress: Progress) -> dict[str, Any]:
     return params
 
 
-def channels(lister: ModelLister[Any], provider_names: Callable[[], list[str]]) -> list[Channel]:
+def channels(lister: ModelLister, provider_names: Callable[[], list[str]]) -> list[Channel]:
     pool = lister.pool
 
     async def download(provider: Provider, params: PullParams, ctx: RequestContext) -> PullOutcome:

@@ -50,7 +50,7 @@ from sidecar.wire.config import (
     check_base_url,
 )
 from sidecar.wire.errors import validation_errors
-from sidecar.wire.kinds import BUILTIN_PROVIDERS, KINDS
+from sidecar.wire.kinds import BUILTIN_PROVIDERS, KINDS, kind_of
 
 __all__ = [
     "CONFIG_FILE",
@@ -691,13 +691,8 @@ def _check_writable(doc: dict[str, Any]) -> None:
 
 
 def _entries(config: ModelConfig) -> list[tuple[str, str, Any]]:
-    cfg = config.providers
-    return [
-        ("openai", "openai", cfg.openai),
-        ("anthropic", "anthropic", cfg.anthropic),
-        ("ollama", "ollama", cfg.ollama),
-        *[(name, "custom", entry) for name, entry in cfg.custom.items()],
-    ]
+    """(name, kind, entry) of every provider entry, built-in ones first."""
+    return [(name, kind_of(name).name, entry) for name, entry in config.providers.entries().items()]
 
 
 def _preview_entry(entry: dict[str, Any], settings: ProviderSettings | None) -> None:

@@ -11,7 +11,6 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Generic, TypeVar
 
 from sidecar.core.pool import ProviderPool
 from sidecar.core.registry import ModelRegistry
@@ -19,6 +18,7 @@ from sidecar.core.stats import StatsBook
 from sidecar.errors import NetworkError, SidecarError
 from sidecar.providers.base import Provider, ProviderModel
 from sidecar.providers.failures import LocalServerDown
+from sidecar.wire.model import ModelInfo
 
 __all__ = ["CACHE_TTL_S", "LIST_TIMEOUT_S", "ModelLister"]
 
@@ -26,20 +26,19 @@ CACHE_TTL_S = 60.0
 LIST_TIMEOUT_S = 5.0
 _OPENAI_NON_CHAT = ("audio", "realtime", "tts", "transcribe", "image", "embedding", "moderation",
                     "whisper", "dall-e", "davinci", "babbage", "search")
-T = TypeVar("T")
 
 
 @dataclass(slots=True)
-class _Cached(Generic[T]):
+class _Cached:
     at: float
     #: The provider object asked: one replaced by a config change is another object,
     #: so its old answer is never served.
     provider: Provider
-    value: T
+    value: list[ModelInfo]
 
 
-class ModelLister(Generic[T]):
-    """Asks providers for their models; caches what the caller made of each answer."""
+class ModelLister:
+    """Asks providers for their models; caches the ``model:list-models`` answer of each."""
 
     def __init__(self, pool: ProviderPool, registry: ModelRegistry, stats: StatsBook,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -47,7 +46,7 @@ class ModelLister(Generic[T]):
         self.registry = registry
         self.stats = stats
         self._clock = clock
-        self._cache: dict[str, _Cached[T]] = {}
+        self._cache: dict[str, _Cached] = {}
 
     async def fetch(self, provider: Provider, *, note_unreachable: bool = False) -> list[ProviderModel] | None:
         """Ask a provider for its chat models and tell the registry; None if unreachable.
@@ -78,14 +77,14 @@ class ModelLister(Generic[T]):
         providers = [p for name in self.pool.settings() if (p := self.pool.get(name)) and p.is_local]
         await asyncio.gather(*(self.fetch(p, note_unreachable=True) for p in providers))
 
-    def cached(self, provider: Provider, *, refresh: bool) -> T | None:
+    def cached(self, provider: Provider, *, refresh: bool) -> list[ModelInfo] | None:
         """The cached answer for ``provider``, unless stale, replaced or ``refresh``."""
         entry = self._cache.get(provider.name)
         if refresh or entry is None or entry.provider is not provider or self._clock() - entry.at > CACHE_TTL_S:
             return None
         return entry.value
 
-    def remember(self, provider: Provider, value: T) -> None:
+    def remember(self, provider: Provider, value: list[ModelInfo]) -> None:
         self._cache[provider.name] = _Cached(self._clock(), provider, value)
 
     def forget(self, name: str) -> None:

@@ -28,14 +28,14 @@ from sidecar.core.registry import ModelProfile, ModelRegistry
 from sidecar.core.selector import WEIGHTS, Exclusion, Need, Scored, rank
 from sidecar.core.selector import Candidate as Scorable
 from sidecar.core.stats import StatsBook
-from sidecar.core.tokens import DEFAULT_OUTPUT_TOKENS, context_text
+from sidecar.core.tokens import DEFAULT_OUTPUT_TOKENS
 from sidecar.errors import AllProvidersFailedError, BudgetExceededError, InvalidParams, ValidationError
 from sidecar.providers.base import ProviderSettings
 from sidecar.wire.config import ModelConfig
 from sidecar.wire.kinds import KINDS
 from sidecar.wire.model import ModelRequest, ModelSelection
 
-__all__ = ["DEFAULT_OUTPUT_TOKENS", "Classify", "Decision", "Planner", "context_text", "effective_selection"]
+__all__ = ["DEFAULT_OUTPUT_TOKENS", "Classify", "Decision", "Planner", "effective_selection"]
 
 #: Output assumed for the worst-case cost of a model whose maximum output is unknown.
 UNBOUNDED_OUTPUT_TOKENS = 8192

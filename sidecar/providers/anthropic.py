@@ -32,6 +32,7 @@ from sidecar.providers.framing import SSEEvent, as_count, loads_body, text_or
 from sidecar.providers.guard import DEFAULT_MAX_RESPONSE_BYTES, AnswerGuard
 from sidecar.providers.http import probe
 from sidecar.providers.skeleton import HttpProvider
+from sidecar.wire.kinds import KINDS
 
 __all__ = [
     "ANTHROPIC_VERSION",
@@ -138,7 +139,7 @@ class AnthropicProvider(HttpProvider[_MessageStream]):
     chat_path: ClassVar[str] = _MESSAGES_PATH
     framing: ClassVar[Literal["sse", "ndjson"]] = "sse"
     capabilities: ClassVar[frozenset[str]] = frozenset({"chat", "streaming", "tools"})
-    key_env_var: ClassVar[str | None] = "ANTHROPIC_API_KEY"
+    key_env_var: ClassVar[str | None] = KINDS["anthropic"].key_env
 
     def headers(self, model: str | None) -> dict[str, str]:
         key = self.api_key

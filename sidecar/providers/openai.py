@@ -35,6 +35,7 @@ from sidecar.providers.framing import SSEEvent, as_count, loads_body, text_or
 from sidecar.providers.guard import DEFAULT_MAX_RESPONSE_BYTES, AnswerGuard
 from sidecar.providers.http import probe
 from sidecar.providers.skeleton import HttpProvider
+from sidecar.wire.kinds import KINDS
 
 __all__ = [
     "OpenAICompatibleProvider",
@@ -155,7 +156,7 @@ class OpenAIProvider(HttpProvider[_ChatStream]):
     capabilities: ClassVar[frozenset[str]] = frozenset(
         {"chat", "streaming", "json_mode", "json_schema", "tools"}
     )
-    key_env_var: ClassVar[str | None] = "OPENAI_API_KEY"
+    key_env_var: ClassVar[str | None] = KINDS["openai"].key_env
 
     @property
     def official(self) -> bool:

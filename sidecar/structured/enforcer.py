@@ -23,9 +23,10 @@ from typing import Any
 
 import structlog
 
-from sidecar.core.planner import Decision, context_text
+from sidecar.core.planner import Decision
 from sidecar.core.registry import ModelProfile
 from sidecar.core.router import Outcome, Router, StreamSink
+from sidecar.core.tokens import context_text
 from sidecar.errors import AttemptRecord, InvalidParams, StructuredOutputError
 from sidecar.providers.base import ProviderRequest
 from sidecar.structured.extract import ExtractionFailed, extract_json

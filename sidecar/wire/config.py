@@ -279,6 +279,11 @@ class ProvidersConfig(ParamsModel):
         """Every entry by provider name: the built-in ones, then the custom ones."""
         return {**{name: getattr(self, name) for name in BUILTIN_PROVIDERS}, **self.custom}
 
+    def entry(self, name: str) -> ProviderEntry | None:
+        """The entry called ``name``, built in or custom; None for an unknown name."""
+        found: ProviderEntry | None = getattr(self, name) if name in BUILTIN_PROVIDERS else self.custom.get(name)
+        return found
+
     @field_validator("custom")
     @classmethod
     def _custom_names(cls, value: dict[str, CustomProviderEntry]) -> dict[str, CustomProviderEntry]:

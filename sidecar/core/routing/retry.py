@@ -32,7 +32,6 @@ from sidecar.errors import (
 )
 from sidecar.providers.base import Completion
 from sidecar.wire.config import ModelConfig
-from sidecar.wire.kinds import kind_of
 
 __all__ = ["DEFAULT_MAX_RETRIES", "NoFallback", "Retrying"]
 
@@ -141,7 +140,7 @@ class Retrying:
 
 
 def _retry_policy(name: str, cfg: ModelConfig) -> tuple[str, int]:
-    entry = getattr(cfg.providers, name) if kind_of(name).builtin else cfg.providers.custom.get(name)
+    entry = cfg.providers.entry(name)
     if entry is not None and entry.rate_limit is not None:
         return entry.rate_limit.strategy, entry.rate_limit.max_retries
     return "exponential", DEFAULT_MAX_RETRIES
