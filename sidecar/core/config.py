@@ -574,10 +574,7 @@ class ConfigManager:
             except FileExistsError:
                 continue
             try:
-                view = memoryview(raw)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
+                _write_all(fd, memoryview(raw))
             finally:
                 os.close(fd)
             return path
@@ -598,9 +595,7 @@ class ConfigManager:
                 if _FAULT == "config-write-pause":
                     view = view[os.write(fd, view[: len(view) // 2]):]
                     signal.raise_signal(signal.SIGSTOP)  # this thread stops at once, the rest with it
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
+                _write_all(fd, view)
             finally:
                 os.close(fd)
             os.chmod(tmp, 0o600)
@@ -688,6 +683,13 @@ def _check_writable(doc: dict[str, Any]) -> None:
     else:
         return
     raise InvalidParams("invalid config", errors=[{"path": "/config", "message": problem}])
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    """Every byte of ``view`` to ``fd`` (``os.write`` may write less), then fsync."""
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
 
 
 def _entries(config: ModelConfig) -> list[tuple[str, str, Any]]:
