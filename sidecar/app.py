@@ -120,12 +120,14 @@ def _provider_pool(config: ConfigManager, servers: ServerManager, env: Mapping[s
     """The live providers, rebuilt on every config change (managed servers first: their
     ports go into the base URLs)."""
     deny_remote = env.get("MODEL_SIDECAR_DENY_REMOTE", "") not in ("", "0")
+    # Provider HTTP on aiohttp's pool unless MODEL_SIDECAR_HTTP_TRANSPORT=httpx.
+    aiohttp = env.get("MODEL_SIDECAR_HTTP_TRANSPORT", "aiohttp") != "httpx"
 
     def provider_settings() -> list[ProviderSettings]:
         servers.configure(config.config)
         return servers.bind(config.provider_settings())
 
-    pool = ProviderPool(servers.factory(create_provider), http or HttpClientFactory(deny_remote=deny_remote),
+    pool = ProviderPool(servers.factory(create_provider), http or HttpClientFactory(deny_remote=deny_remote, aiohttp=aiohttp),
                         hold=servers.hold)
     pool.configure(provider_settings())
     config.on_change(lambda _cfg: pool.configure(provider_settings()))
