@@ -6,19 +6,24 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from sidecar.core.agents import prepare
 from sidecar.core.router import Outcome, Router, StreamSink
 from sidecar.errors import SidecarError
+from sidecar.providers.base import ToolCallDelta
 from sidecar.transport.dispatcher import Channel, RequestContext
 from sidecar.wire.base import dump
 from sidecar.wire.config import FormatTemplate
 from sidecar.wire.methods import GenerateParams
-from sidecar.wire.model import Attempt, ModelResponse, ResponseMetadata, UsageInfo
+from sidecar.wire.model import Attempt, ModelResponse, ResponseMetadata, ToolCall, UsageInfo
 
 __all__ = ["build_response", "channels", "wire_response"]
+
+if TYPE_CHECKING:
+    from sidecar.structured.enforcer import FormatSpec, ToolRules
 
 log = structlog.get_logger("sidecar.requests")
 
@@ -124,28 +129,37 @@ def channels(router: Router, templates: Callable[[], Mapping[str, FormatTemplate
 
 async def _routed(router: Router, templates: Callable[[], Mapping[str, FormatTemplate]], params: GenerateParams,
                   ctx: RequestContext, sink: StreamSink | None) -> tuple[dict[str, Any], Outcome]:
-    """One routed call, or the enforcer's attempts when a responseFormat is given."""
-    spec = None
-    if params.response_format is not None:
+    """One routed call, or the enforcer's attempts when a responseFormat or tools are given."""
+    request = await prepare(params.request)  # tools checked, images read: before anything is sent
+    spec: FormatSpec | None = None
+    tools: ToolRules | None = None
+    if params.response_format is not None or request.tools:
         # Imported on first use (~0.3 s, ~15 MB: jsonschema, xmlschema, json_repair):
-        # a sidecar that never sees a responseFormat never pays for them.
-        from sidecar.structured.enforcer import Enforcer, resolve
+        # a sidecar that never sees a responseFormat or tools never pays for them.
+        from sidecar.structured.enforcer import Enforcer, ToolRules, resolve
 
-        spec = resolve(params.response_format, dict(templates()))
-    decision = router.select_provider(params.request, params.selection)
+        if params.response_format is not None:
+            spec = resolve(params.response_format, dict(templates()))
+        tools = ToolRules.of(request)
+    decision = router.select_provider(request, params.selection)
     tag = str(ctx.request_id)
-    if spec is None:
+    if spec is None and tools is None:
         if sink is None:
-            outcome = await router.generate(params.request, decision, tag=tag)
+            outcome = await router.generate(request, decision, tag=tag)
         else:
-            outcome = await router.stream(params.request, decision, sink, tag=tag)
+            outcome = await router.stream(request, decision, sink, tag=tag)
         return wire_response(build_response(outcome)), outcome
-    enforced = await Enforcer(router).run(params.request, decision, spec, tag=tag, sink=sink)
+    enforced = await Enforcer(router).run(request, decision, spec, tag=tag, sink=sink, tools=tools)
     response = build_response(enforced.outcome, enforced.parsed)
-    response.metadata.repaired = enforced.repaired
-    response.metadata.structured_mechanism = enforced.mechanism
+    if spec is not None:
+        response.metadata.repaired = enforced.repaired
+        response.metadata.structured_mechanism = enforced.mechanism
+    if enforced.tool_calls is not None:
+        response.tool_calls = [ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in enforced.tool_calls]
+        response.finish_reason = "tool_calls"
+        response.parsed = None
     payload = wire_response(response)
-    if spec.kind == "json":
+    if spec is not None and spec.kind == "json" and enforced.tool_calls is None:
         payload["parsed"] = enforced.parsed  # present even when the JSON value is null
     return payload, enforced.outcome
 
@@ -178,11 +192,16 @@ class _Relay:
     def error_data(self) -> dict[str, Any]:
         return {"partialContent": "".join(self.sent)}
 
-    async def sink(self, content: str, model: str | None, *, restart: bool = False) -> None:
+    async def sink(self, content: str, model: str | None, *, restart: bool = False,
+                   tool_calls: tuple[ToolCallDelta, ...] = ()) -> None:
         # A provider's delta can be megabytes long: it goes out in pieces, so no
         # stdout line outgrows what a host reads comfortably.
         if restart:
             await self._send(content, model, restart=True)
+            return
+        if tool_calls:
+            await self._send_calls(tool_calls, model)
+        if not content:
             return
         for start in range(0, len(content), MAX_CHUNK_CHARS):
             await self._send(content[start:start + MAX_CHUNK_CHARS], model)
@@ -190,6 +209,22 @@ class _Relay:
     async def done(self, model: str) -> None:
         await self.ctx.notify(STREAM_CHUNK, {"requestId": self.ctx.request_id, "seq": self.seq,
                                              "chunk": {"content": "", "done": True, "model": model}})
+
+    async def _send_calls(self, deltas: tuple[ToolCallDelta, ...], model: str | None) -> None:
+        """Tool-call pieces, as they arrive (a long argument text split like content)."""
+        for delta in deltas:
+            text = delta.arguments_delta
+            for start in range(0, max(len(text), 1), MAX_CHUNK_CHARS):
+                wire: dict[str, Any] = {"index": delta.index, "argumentsDelta": text[start:start + MAX_CHUNK_CHARS]}
+                if start == 0 and delta.id:
+                    wire["id"] = delta.id
+                if start == 0 and delta.name:
+                    wire["name"] = delta.name
+                chunk: dict[str, Any] = {"content": "", "done": False, "toolCalls": [wire]}
+                if model:
+                    chunk["model"] = model
+                await self.ctx.notify(STREAM_CHUNK, {"requestId": self.ctx.request_id, "seq": self.seq, "chunk": chunk})
+                self.seq += 1
 
     async def _send(self, content: str, model: str | None, *, restart: bool = False) -> None:
         chunk: dict[str, Any] = {"content": content, "done": False}

@@ -126,7 +126,9 @@ class Planner:
         model_id = sel.model_id or request.model_id
         providers = self._providers(cfg, sel, model_id)
         task = self._task(request)
-        need = Need(task[0], task[1], tokens.estimate(request), request.max_tokens or DEFAULT_OUTPUT_TOKENS)
+        required = frozenset({"tools"} if request.tools and request.tool_choice != "none" else set()) | frozenset(
+            {"vision"} if request.has_images else set())
+        need = Need(task[0], task[1], tokens.estimate(request), request.max_tokens or DEFAULT_OUTPUT_TOKENS, required)
         pinned_key = (providers.pinned, model_id) if providers.pinned and model_id else None
         profiles, ranking = self._rank(need, cfg, sel, providers, pinned_key)
         first = self._first(ranking, providers.pinned, pinned_key)
@@ -142,7 +144,7 @@ class Planner:
             prompt_tokens=need.prompt_tokens,
             output_tokens=need.output_tokens,
             ranking=tuple(ranking),
-            prompt_bound=tokens.upper_bound(tokens.request_texts(request)),
+            prompt_bound=tokens.upper_bound(tokens.request_texts(request)) + tokens.image_allowance(request),
             requested_max_tokens=request.max_tokens,
         )
 
@@ -221,6 +223,9 @@ class Planner:
             if first is not None and first.excluded and first.excluded.kind is Exclusion.MAX_COST:
                 raise BudgetExceededError(f"{pinned_key[1]}: {first.excluded.text()}", provider=pinned_key[0],
                                           model_id=pinned_key[1])
+            if first is not None and first.excluded and first.excluded.kind is Exclusion.CAPABILITY:
+                raise ValidationError(f"{pinned_key[0]}/{pinned_key[1]}: {first.excluded.text()}",
+                                      provider=pinned_key[0], model_id=pinned_key[1], retryable=False)
         elif pinned is not None:
             first = next((s for s in kept if s.candidate.provider == pinned), None)
         if first is None:
@@ -232,7 +237,7 @@ class Planner:
     def _task(self, request: ModelRequest) -> tuple[str, str, tuple[str, ...]]:
         if self._classify is not None:
             task_type, complexity, signals = self._classify(
-                request.prompt or (request.messages[-1].content if request.messages else ""),
+                request.prompt or (tokens.turn_text(request.messages[-1]) if request.messages else ""),
                 request.system_prompt, request.context)
         else:
             task_type, complexity, signals = "code_generation", "medium", ()
@@ -249,7 +254,7 @@ class Planner:
             output_per_1m=profile.output_per_1m, capabilities=profile.capabilities,
             latency_p50_ms=model_stats.latency_p50(), latency_samples=len(model_stats.latencies_ms),
             error_rate=provider_stats.error_rate(), available=self.stats.available(profile.provider),
-            default_provider=default, priced=profile.priced,
+            default_provider=default, priced=profile.priced, capabilities_known=profile.capabilities_known,
         )
 
     @staticmethod

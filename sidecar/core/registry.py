@@ -104,6 +104,8 @@ class ModelProfile:
     priced: bool
     deprecated: bool
     known: bool  # in the catalog, reported by the provider, or overridden
+    #: Capabilities from the catalog or the config (a missing one is really missing).
+    capabilities_known: bool = False
 
     def cost_usd(self, usage: Usage | None) -> float:
         if usage is None:
@@ -213,4 +215,5 @@ class ModelRegistry:
             priced=free or (input_price is not None and output_price is not None),
             deprecated=bool(entry and entry.deprecated),
             known=bool(entry or reported or override),
+            capabilities_known=entry is not None or (override is not None and override.capabilities is not None),
         )

@@ -87,6 +87,8 @@ class Need:
     complexity: str  # low | medium | high
     prompt_tokens: int  # estimate, erring high
     output_tokens: int  # maxTokens, or the default reserve
+    #: Capabilities the request cannot do without (``tools``, ``vision``).
+    required: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,9 @@ class Candidate:
     default_provider: bool = False
     #: Prices unknown (a cloud model missing from the catalog): cost counts as unknown.
     priced: bool = True
+    #: The capabilities are curated (catalog or config): a missing one is really missing.
+    #: A model nobody describes (a local one) is tried whatever it is asked to do.
+    capabilities_known: bool = False
 
 
 class Exclusion(Enum):
@@ -117,6 +122,7 @@ class Exclusion(Enum):
     NOT_LOCAL = "not_local"
     WINDOW = "window"
     MAX_COST = "max_cost"
+    CAPABILITY = "capability"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +133,14 @@ class Excluded:
     #: Window case: tokens needed and the window. Cost case: estimate and the cap (USD).
     needed: float = 0.0
     limit: float = 0.0
+    #: Capability case: what the request needs and the model lacks.
+    missing: tuple[str, ...] = ()
 
     def text(self) -> str:
         if self.kind is Exclusion.NOT_LOCAL:
             return "not local (localOnly)"
+        if self.kind is Exclusion.CAPABILITY:
+            return "lacks " + " and ".join(self.missing) + " (the request needs it)"
         if self.kind is Exclusion.WINDOW:
             return f"needs ~{int(self.needed)} tokens, window is {int(self.limit)}"
         return f"estimated ${self.needed:.4f} > maxCostUsd ${self.limit:.4f}"
@@ -183,8 +193,11 @@ def rank(
         cost = _cost(candidate, need)
         scored = Scored(candidate, 0.0, cost)
         needed = need.prompt_tokens + need.output_tokens
+        missing = tuple(sorted(need.required - candidate.capabilities)) if candidate.capabilities_known else ()
         if local_only and not candidate.local:
             scored.excluded = Excluded(Exclusion.NOT_LOCAL)
+        elif missing:
+            scored.excluded = Excluded(Exclusion.CAPABILITY, missing=missing)
         elif needed > candidate.context_window:
             scored.excluded = Excluded(Exclusion.WINDOW, needed, candidate.context_window)
         elif max_cost_usd is not None and cost > max_cost_usd:

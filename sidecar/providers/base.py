@@ -20,13 +20,16 @@ from sidecar.errors import SidecarError
 from sidecar.providers.guard import DEFAULT_MAX_RESPONSE_BYTES, AnswerGuard
 from sidecar.secrets import is_sensitive_header
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "content_filter", "tool_calls"]
 
 __all__ = [
     "ChatMessage",
     "Completion",
+    "ContentPart",
     "FinishReason",
+    "ImageInput",
+    "NamedTool",
     "Provider",
     "ProviderModel",
     "ProviderRequest",
@@ -34,16 +37,90 @@ __all__ = [
     "RateLimitSnapshot",
     "Role",
     "StreamDelta",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolChoice",
+    "ToolSpec",
     "Usage",
 ]
 
 
 @dataclass(frozen=True, slots=True)
+class ImageInput:
+    """An image a user turn shows: inline bytes (base64, no ``data:`` prefix, with the
+    media type read from the bytes) or a URL the provider fetches."""
+
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+
+    @property
+    def data_url(self) -> str:
+        """The image as a URL: its own, or a ``data:`` URL of the inline bytes."""
+        return self.url if self.url is not None else f"data:{self.media_type};base64,{self.data}"
+
+
+#: A piece of a user turn: text, or an image.
+ContentPart = str | ImageInput
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool call as the model made it; ``arguments`` is the JSON text it produced
+    (validated by the router, not here)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call: ``index`` numbers the calls of one answer from 0;
+    ``id`` and ``name`` come with a call's first delta."""
+
+    index: int
+    arguments_delta: str = ""
+    id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool offered to the model: ``parameters`` is the JSON Schema of its arguments."""
+
+    name: str
+    parameters: dict[str, Any]
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NamedTool:
+    """``tool_choice`` forcing one tool."""
+
+    name: str
+
+
+ToolChoice = Literal["auto", "none", "required"] | NamedTool
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """One turn of the conversation."""
+    """One turn of the conversation.
+
+    ``content`` is the turn's text. A user turn showing images also has ``parts`` (text
+    and images in order; ``content`` is then their text joined). An assistant turn may
+    carry the ``tool_calls`` it made; a ``tool`` turn answers the call ``tool_call_id``
+    (``tool_name`` is that call's tool, which Ollama wants instead of the id).
+    """
 
     role: Role
     content: str
+    parts: tuple[ContentPart, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+    is_error: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +144,11 @@ class ProviderRequest:
     context_window: int | None = None
     #: Provider-native structured output parameters (filled by the structured output layer).
     native_format: dict[str, Any] | None = None
+    #: Tools offered to the model; ``tool_choice`` None leaves the provider's default (auto).
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice | None = None
+    #: False asks for at most one call; None leaves the provider's default.
+    parallel_tool_calls: bool | None = None
     #: Bound on one stream line or event, a non-streamed body and the answer's text
     #: (config ``maxResponseBytes``).
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
@@ -92,16 +174,20 @@ class Completion:
     model: str
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    #: The tool calls of the answer, in order, each with an id unique within it.
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class StreamDelta:
-    """One event of a stream: a piece of text and/or end-of-stream facts."""
+    """One event of a stream: a piece of text, pieces of tool calls, and/or end-of-stream
+    facts."""
 
     content: str = ""
     model: str | None = None
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +229,19 @@ class ProviderSettings:
     timeout_ms: int | None = None
     local: bool = False
     models: tuple[str, ...] = ()
+    #: Time to the first token, a model load included (``None``: see ``core.local_fit.timeouts``).
+    first_token_timeout_ms: int | None = None
+    #: Load the default model after start-up (local providers).
+    preload: bool = False
+    #: Ollama: how long a model stays loaded after a request ("10m", "-1": for ever).
+    keep_alive: str | None = None
+    #: The proxy requests go through (``None``: direct), chosen by
+    #: :func:`sidecar.providers.network.choose_proxy`; may hold user info.
+    proxy: str | None = None
+    #: A PEM bundle trusted besides the system store (``caFile``).
+    ca_file: str | None = None
+    #: ``insecureSkipVerify``: no certificate check at all for this provider.
+    insecure_skip_verify: bool = False
 
 
 class Provider(abc.ABC):

@@ -16,16 +16,17 @@ routed call of its own, so it is rate-limited, budgeted and listed in the attemp
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
 import structlog
 
 from sidecar.core.planner import Decision
 from sidecar.core.registry import ModelProfile
-from sidecar.core.router import Outcome, Router, StreamSink
+from sidecar.core.router import Outcome, Router, Shape, StreamSink
 from sidecar.core.tokens import context_text
 from sidecar.errors import AttemptRecord, InvalidParams, StructuredOutputError
 from sidecar.providers.base import ProviderRequest
@@ -38,12 +39,22 @@ from sidecar.structured.lower import (
     native_params,
     openai_strict_schema,
 )
+from sidecar.structured.tools import CheckedCall, check_calls, tool_feedback
 from sidecar.structured.validate import compile_schema, validation_errors
 from sidecar.structured.xmlcheck import XmlInvalid, check_xml, compile_xsd
 from sidecar.wire.config import FormatTemplate
-from sidecar.wire.model import ChatTurn, JsonFormat, JsonSchemaFormat, ModelRequest, TemplateFormat, XmlFormat
+from sidecar.wire.model import (
+    AssistantTurn,
+    JsonFormat,
+    JsonSchemaFormat,
+    ModelRequest,
+    NamedToolChoice,
+    TemplateFormat,
+    UserTurn,
+    XmlFormat,
+)
 
-__all__ = ["DEFAULT_MAX_RETRIES", "Enforced", "Enforcer", "FormatSpec"]
+__all__ = ["DEFAULT_MAX_RETRIES", "Enforced", "Enforcer", "FormatSpec", "ToolRules"]
 
 DEFAULT_MAX_RETRIES = 2
 log = structlog.get_logger("sidecar.structured")
@@ -73,7 +84,10 @@ class Enforced:
     outcome: Outcome
     parsed: Any
     repaired: bool
-    mechanism: str
+    #: The structured-output mechanism (None without a responseFormat).
+    mechanism: str | None
+    #: The answer's tool calls, all valid (None when the answer is text).
+    tool_calls: list[CheckedCall] | None = None
 
 
 def resolve(fmt: AnyFormat, templates: dict[str, FormatTemplate]) -> FormatSpec:
@@ -104,33 +118,62 @@ def _retries(value: int | None) -> int:
     return DEFAULT_MAX_RETRIES if value is None else value
 
 
+@dataclass(frozen=True, slots=True)
+class ToolRules:
+    """What a tool-call answer must satisfy: an offered tool, valid arguments, and the
+    request's ``toolChoice`` and ``parallelToolCalls``."""
+
+    schemas: dict[str, dict[str, Any]]
+    max_retries: int
+    #: ``required`` or a named tool: an answer without a call is invalid.
+    required: bool = False
+    #: The one tool a named ``toolChoice`` forces.
+    forced: str | None = None
+    at_most_one: bool = False
+
+    @classmethod
+    def of(cls, request: ModelRequest) -> ToolRules | None:
+        if not request.tools or request.tool_choice == "none":
+            return None
+        choice = request.tool_choice
+        forced = choice.name if isinstance(choice, NamedToolChoice) else None
+        return cls(
+            schemas={tool.name: dict(tool.parameters) for tool in request.tools},
+            max_retries=DEFAULT_MAX_RETRIES if request.max_tool_retries is None else request.max_tool_retries,
+            required=choice == "required" or forced is not None, forced=forced,
+            at_most_one=request.parallel_tool_calls is False,
+        )
+
+
+@dataclass(slots=True)
+class _Verdict:
+    """One answer judged: ``errors`` empty when it stands."""
+
+    about_tools: bool
+    errors: list[dict[str, str]]
+    parsed: Any = None
+    repaired: bool = False
+    truncated: bool = False
+    calls: list[CheckedCall] | None = None
+
+
 class Enforcer:
-    """Runs a request until its answer is valid, or gives up with the errors."""
+    """Runs a request until its answer is valid (its format, its tool calls), or gives up
+    with the errors."""
 
     def __init__(self, router: Router) -> None:
         self.router = router
 
-    async def run(self, request: ModelRequest, decision: Decision, spec: FormatSpec, *, tag: str,
-                  sink: StreamSink | None = None,
-                  on_partial: Callable[[Any], Awaitable[None]] | None = None) -> Enforced:
+    async def run(self, request: ModelRequest, decision: Decision, spec: FormatSpec | None, *, tag: str,
+                  sink: StreamSink | None = None, tools: ToolRules | None = None) -> Enforced:
         mechanism = "instructions"
         attempts: list[AttemptRecord] = []
         cost = 0.0
         current = request
-        last_content = ""
-        errors: list[dict[str, str]] = []
-        truncated = False
-        for attempt in range(1 + spec.max_retries):
+        left = {True: tools.max_retries if tools else 0, False: spec.max_retries if spec else 0}
+        for attempt in itertools.count():
             mechanisms: list[str] = []
-
-            def shape(candidate: ModelProfile, preq: ProviderRequest,
-                      mechanisms: list[str] = mechanisms) -> ProviderRequest:
-                params, used = self._native(spec, candidate)
-                mechanisms.append(used)
-                guide = instructions(spec.schema, spec.kind, root_element=spec.root_element, xsd=spec.xsd)
-                system = "\n\n".join(p for p in (preq.system, guide, spec.extra_instructions) if p)
-                return replace(preq, system=system, native_format=params or None)
-
+            shape = self._shaper(spec, tools, mechanisms)
             if sink is not None:
                 outcome = await self.router.stream(current, decision, sink, tag=tag, shape=shape)
             else:
@@ -138,21 +181,74 @@ class Enforcer:
             mechanism = mechanisms[-1] if mechanisms else mechanism
             attempts.extend(replace(a, structured_attempt=attempt) for a in outcome.attempts)
             cost += outcome.cost_usd
-            last_content = outcome.completion.content
-            parsed, repaired, errors, truncated = self._check(spec, outcome)
-            if not errors:
-                return Enforced(replace(outcome, attempts=attempts, cost_usd=cost), parsed, repaired, mechanism)
-            if attempt < spec.max_retries:
-                current = self._with_feedback(current, last_content, errors, truncated, spec.kind)
-                if sink is not None:
-                    await sink("", outcome.completion.model, restart=True)
-        cause = "truncated" if truncated else "invalid"
-        raise StructuredOutputError(
-            f"output still invalid after {1 + spec.max_retries} attempt(s) ({cause}): "
+            verdict = self._judge(spec, tools, outcome)
+            if not verdict.errors:
+                return Enforced(replace(outcome, attempts=attempts, cost_usd=cost), verdict.parsed, verdict.repaired,
+                                mechanism if spec is not None else None, verdict.calls)
+            if left[verdict.about_tools] == 0:
+                raise self._gave_up(verdict, outcome, attempts, attempt + 1, mechanism)
+            left[verdict.about_tools] -= 1
+            current = self._with_feedback(current, outcome, verdict, spec.kind if spec else "json")
+            if sink is not None:
+                await sink("", outcome.completion.model, restart=True)
+        raise AssertionError("unreachable")
+
+    def _shaper(self, spec: FormatSpec | None, tools: ToolRules | None, mechanisms: list[str]) -> Shape | None:
+        """Per candidate: the format's native parameters and instructions. With tools,
+        only OpenAI's ``response_format`` goes along (it does not touch tool calls); the
+        others' mechanisms (a forced tool, a grammar) would take the tools away."""
+        if spec is None:
+            return None
+
+        def shape(candidate: ModelProfile, preq: ProviderRequest) -> ProviderRequest:
+            params, used = ({}, "instructions") if tools and candidate.kind != "openai" else self._native(spec, candidate)
+            mechanisms.append(used)
+            guide = instructions(spec.schema, spec.kind, root_element=spec.root_element, xsd=spec.xsd)
+            system = "\n\n".join(p for p in (preq.system, guide, spec.extra_instructions) if p)
+            return replace(preq, system=system, native_format=params or None)
+
+        return shape
+
+    def _judge(self, spec: FormatSpec | None, tools: ToolRules | None, outcome: Outcome) -> _Verdict:
+        completion = outcome.completion
+        if completion.tool_calls or (tools is not None and tools.required):
+            if tools is None:  # calls nobody offered (toolChoice none): not a valid answer
+                return _Verdict(True, [{"path": "/toolCalls", "message": "no tools may be called"}])
+            return self._judge_calls(tools, outcome)
+        if spec is None:
+            return _Verdict(False, [])
+        parsed, repaired, errors, truncated = self._check(spec, outcome)
+        return _Verdict(False, errors, parsed, repaired, truncated)
+
+    @staticmethod
+    def _judge_calls(tools: ToolRules, outcome: Outcome) -> _Verdict:
+        calls = outcome.completion.tool_calls
+        if not calls:
+            return _Verdict(True, [{"path": "/toolCalls", "message": "a tool call was required, the answer had none"}])
+        strict = outcome.candidate.kind == "openai"
+        check = check_calls(calls, tools.schemas, nullable_optionals=strict, at_most_one=tools.at_most_one)
+        if tools.forced is not None:
+            check.errors.extend({"path": f"/toolCalls/{i}/name", "message": f"toolChoice requires {tools.forced!r}"}
+                                for i, call in enumerate(calls) if call.name != tools.forced)
+        return _Verdict(True, check.errors, None, check.repaired, False, None if check.errors else check.calls)
+
+    @staticmethod
+    def _gave_up(verdict: _Verdict, outcome: Outcome, attempts: list[AttemptRecord], rounds: int,
+                 mechanism: str) -> StructuredOutputError:
+        errors = verdict.errors
+        completion = outcome.completion
+        if verdict.about_tools:
+            last = orjson.dumps([{"name": c.name, "arguments": c.arguments} for c in completion.tool_calls]).decode()
+            cause, what = "invalid_tool_call", "tool call"
+        else:
+            last, cause = completion.content, "truncated" if verdict.truncated else "invalid"
+            what = "output"
+        return StructuredOutputError(
+            f"{what} still invalid after {rounds} attempt(s) ({cause}): "
             + "; ".join(f"{e['path'] or '/'}: {e['message']}" for e in errors[:3]),
             attempts=attempts,
-            extra={"validationErrors": errors, "lastContent": last_content, "cause": cause,
-                   "mechanism": mechanism},
+            extra={"validationErrors": errors, "lastContent": last if verdict.about_tools else completion.content,
+                   "cause": cause, "mechanism": mechanism},
         )
 
     @staticmethod
@@ -199,15 +295,21 @@ class Enforcer:
         return value, extracted.repaired, errors, False
 
     @staticmethod
-    def _with_feedback(request: ModelRequest, content: str, errors: list[dict[str, str]],
-                       truncated: bool, kind: str) -> ModelRequest:
+    def _with_feedback(request: ModelRequest, outcome: Outcome, verdict: _Verdict, kind: str) -> ModelRequest:
         """The conversation so far plus the model's answer and what was wrong with it."""
-        turns = list(request.messages or [])
+        completion = outcome.completion
+        turns: list[Any] = list(request.messages or [])
         asked = request.prompt
         if request.context is not None:
             asked = f"Context:\n{context_text(request.context)}\n\n{asked}"
         if asked:
-            turns.append(ChatTurn(role="user", content=asked))
-        turns.append(ChatTurn(role="assistant", content=content or "(empty)"))
-        return request.model_copy(update={
-            "messages": turns, "prompt": feedback(content, errors, truncated, fmt=kind), "context": None})
+            turns.append(UserTurn(role="user", content=asked))
+        if verdict.about_tools:
+            calls = completion.tool_calls
+            said = completion.content or ("(tool call)" if calls else "(no tool call)")
+            prompt = tool_feedback(calls, verdict.errors, missing=not calls)
+        else:
+            said = completion.content or "(empty)"
+            prompt = feedback(completion.content, verdict.errors, verdict.truncated, fmt=kind)
+        turns.append(AssistantTurn(role="assistant", content=said))
+        return request.model_copy(update={"messages": turns, "prompt": prompt, "context": None})

@@ -12,7 +12,7 @@ content_filter``; each renderer maps them to the provider's own words.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULT_TEXT",
@@ -21,6 +21,7 @@ __all__ = [
     "Cycle",
     "Drip",
     "Error",
+    "FakeToolCall",
     "Flood",
     "Hang",
     "Malformed",
@@ -30,6 +31,23 @@ __all__ = [
 ]
 
 DEFAULT_TEXT = "Hello from the fake."
+
+
+@dataclass(frozen=True)
+class FakeToolCall:
+    """A tool call in a scripted answer.
+
+    ``arguments`` is sent as given: a dict is the arguments object (JSON-encoded where the
+    provider sends a string), a str is sent as the raw argument text (OpenAI-style
+    providers), which lets a script send invalid or truncated JSON. ``id`` defaults to a
+    provider-style id (none for Ollama unless given). ``pieces``: the argument text split
+    into these stream deltas (default: a few pieces).
+    """
+
+    name: str
+    arguments: Mapping[str, object] | str = field(default_factory=dict)
+    id: str | None = None
+    pieces: Sequence[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +67,8 @@ class Reply:
         delay_s: delay before the status line and headers are sent.
         chunk_delay_s: delay before each streamed content chunk.
         headers: extra response headers; they override the provider defaults.
+        tool_calls: tool calls the answer makes (after its text, if any); with them the
+            finish reason defaults to the provider's tool-call reason.
     """
 
     text: str = DEFAULT_TEXT
@@ -59,6 +79,7 @@ class Reply:
     delay_s: float = 0.0
     chunk_delay_s: float = 0.0
     headers: Mapping[str, str] | None = None
+    tool_calls: Sequence[FakeToolCall] = ()
 
 
 @dataclass(frozen=True)

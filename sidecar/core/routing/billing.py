@@ -89,4 +89,5 @@ def _billed_usage(run: Run, completion: Completion) -> Usage:
     """The provider's usage; for a server that reports none, our estimate."""
     if completion.usage is not None:
         return completion.usage
-    return Usage(run.decision.prompt_tokens, tokens.estimate_text(completion.content))
+    generated = completion.content + "".join(call.name + call.arguments for call in completion.tool_calls)
+    return Usage(run.decision.prompt_tokens, tokens.estimate_text(generated))

@@ -14,7 +14,7 @@ from typing import Protocol
 from sidecar.core.planner import Decision
 from sidecar.core.registry import ModelProfile
 from sidecar.errors import AttemptRecord, BudgetExceededError, ProviderError
-from sidecar.providers.base import Completion, Provider, ProviderRequest
+from sidecar.providers.base import Completion, Provider, ProviderRequest, ToolCallDelta
 from sidecar.wire.model import ModelRequest
 
 __all__ = ["Call", "Outcome", "Run", "Shape", "StreamSink", "StreamState", "Try"]
@@ -24,7 +24,10 @@ Shape = Callable[[ModelProfile, ProviderRequest], ProviderRequest]
 
 
 class StreamSink(Protocol):
-    async def __call__(self, content: str, model: str | None, *, restart: bool = False) -> None: ...
+    """Where a stream's pieces go: text, tool-call deltas, or a restart marker."""
+
+    async def __call__(self, content: str, model: str | None, *, restart: bool = False,
+                       tool_calls: tuple[ToolCallDelta, ...] = ()) -> None: ...
 
 
 @dataclass(slots=True)
@@ -66,7 +69,7 @@ class Try:
     provider: Provider
     #: The last candidate of the chain waits for admission as long as the deadline allows.
     last: bool = True
-    #: Text this attempt has produced so far (a cut stream is billed for it).
+    #: Text (and tool-call arguments) this attempt has produced so far (a cut stream is billed for it).
     produced: list[str] = field(default_factory=list)
     #: Tokens the attempt really used, once known (corrects the limiter's window).
     used_tokens: int | None = None
