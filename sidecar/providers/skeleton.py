@@ -21,10 +21,10 @@ from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 import httpx
 import orjson
 
-from sidecar.providers.base import Completion, Provider, ProviderRequest, StreamDelta
+from sidecar.providers.base import Completion, Provider, ProviderRequest, StreamDelta, ToolCallDelta
 from sidecar.providers.failures import map_http_errors, redact_errors
 from sidecar.providers.framing import aiter_ndjson, aiter_sse, finish_body
-from sidecar.providers.guard import AnswerGuard
+from sidecar.providers.guard import AnswerGuard, oversized
 from sidecar.providers.headers import parse_rate_limit
 from sidecar.providers.http import fetch_json, raise_for_error
 
@@ -37,6 +37,9 @@ class StreamState(Protocol):
     model: str
     #: The protocol's terminator arrived (``[DONE]``, ``message_stop``, ``done: true``).
     done: bool
+    # A provider that streams tool calls also keeps ``pending_calls: list[ToolCallDelta]``:
+    # ``read_frame`` appends the pieces of calls a frame carried, and the skeleton yields
+    # them as one ``StreamDelta(tool_calls=...)`` after the frame's text, then clears it.
 
 
 S = TypeVar("S", bound=StreamState)
@@ -118,13 +121,14 @@ class HttpProvider(Provider, Generic[S]):
                     frames = self._frames(response, request.max_response_bytes)
                     async for frame in frames:
                         text = self.read_frame(frame, state, request.model)
-                        if state.done:
-                            break
-                        piece = guard.feed(text) if text else ""
+                        piece = guard.feed(text) if text and not state.done else ""
                         if piece:
                             yield StreamDelta(content=piece, model=state.model)
-                        if guard.cut:
-                            break  # far past the output limit: leaving the block closes upstream
+                        calls = self._pending_calls(state, guard, request)
+                        if calls:
+                            yield StreamDelta(tool_calls=calls, model=state.model)
+                        if state.done or guard.cut:
+                            break  # past the output limit: leaving the block closes upstream
                     if state.done:
                         await finish_body(frames)  # the connection goes back to the pool
             if guard.cut:
@@ -133,6 +137,20 @@ class HttpProvider(Provider, Generic[S]):
                 yield StreamDelta(content=guard.flush(), model=state.model, finish_reason="length")
                 return
             yield self.stream_end(state, guard, request.model)
+
+    def _pending_calls(self, state: S, guard: AnswerGuard, request: ProviderRequest) -> tuple[ToolCallDelta, ...]:
+        """The tool-call pieces ``read_frame`` left in ``state.pending_calls`` (a provider
+        that streams tool calls keeps that list), taken out of it. Their argument text
+        counts towards the answer's size bound like its text."""
+        pending: list[ToolCallDelta] | None = getattr(state, "pending_calls", None)
+        if not pending:
+            return ()
+        calls = tuple(pending)
+        pending.clear()
+        guard.received_bytes += sum(len(call.arguments_delta.encode("utf-8")) for call in calls)
+        if guard.received_bytes > request.max_response_bytes:
+            raise oversized(self.name, request.model, "answer text", request.max_response_bytes)
+        return calls
 
     def _frames(self, response: httpx.Response, max_bytes: int) -> AsyncIterator[Any]:
         if self.framing == "sse":
