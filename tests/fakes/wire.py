@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from .behaviours import Error, Reply
+from .behaviours import Error, FakeToolCall, Reply
 from .recording import RecordedRequest
 
 __all__ = [
@@ -33,6 +33,8 @@ __all__ = [
     "Renderer",
     "Route",
     "WireResponse",
+    "arguments_pieces",
+    "arguments_text",
     "count_words",
     "dumps",
     "random_token",
@@ -80,6 +82,21 @@ def split_pieces(text: str, at_least: int = 0) -> list[str]:
     while len(pieces) < at_least:
         pieces.append(" more")
     return pieces
+
+
+def arguments_text(call: FakeToolCall) -> str:
+    """A scripted call's argument text: a raw string as given, an object as compact JSON."""
+    return call.arguments if isinstance(call.arguments, str) else dumps(dict(call.arguments)).decode()
+
+
+def arguments_pieces(call: FakeToolCall) -> list[str]:
+    """The stream deltas of a call's argument text: ``call.pieces``, or the text in up to
+    three pieces (they always join back to :func:`arguments_text`)."""
+    if call.pieces is not None:
+        return list(call.pieces)
+    text = arguments_text(call)
+    step = max(1, -(-len(text) // 3))
+    return [text[i : i + step] for i in range(0, len(text), step)] or [""]
 
 
 def _text_of(content: Any) -> str:
@@ -142,6 +159,8 @@ class Plan:
     response_id: str
     created: int
     extra_headers: dict[str, str]
+    #: The reply's tool calls, rendered after its text (each renderer in its own form).
+    tool_calls: tuple[FakeToolCall, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -198,12 +217,14 @@ class Renderer(ABC):
             model=reply.model if reply.model is not None else self.reported_model(ctx),
             text=text,
             pieces=pieces,
-            finish_reason=reply.finish_reason,
+            # With tool calls, the default "stop" becomes the provider's tool-call reason.
+            finish_reason="tool_calls" if reply.tool_calls and reply.finish_reason == "stop" else reply.finish_reason,
             prompt_tokens=prompt,
             completion_tokens=completion,
             response_id=self.new_id(),
             created=int(time.time()),
             extra_headers=dict(reply.headers or {}),
+            tool_calls=tuple(reply.tool_calls),
         )
 
     def reported_model(self, ctx: ChatContext) -> str:
