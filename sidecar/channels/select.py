@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sidecar.core.agents import check_or_raise
 from sidecar.core.router import Router
 from sidecar.transport.dispatcher import Channel, RequestContext
 from sidecar.wire.methods import SelectCandidate, SelectParams, SelectResult
@@ -11,6 +12,7 @@ __all__ = ["channels"]
 
 def channels(router: Router) -> list[Channel]:
     async def select(params: SelectParams, _ctx: RequestContext) -> SelectResult:
+        check_or_raise(params.request)  # the same tool checks as a call (images are not read: nothing is sent)
         decision = router.select_provider(params.request, params.selection)
         first = decision.candidates[0]
         candidates = [

@@ -43,6 +43,8 @@ from sidecar.wire.model import (
 
 __all__ = [
     "MAX_IMAGE_BYTES",
+    "check",
+    "check_or_raise",
     "ImageFacts",
     "image_parts",
     "image_tokens",
@@ -102,12 +104,25 @@ def image_tokens(width: int, height: int) -> int:
     return max(openai, min(anthropic, UNKNOWN_IMAGE_TOKENS), 768)
 
 
-async def prepare(request: ModelRequest) -> ModelRequest:
-    """``request`` with its tools checked and its images resolved, or ``InvalidParams``
-    listing every problem found."""
+def check(request: ModelRequest) -> list[dict[str, str]]:
+    """What is wrong with the request's tools and tool turns (no file is read)."""
     errors: list[dict[str, str]] = []
     _check_tools(request, errors)
     _check_tool_turns(request, errors)
+    return errors
+
+
+def check_or_raise(request: ModelRequest) -> None:
+    """``InvalidParams`` listing what :func:`check` found, if anything."""
+    errors = check(request)
+    if errors:
+        raise _invalid(errors)
+
+
+async def prepare(request: ModelRequest) -> ModelRequest:
+    """``request`` with its tools checked and its images resolved, or ``InvalidParams``
+    listing every problem found."""
+    errors = check(request)
     if not request.has_images:
         if errors:
             raise _invalid(errors)
@@ -130,6 +145,14 @@ def _invalid(errors: list[dict[str, str]]) -> InvalidParams:
 
 
 def _check_tools(request: ModelRequest, errors: list[dict[str, str]]) -> None:
+    choice = request.tool_choice
+    names = [tool.name for tool in request.tools or ()]
+    if choice is not None and choice != "none" and not names:
+        errors.append({"path": "/request/toolChoice", "message": "a toolChoice needs tools"})
+    if isinstance(choice, NamedToolChoice) and choice.name not in names:
+        errors.append({"path": "/request/toolChoice/name", "message": f"no tool named {choice.name!r} in tools"})
+    errors.extend({"path": f"/request/tools/{i}/name", "message": f"the tool name {name!r} is used twice"}
+                  for i, name in enumerate(names) if name in names[:i])
     if not request.tools:
         return
     from sidecar.structured.validate import compile_schema

@@ -203,13 +203,6 @@ class ModelRequest(ParamsModel):
     def _prompt_or_messages(self) -> ModelRequest:
         if not self.prompt and not self.messages:
             raise ValueError("prompt may be empty only when messages are given")
-        names = [tool.name for tool in self.tools or ()]
-        if len(set(names)) != len(names):
-            raise ValueError("tool names must be unique")
-        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.name not in names:
-            raise ValueError(f"toolChoice names {self.tool_choice.name!r}, which is not in tools")
-        if self.tool_choice is not None and self.tool_choice != "none" and not names:
-            raise ValueError("toolChoice needs tools")
         return self
 
     @property
