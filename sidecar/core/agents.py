@@ -43,9 +43,9 @@ from sidecar.wire.model import (
 
 __all__ = [
     "MAX_IMAGE_BYTES",
+    "ImageFacts",
     "check",
     "check_or_raise",
-    "ImageFacts",
     "image_parts",
     "image_tokens",
     "images_tokens",
