@@ -14,9 +14,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from sidecar.providers.base import ToolCall
+from typing import Any, Protocol
 from sidecar.structured.extract import ExtractionFailed, extract_json
 from sidecar.structured.lower import drop_added_nulls
 from sidecar.structured.validate import compile_schema, validation_errors
@@ -24,6 +22,17 @@ from sidecar.structured.validate import compile_schema, validation_errors
 __all__ = ["CheckedCall", "ToolCheck", "check_calls", "tool_feedback"]
 
 _FEEDBACK_LIMIT = 6000
+
+
+class ToolCall(Protocol):
+    """A call as the model made it (``arguments``: the JSON text it produced)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def arguments(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
