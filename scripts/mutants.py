@@ -297,6 +297,25 @@ MUTANTS: tuple[Mutant, ...] = (
         "    if value < 0:\n",
         ("tests/providers/test_errors.py::test_hostile_rate_limit_headers_are_ignored_not_fatal",),
     ),
+    Mutant(
+        "tool-call-unvalidated", "a tool call in a success always validates against its tool's parameters",
+        "sidecar/structured/tools.py",
+        "errors = validation_errors(compile_schema(schema), value)", "errors: list[dict[str, str]] = []",
+        ("tests/structured/test_tool_calls.py",),
+    ),
+    Mutant(
+        "image-type-from-name", "an image's media type comes from its bytes, not its file name",
+        "sidecar/core/agents.py",
+        "    facts = sniff_image(data)\n",
+        "    facts = ImageFacts(\"image/jpeg\", 1, 1) if (part.path or \"\").endswith(\".jpg\") else sniff_image(data)\n",
+        ("tests/core/test_agents.py",),
+    ),
+    Mutant(
+        "capability-ignored", "models known to lack tools or vision are no candidates",
+        "sidecar/core/selector.py",
+        "        elif missing:\n", "        elif missing and False:\n",
+        ("tests/stdio/test_agents_checks.py",),
+    ),
 )
 
 
