@@ -170,7 +170,8 @@ class Enforcer:
         attempts: list[AttemptRecord] = []
         cost = 0.0
         current = request
-        left = {True: tools.max_retries if tools else 0, False: spec.max_retries if spec else 0}
+        tool_retries = DEFAULT_MAX_RETRIES if request.max_tool_retries is None else request.max_tool_retries
+        left = {True: tool_retries, False: spec.max_retries if spec else 0}
         for attempt in itertools.count():
             mechanisms: list[str] = []
             shape = self._shaper(spec, tools, mechanisms)
@@ -212,8 +213,8 @@ class Enforcer:
     def _judge(self, spec: FormatSpec | None, tools: ToolRules | None, outcome: Outcome) -> _Verdict:
         completion = outcome.completion
         if completion.tool_calls or (tools is not None and tools.required):
-            if tools is None:  # calls nobody offered (toolChoice none): not a valid answer
-                return _Verdict(True, [{"path": "/toolCalls", "message": "no tools may be called"}])
+            if tools is None:  # calls with toolChoice "none": not a valid answer
+                return _Verdict(True, [{"path": "/toolCalls", "message": "no tool may be called now (toolChoice none)"}])
             return self._judge_calls(tools, outcome)
         if spec is None:
             return _Verdict(False, [])
@@ -247,8 +248,7 @@ class Enforcer:
             f"{what} still invalid after {rounds} attempt(s) ({cause}): "
             + "; ".join(f"{e['path'] or '/'}: {e['message']}" for e in errors[:3]),
             attempts=attempts,
-            extra={"validationErrors": errors, "lastContent": last if verdict.about_tools else completion.content,
-                   "cause": cause, "mechanism": mechanism},
+            extra={"validationErrors": errors, "lastContent": last, "cause": cause, "mechanism": mechanism},
         )
 
     @staticmethod
