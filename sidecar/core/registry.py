@@ -215,5 +215,6 @@ class ModelRegistry:
             priced=free or (input_price is not None and output_price is not None),
             deprecated=bool(entry and entry.deprecated),
             known=bool(entry or reported or override),
-            capabilities_known=entry is not None or (override is not None and override.capabilities is not None),
+            capabilities_known=entry is not None or (override is not None and override.capabilities is not None)
+            or (reported is not None and reported.capabilities_reported),
         )

@@ -202,6 +202,9 @@ class ProviderModel:
     display_name: str | None = None
     #: What the provider says identifies this build of the model (Ollama's digest).
     version: str | None = None
+    #: The provider listed this model's capabilities itself (Ollama's ``/api/show``): a
+    #: capability missing from them is really missing.
+    capabilities_reported: bool = False
 
 
 @dataclass(frozen=True, slots=True)
