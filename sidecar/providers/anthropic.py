@@ -7,7 +7,7 @@ official SDK writes it (``https://api.anthropic.com``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -20,11 +20,16 @@ from sidecar.errors import (
     SidecarError,
 )
 from sidecar.providers.base import (
+    ChatMessage,
     Completion,
+    ContentPart,
     FinishReason,
+    NamedTool,
     ProviderModel,
     ProviderRequest,
     StreamDelta,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
 from sidecar.providers.failures import error_from_payload, redact_errors
@@ -41,6 +46,8 @@ __all__ = [
     "build_messages_body",
     "map_stop_reason",
     "map_usage",
+    "wire_messages",
+    "wire_tools",
 ]
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -63,6 +70,9 @@ _STOP_REASONS: dict[str, FinishReason] = {
     "refusal": "content_filter",
 }
 
+# https://docs.anthropic.com/en/docs/agents-and-tools/tool-use/implement-tool-use (forcing tool use).
+_CHOICES = {"auto": "auto", "required": "any", "none": "none"}
+
 _PROMPT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
@@ -71,16 +81,11 @@ def build_messages_body(request: ProviderRequest, *, stream: bool) -> dict[str, 
     # There is no system role (https://docs.anthropic.com/en/api/messages): `system` is its own field, and system-role turns
     # are folded into it in order.
     system_parts = [request.system] if request.system else []
-    messages: list[dict[str, str]] = []
-    for message in request.messages:
-        if message.role == "system":
-            system_parts.append(message.content)
-        else:
-            messages.append({"role": message.role, "content": message.content})
+    system_parts.extend(m.content for m in request.messages if m.role == "system")
     body: dict[str, Any] = {
         "model": request.model,
         "max_tokens": request.max_tokens if request.max_tokens is not None else DEFAULT_MAX_TOKENS,
-        "messages": messages,
+        "messages": wire_messages(m for m in request.messages if m.role != "system"),
     }
     if system_parts:
         body["system"] = "\n\n".join(system_parts)
@@ -95,13 +100,118 @@ def build_messages_body(request: ProviderRequest, *, stream: bool) -> dict[str, 
     # they are dropped rather than sent and refused.
     if stream:
         body["stream"] = True
-    if request.native_format:
-        body.update(request.native_format)
+    body.update(_native_format(request))
+    body.update(wire_tools(request))
     return body
 
 
+def _native_format(request: ProviderRequest) -> dict[str, Any]:
+    """The structured-output fields; a forced structured-output tool never goes along with
+    the request's own tools (it would replace them, and its call would pass for theirs)."""
+    native = dict(request.native_format or {})
+    if request.tools:
+        native.pop("tools", None)
+        native.pop("tool_choice", None)
+    return native
+
+
+def wire_tools(request: ProviderRequest) -> dict[str, Any]:
+    """``tools`` and ``tool_choice`` (https://docs.anthropic.com/en/docs/agents-and-tools/tool-use/implement-tool-use)."""
+    if not request.tools:
+        return {}
+    tools = []
+    for tool in request.tools:
+        entry: dict[str, Any] = {"name": tool.name}
+        if tool.description:
+            entry["description"] = tool.description
+        entry["input_schema"] = tool.parameters
+        tools.append(entry)
+    out: dict[str, Any] = {"tools": tools}
+    choice = request.tool_choice
+    wire: dict[str, Any] | None = None
+    if isinstance(choice, NamedTool):
+        wire = {"type": "tool", "name": choice.name}
+    elif choice is not None:
+        wire = {"type": _CHOICES[choice]}
+    # At most one call: `disable_parallel_tool_use`, which `none` does not take.
+    if request.parallel_tool_calls is False and choice != "none":
+        wire = (wire or {"type": "auto"}) | {"disable_parallel_tool_use": True}
+    if wire is not None:
+        out["tool_choice"] = wire
+    return out
+
+
+def wire_messages(turns: Iterable[ChatMessage]) -> list[dict[str, Any]]:
+    """The conversation as Messages API turns.
+
+    Tool results are ``tool_result`` blocks of one user turn: consecutive results share
+    it, and a user turn right after them joins it behind them ("the tool_result blocks
+    must come FIRST in the content array. Any text must come AFTER all tool results",
+    https://docs.anthropic.com/en/docs/agents-and-tools/tool-use/implement-tool-use).
+    """
+    out: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] | None = None  # the open results turn's blocks
+    for turn in turns:
+        if turn.role == "tool":
+            if results is None:
+                results = []
+                out.append({"role": "user", "content": results})
+            results.append(_tool_result(turn))
+        elif turn.role == "user" and results is not None:
+            results.extend(_user_blocks(turn))
+            results = None
+        else:
+            results = None
+            out.append({"role": turn.role, "content": _content(turn)})
+    return out
+
+
+def _content(turn: ChatMessage) -> str | list[dict[str, Any]]:
+    """A user or assistant turn's content: its text, or blocks when it has images or
+    tool calls."""
+    if turn.tool_calls:
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": turn.content}] if turn.content else []
+        blocks.extend({"type": "tool_use", "id": call.id, "name": call.name, "input": _input(call)}
+                      for call in turn.tool_calls)
+        return blocks
+    return _user_blocks(turn) if turn.parts else turn.content
+
+
+def _user_blocks(turn: ChatMessage) -> list[dict[str, Any]]:
+    """A user turn as ``text`` and ``image`` blocks in order (an empty text is no block:
+    the API refuses empty text blocks)."""
+    parts = turn.parts or (turn.content,)
+    return [_part(part) for part in parts if not isinstance(part, str) or part]
+
+
+def _part(part: ContentPart) -> dict[str, Any]:
+    # https://docs.anthropic.com/en/docs/build-with-claude/vision: base64 without a data: prefix, or a URL.
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    if part.url is not None:
+        return {"type": "image", "source": {"type": "url", "url": part.url}}
+    return {"type": "image", "source": {"type": "base64", "media_type": part.media_type, "data": part.data}}
+
+
+def _tool_result(turn: ChatMessage) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": turn.tool_call_id}
+    if turn.content:  # content may be absent (an empty text block is refused)
+        block["content"] = turn.content
+    if turn.is_error:
+        block["is_error"] = True
+    return block
+
+
+def _input(call: ToolCall) -> Any:
+    """A call's arguments as the ``input`` object (the core serialized them from one)."""
+    return orjson.loads(call.arguments) if call.arguments else {}
+
+
 def forced_tool(request: ProviderRequest) -> str | None:
-    """The tool a structured-output request forces (its input is then the answer)."""
+    """The tool a structured-output request forces (its input is then the answer); None
+    when the request offers its own tools (the forced tool is not sent then)."""
+    if request.tools:
+        return None
     choice = (request.native_format or {}).get("tool_choice")
     if isinstance(choice, dict) and choice.get("type") == "tool" and isinstance(choice.get("name"), str):
         return str(choice["name"])
@@ -130,6 +240,14 @@ class _MessageStream:
     finish: FinishReason | None = None
     usage_fields: dict[str, Any] = field(default_factory=dict)
     done: bool = False
+    #: Tool-call pieces of the last event, taken by the skeleton.
+    pending_calls: list[ToolCallDelta] = field(default_factory=list)
+    #: Content-block index -> call index (0, 1, ... over the answer's tool_use blocks).
+    calls: dict[int, int] = field(default_factory=dict)
+    #: Calls whose input JSON has had a non-empty piece.
+    started: set[int] = field(default_factory=set)
+    #: Content-block indexes of the forced structured-output tool: their input is text.
+    forced_blocks: set[int] = field(default_factory=set)
 
 
 class AnthropicProvider(HttpProvider[_MessageStream]):
@@ -168,25 +286,39 @@ class AnthropicProvider(HttpProvider[_MessageStream]):
         if not isinstance(data, dict) or not isinstance(data.get("content"), list):
             raise ModelError(f"{self.name}: response has no content blocks", provider=self.name,
                              model_id=request.model)
-        # Only text blocks are content; tool_use/thinking blocks are not
-        # (https://docs.anthropic.com/en/api/messages, "content") -- except the input of a
-        # tool the request forced: that is the answer.
+        # Text blocks are the content and tool_use blocks the calls; thinking blocks are
+        # neither (https://docs.anthropic.com/en/api/messages, "content") -- except the input
+        # of a tool the request forced for structured output: that is the answer.
         forced = forced_tool(request)
-        blocks = [block for block in data["content"] if isinstance(block, dict)]
-        if forced is not None:
-            text = "".join(orjson.dumps(block.get("input")).decode("utf-8") for block in blocks
-                           if block.get("type") == "tool_use" and block.get("name") == forced)
-        else:
-            text = "".join(block["text"] for block in blocks
-                           if block.get("type") == "text" and isinstance(block.get("text"), str))
+        texts: list[str] = []
+        calls: list[ToolCall] = []
+        for block in data["content"]:
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "text" and forced is None and isinstance(block.get("text"), str):
+                texts.append(block["text"])
+            elif block.get("type") == "tool_use":
+                call = self._tool_use(block, request.model)
+                if call.name == forced:
+                    texts.append(call.arguments)
+                else:
+                    calls.append(call)
         usage = data.get("usage")
-        finish = map_stop_reason(data.get("stop_reason"))
         return Completion(
-            content=text,
+            content="".join(texts),
             model=text_or(data.get("model"), request.model),
-            finish_reason="stop" if forced is not None and finish == "tool_calls" else finish,
+            finish_reason=_finish(map_stop_reason(data.get("stop_reason")), forced, bool(calls)),
             usage=map_usage(usage) if isinstance(usage, dict) else None,
+            tool_calls=tuple(calls),
         )
+
+    def _tool_use(self, block: dict[str, Any], model: str) -> ToolCall:
+        """A ``tool_use`` block as a call; its ``input`` object as JSON text."""
+        call_id, name = block.get("id"), block.get("name")
+        if not isinstance(call_id, str) or not call_id or not isinstance(name, str) or not name:
+            raise ModelError(f"{self.name}: a tool_use block has no id or name", provider=self.name,
+                             model_id=model)
+        return ToolCall(call_id, name, orjson.dumps(block.get("input", {})).decode("utf-8"))
 
     def stream_state(self, request: ProviderRequest) -> _MessageStream:
         return _MessageStream(model=request.model, forced=forced_tool(request))
@@ -199,11 +331,10 @@ class AnthropicProvider(HttpProvider[_MessageStream]):
         if not state.done:
             raise NetworkError(f"{self.name}: stream ended early (no message_stop)", provider=self.name,
                                model_id=model)
-        finish = state.finish
         return StreamDelta(
             content=tail,
             model=state.model,
-            finish_reason="stop" if state.forced is not None and finish == "tool_calls" else finish,
+            finish_reason=_finish(state.finish, state.forced, bool(state.calls)),
             usage=map_usage(state.usage_fields) if state.usage_fields else None,
         )
 
@@ -238,9 +369,9 @@ class AnthropicProvider(HttpProvider[_MessageStream]):
             # message_delta usage is cumulative: newest value wins (https://docs.anthropic.com/en/docs/build-with-claude/streaming).
             if isinstance(data.get("usage"), dict):
                 state.usage_fields.update(data["usage"])
-        elif name == "content_block_delta":
-            return _delta_text(data.get("delta"), state.forced)
-        # content_block_start/stop and unknown event types are ignored (https://docs.anthropic.com/en/docs/build-with-claude/streaming).
+        elif name in ("content_block_start", "content_block_delta", "content_block_stop"):
+            return _block_event(name, data, state)
+        # Unknown event types are ignored (https://docs.anthropic.com/en/docs/build-with-claude/streaming).
         return None
 
     async def list_models(self) -> list[ProviderModel]:
@@ -304,14 +435,62 @@ class AnthropicProvider(HttpProvider[_MessageStream]):
         return response.is_success
 
 
-def _delta_text(delta: object, forced: str | None) -> str | None:
-    """The text of a ``content_block_delta``: only ``text_delta`` is content;
-    input_json/thinking deltas are not, unless a tool was forced: its input JSON is the
-    answer."""
+def _finish(finish: FinishReason | None, forced: str | None, called: bool) -> FinishReason | None:
+    """The finish reason: a forced structured-output tool's use is a finished answer."""
+    return "stop" if forced is not None and finish == "tool_calls" and not called else finish
+
+
+def _block_event(name: str, data: dict[str, Any], state: _MessageStream) -> str | None:
+    """One content-block event: text deltas are returned, tool_use pieces go to
+    ``state.pending_calls`` numbered by call, not by block (blocks count text too).
+
+    https://docs.anthropic.com/en/docs/build-with-claude/streaming: a tool_use block
+    starts with its id, name and ``input: {}``, its input JSON arrives in
+    ``input_json_delta.partial_json`` pieces (the first may be empty), and a block with
+    no piece at all has the input ``{}``.
+    """
+    index = data.get("index")
+    if not isinstance(index, int):
+        return None
+    if name == "content_block_start":
+        _start_block(data.get("content_block"), index, state)
+    elif name == "content_block_stop":
+        call = state.calls.get(index)
+        if call is not None and call not in state.started:
+            state.pending_calls.append(ToolCallDelta(call, "{}"))
+    else:
+        return _block_delta(data.get("delta"), index, state)
+    return None
+
+
+def _start_block(block: object, index: int, state: _MessageStream) -> None:
+    if not isinstance(block, dict) or block.get("type") != "tool_use":
+        return
+    name, call_id = block.get("name"), block.get("id")
+    if state.forced is not None and name == state.forced:
+        state.forced_blocks.add(index)
+        return
+    if isinstance(name, str) and isinstance(call_id, str):
+        call = len(state.calls)
+        state.calls[index] = call
+        state.pending_calls.append(ToolCallDelta(call, "", id=call_id, name=name))
+
+
+def _block_delta(delta: object, index: int, state: _MessageStream) -> str | None:
+    """A ``content_block_delta``'s text: ``text_delta`` (none when a tool was forced), or
+    the forced tool's input JSON; a call's input JSON goes to ``pending_calls``."""
     if not isinstance(delta, dict):
         return None
-    kind, key = ("input_json_delta", "partial_json") if forced is not None else ("text_delta", "text")
-    text = delta.get(key) if delta.get("type") == kind else None
-    return text if isinstance(text, str) else None
-
-
+    if delta.get("type") == "text_delta":
+        text = delta.get("text")
+        return text if isinstance(text, str) and state.forced is None else None
+    piece = delta.get("partial_json")
+    if delta.get("type") != "input_json_delta" or not isinstance(piece, str):
+        return None
+    if index in state.forced_blocks:
+        return piece
+    call = state.calls.get(index)
+    if call is not None and piece:
+        state.started.add(call)
+        state.pending_calls.append(ToolCallDelta(call, piece))
+    return None

@@ -6,6 +6,14 @@ recording's usage fields). Streams reproduce the recorded event order
 content_block_stop, message_delta, message_stop`` including the run of spaces
 the service puts before the final ``}`` of most ``data:`` lines, so clients that
 compare bytes instead of parsing JSON fail here as they would in production.
+
+Tool calls are ``tool_use`` blocks after the text block (none when the text is
+empty: the first tool_use block is then block 0): ``content_block_start`` with the
+id, the name and ``input: {}``, ``input_json_delta`` pieces whose first is ``""``,
+``content_block_stop``. Requests are checked as the API checks them
+(:mod:`.anthropic_checks`): a ``tool_use`` without its ``tool_result`` right after,
+a ``tool_result`` for an unknown id, results not first, malformed tools or images
+get the API's 400.
 """
 
 from __future__ import annotations
@@ -18,9 +26,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
-from .behaviours import Error
+from .anthropic_checks import request_error
+from .behaviours import Error, FakeToolCall
 from .recording import RecordedRequest
-from .wire import ChatContext, Plan, Renderer, Route, WireResponse, dumps, random_token, sse
+from .wire import (
+    ChatContext,
+    Plan,
+    Renderer,
+    Route,
+    WireResponse,
+    arguments_pieces,
+    dumps,
+    random_token,
+    sse,
+)
 
 __all__ = ["AnthropicRenderer"]
 
@@ -82,6 +101,62 @@ def _created_at(model_id: str) -> str:
     return f"{match[1]}-{match[2]}-{match[3]}T00:00:00Z"
 
 
+def _has_text_block(plan: Plan) -> bool:
+    return bool(plan.text) or not plan.tool_calls
+
+
+def _call_id(call: FakeToolCall, position: int, plan: Plan) -> str:
+    """The call's id, or a ``toolu_01`` id made from the message id (stable per answer)."""
+    return call.id if call.id is not None else f"toolu_01{plan.response_id[-20:]}{position:02d}"
+
+
+def _input(call: FakeToolCall) -> Any:
+    """The ``input`` object of a non-streamed tool_use block; a raw argument string that
+    is not JSON is sent as that string (a malformed answer)."""
+    if not isinstance(call.arguments, str):
+        return dict(call.arguments)
+    try:
+        return json.loads(call.arguments)
+    except ValueError:
+        return call.arguments
+
+
+def _content_blocks(plan: Plan) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": plan.text}] if _has_text_block(plan) else []
+    blocks.extend({"type": "tool_use", "id": _call_id(call, i, plan), "name": call.name, "input": _input(call)}
+                  for i, call in enumerate(plan.tool_calls))
+    return blocks
+
+
+def _tool_start(index: int, call: FakeToolCall, call_id: str) -> bytes:
+    block = {"type": "tool_use", "id": call_id, "name": call.name, "input": {}}
+    return _padded({"type": "content_block_start", "index": index, "content_block": block}, _PAD_BLOCK_START)
+
+
+def _tool_frames(plan: Plan) -> list[bytes]:
+    """The tool_use blocks of a stream after its text, and the stop of the open block.
+
+    Every tool_use block starts with ``input: {}``, then ``input_json_delta`` pieces of
+    the argument text, the first one empty, then stops.
+    """
+    frames: list[bytes] = []
+    offset = 1 if _has_text_block(plan) else 0
+    for i, call in enumerate(plan.tool_calls):
+        index = i + offset
+        if index > 0:  # block 0 started in the head
+            frames.append(sse(_padded({"type": "content_block_stop", "index": index - 1}, _PAD_BLOCK_STOP),
+                              "content_block_stop"))
+            frames.append(sse(_tool_start(index, call, _call_id(call, i, plan)), "content_block_start"))
+        pieces = [""] + [p for p in arguments_pieces(call) if p] if call.pieces is None else list(call.pieces)
+        for n, piece in enumerate(pieces):
+            delta = {"type": "content_block_delta", "index": index,
+                     "delta": {"type": "input_json_delta", "partial_json": piece}}
+            frames.append(sse(_padded(delta, _PAD_DELTAS[n % len(_PAD_DELTAS)]), "content_block_delta"))
+    last = len(plan.tool_calls) + offset - 1
+    frames.append(sse(_padded({"type": "content_block_stop", "index": last}, _PAD_BLOCK_STOP), "content_block_stop"))
+    return frames
+
+
 class AnthropicRenderer(Renderer):
     """api.anthropic.com ``/v1/messages`` and ``/v1/models``."""
 
@@ -116,7 +191,8 @@ class AnthropicRenderer(Renderer):
         for name in ("model", "max_tokens", "messages"):
             if name not in ctx.body:
                 return self._envelope(400, "invalid_request_error", f"{name}: Field required")
-        return None
+        problem = request_error(ctx.body)
+        return self._envelope(400, "invalid_request_error", problem) if problem is not None else None
 
     # -- response side ------------------------------------------------------------
 
@@ -146,7 +222,7 @@ class AnthropicRenderer(Renderer):
             "type": "message",
             "role": "assistant",
             "model": plan.model,
-            "content": [{"type": "text", "text": plan.text}],
+            "content": _content_blocks(plan),
             "stop_reason": _STOP_REASON.get(plan.finish_reason, plan.finish_reason),
             "stop_sequence": None,
             "usage": {
@@ -179,10 +255,14 @@ class AnthropicRenderer(Renderer):
                 "inference_geo": "not_available",
             },
         }
-        block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+        if _has_text_block(plan):
+            first = _padded({"type": "content_block_start", "index": 0,
+                             "content_block": {"type": "text", "text": ""}}, _PAD_BLOCK_START)
+        else:
+            first = _tool_start(0, plan.tool_calls[0], _call_id(plan.tool_calls[0], 0, plan))
         return [
             sse(_padded({"type": "message_start", "message": message}, _PAD_START), "message_start"),
-            sse(_padded(block, _PAD_BLOCK_START), "content_block_start"),
+            sse(first, "content_block_start"),
             sse(b'{"type": "ping"}', "ping"),
         ]
 
@@ -209,7 +289,7 @@ class AnthropicRenderer(Renderer):
             },
         }
         return [
-            sse(_padded({"type": "content_block_stop", "index": 0}, _PAD_BLOCK_STOP), "content_block_stop"),
+            *_tool_frames(plan),
             sse(_padded(message_delta, _PAD_DELTA_MSG), "message_delta"),
             sse(_padded({"type": "message_stop"}, _PAD_STOP), "message_stop"),
         ]
