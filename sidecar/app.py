@@ -44,6 +44,7 @@ from sidecar.providers import create_provider
 from sidecar.providers.base import ProviderSettings
 from sidecar.providers.http import HttpClientFactory
 from sidecar.secrets import Redactor
+from sidecar.store.keys import KeyStore
 from sidecar.store.ledger import Ledger
 from sidecar.transport.dispatcher import Channel, Dispatcher, RequestId
 from sidecar.transport.lifecycle import SHUTDOWN_HARD_LIMIT_S, StopClock, install_stop_handlers
@@ -90,7 +91,7 @@ class Services:
     def build(cls, data_dir: Path, env: Mapping[str, str], redactor: Redactor, *,
               notify: Notify | None = None, http: HttpClientFactory | None = None) -> Services:
         """``notify(method, params)`` sends a notification to the host (budget alerts)."""
-        config = ConfigManager(data_dir, env, redactor)
+        config = ConfigManager(data_dir, env, redactor, keys=KeyStore.from_env(env))
         config.load()
         servers = ServerManager(env)
         pool = _provider_pool(config, servers, env, http)

@@ -41,6 +41,7 @@ from sidecar.errors import InvalidParams, StorageError
 from sidecar.providers.base import ProviderSettings
 from sidecar.providers.http import is_loopback_url
 from sidecar.secrets import Redactor, is_preview, is_sensitive_header, preview
+from sidecar.store.keys import KeychainError, KeyStore, key_refs, stored_entries
 from sidecar.wire.config import (
     CROSS_FIELD_ERRORS,
     ConfigIgnored,
@@ -296,6 +297,10 @@ class _Disk:
     problem: str | None = None
     #: The file's identity when it was read (inode, size, mtime), to notice a new one.
     stamp: tuple[int, int, int] | None = None
+    #: The keys its entries keep in the credential store (``apiKeyRef`` → key).
+    keys: dict[str, str] = field(default_factory=dict)
+    #: Which stored keys cannot be read, or stayed in the file, and why.
+    key_problem: str | None = None
 
     @property
     def broken(self) -> bool:
@@ -414,8 +419,13 @@ def _clean_env(env: Mapping[str, str]) -> dict[str, str]:
 class ConfigManager:
     """Owns the stored config, the effective config and its redacted preview."""
 
-    def __init__(self, data_dir: Path, env: Mapping[str, str], redactor: Redactor) -> None:
+    def __init__(self, data_dir: Path, env: Mapping[str, str], redactor: Redactor,
+                 keys: KeyStore | None = None) -> None:
         self.data_dir = data_dir
+        #: Where stored keys live; without one, in config.json.
+        self.keys = keys or KeyStore()
+        #: Keys set with ``sessionApiKey``: this process only, never written anywhere.
+        self._session: dict[str, str] = {}
         self.path = data_dir / CONFIG_FILE
         self.lock_path = data_dir / LOCK_FILE
         self._redactor = redactor
@@ -456,7 +466,9 @@ class ConfigManager:
     def load(self) -> None:
         """Read ``config.json``: what validates is used, the rest is ignored and reported."""
         self._remove_leftovers()
-        disk = _read_disk(self.path)
+        disk = self._with_keys(_read_disk(self.path))
+        if self.keys.storage == "keychain" and _plain_keys(disk.stored):
+            disk = self._migrate() or disk
         self._disk = disk
         self._report()
         self.stored, self.config = disk.stored, disk.config
@@ -467,11 +479,13 @@ class ConfigManager:
         async with self._lock:
             if _stamp(self.path) == self._disk.stamp:
                 return
-            disk = await asyncio.to_thread(_read_disk, self.path)
+            disk = await asyncio.to_thread(lambda: self._with_keys(_read_disk(self.path)))
             self._adopt(disk, None)
             self._report()
 
     def _report(self) -> None:
+        if self._disk.key_problem:
+            log.warning("stored_keys_unreadable", problem=self._disk.key_problem)
         if self._disk.broken:
             log.error("config_invalid", error=self.load_error,
                       ignored=[item.model_dump() for item in self._disk.ignored[:_MAX_REPORTED]] or None)
@@ -494,9 +508,11 @@ class ConfigManager:
         """How the file loaded, for ``model:health``."""
         disk = self._disk
         state = "defaults" if disk.problem else "partial" if disk.ignored else "loaded"
+        key_problem = "; ".join(p for p in (self.keys.problem, disk.key_problem) if p) or None
         return ConfigStatus(status=state, path=str(self.path), problem=self.load_error,
                             ignored=disk.ignored[:_MAX_REPORTED] or None,
-                            backup=str(self._backup) if self._backup else None)
+                            backup=str(self._backup) if self._backup else None,
+                            key_storage=self.keys.storage, key_storage_problem=key_problem)
 
     def _validate(self, stored: dict[str, Any]) -> ModelConfig:
         try:
@@ -512,15 +528,23 @@ class ConfigManager:
         if the request is cancelled meanwhile (the host then still gets the result), so
         the file and the config in use never disagree.
         """
+        patch, session = _take_session_keys(patch)
+        self._redactor.add(*session.values())
         async with self._lock:
-            work = asyncio.ensure_future(asyncio.to_thread(self._update, patch))
+            work = asyncio.ensure_future(asyncio.to_thread(self._update, patch, session))
             while not work.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(work)
-            self._adopt(*work.result())
+            disk, backup = work.result()
+            for name, key in session.items():
+                if key:
+                    self._session[name] = key
+                else:
+                    self._session.pop(name, None)
+            self._adopt(disk, backup)
         return self.preview()
 
-    def _update(self, patch: dict[str, Any]) -> tuple[_Disk, Path | None]:
+    def _update(self, patch: dict[str, Any], session: Mapping[str, str | None]) -> tuple[_Disk, Path | None]:
         """Under the lock: read the file, merge ``patch`` into it, validate, write it."""
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -535,15 +559,60 @@ class ConfigManager:
                                    reason=reason) from None
             prepared = _prepare_patch(patch, disk.config)
             stored, config = self._merge(disk, prepared)
+            _check_session_names(session, config)
             _check_writable(stored)
             try:
                 backup = self._write_backup(disk.raw) if disk.broken and disk.raw is not None else None
             except OSError as exc:
                 reason = f"cannot keep a backup of the file that did not load ({exc.strerror})"
                 raise StorageError(f"config: {reason}", path=str(self.path), reason=reason) from None
-            self._write_atomic(stored)
-            stamp = _stamp(self.path)
-        return _Disk(doc=stored, stored=stored, config=config, stamp=stamp), backup
+            written = self._write_sealed(stored, disk.stored)
+        written.config = config
+        return written, backup
+
+    def _write_sealed(self, stored: dict[str, Any], before: dict[str, Any]) -> _Disk:
+        """Write ``stored`` with its plain keys moved into the credential store (if one works).
+
+        The new items are made first and deleted again if the file cannot be written; the
+        items the file named ``before`` and no longer names are deleted once it is written.
+        """
+        try:
+            sealed, made = self.keys.seal(stored)
+        except KeychainError as exc:
+            reason = f"the credential store did not take the key ({exc.reason}); nothing was changed"
+            raise StorageError(f"config: {reason}", path=str(self.path), reason=reason) from None
+        try:
+            self._write_atomic(sealed)
+        except BaseException:
+            self.keys.forget(made)
+            raise
+        self.keys.forget(key_refs(before) - key_refs(sealed))
+        keys, problem = self.keys.open(sealed, {**self._disk.keys, **made})
+        return _Disk(doc=sealed, stored=sealed, keys=keys, key_problem=problem, stamp=_stamp(self.path))
+
+    def _with_keys(self, disk: _Disk) -> _Disk:
+        """``disk`` with the keys its entries keep in the credential store."""
+        disk.keys, disk.key_problem = self.keys.open(disk.stored, self._disk.keys)
+        self._redactor.add(*disk.keys.values())
+        if disk.broken and self.keys.storage == "keychain" and _plain_keys(disk.doc or {}):
+            disk.key_problem = "; ".join(filter(None, (disk.key_problem, (
+                "config.json did not load fully: its keys stay in the file until set-config replaces it"))))
+        return disk
+
+    def _migrate(self) -> _Disk | None:
+        """Move the plain keys of config.json into the credential store; rewrite it without them."""
+        try:
+            with _exclusive(self.lock_path, LOCK_TIMEOUT_S):
+                disk = self._with_keys(_read_disk(self.path))
+                if disk.broken or not _plain_keys(disk.stored):
+                    return disk
+                moved = self._write_sealed(disk.stored, disk.stored)
+        except StorageError as exc:
+            log.warning("keys_not_moved", reason=exc.reason)
+            return None
+        moved.config = disk.config
+        log.info("keys_moved", providers=[name for name, entry in stored_entries(disk.stored) if "apiKey" in entry])
+        return moved
 
     def _merge(self, disk: _Disk, patch: dict[str, Any]) -> tuple[dict[str, Any], ModelConfig]:
         """The patched document and its config; a file's broken parts stay out unless fixed."""
@@ -556,6 +625,7 @@ class ConfigManager:
 
     def _adopt(self, disk: _Disk, backup: Path | None) -> None:
         self._disk = disk
+        self._session = {n: k for n, k in self._session.items() if disk.config.providers.entry(n) is not None}
         if backup is not None:
             self._backup = backup
             log.warning("config_backup", path=str(backup))
@@ -640,7 +710,8 @@ class ConfigManager:
 
     def _resolve(self, name: str, kind: str, entry: Any) -> ProviderSettings:
         base_url = entry.base_url
-        api_key = entry.api_key
+        # A session key, then a stored one (in the file or the credential store), then the environment.
+        api_key = self._session.get(name) or entry.api_key or self._disk.keys.get(entry.api_key_ref or "")
         if kind in _KEY_ENV and not api_key:
             api_key = self._env.get(_KEY_ENV[kind]) or None
         if kind == "ollama" and "baseURL" not in self._stored_entry(name) and self._ollama_env:
@@ -671,6 +742,7 @@ class ConfigManager:
             _preview_entry(providers[name], resolved.get(name))
         for name, entry in providers.get("custom", {}).items():
             _preview_entry(entry, resolved.get(name))
+        doc["keyStorage"] = self.keys.storage
         return doc
 
 
@@ -728,9 +800,15 @@ def _prepare_patch(patch: dict[str, Any], current: ModelConfig) -> dict[str, Any
     is refused: the real password is unknown.
     """
     patch = copy.deepcopy(patch)
+    patch.pop("keyStorage", None)  # read-only: a get-config result sent back carries it
     current_urls = {name: entry.base_url for name, _kind, entry in _entries(current)}
     for name, entry in _patch_entries(patch):
+        if "apiKeyRef" in entry:
+            raise InvalidParams("invalid config", errors=[{"path": _entry_pointer(name, "apiKeyRef"), "message": (
+                "apiKeyRef is written by the sidecar only; send apiKey")}])
         key = entry.get("apiKey")
+        if key is None and "apiKey" in entry:
+            entry["apiKeyRef"] = None  # removing the key removes its credential-store item too
         if isinstance(key, str):
             if is_preview(key):
                 del entry["apiKey"]
@@ -749,8 +827,55 @@ def _prepare_patch(patch: dict[str, Any], current: ModelConfig) -> dict[str, Any
             if name in current_urls and url == redact_url(current_urls[name]):
                 del entry["baseURL"]
             else:
-                where = ("providers", name) if name in BUILTIN_PROVIDERS else ("providers", "custom", name)
-                path = "/config" + _pointer((*where, "baseURL"))
+                path = _entry_pointer(name, "baseURL")
                 raise InvalidParams("invalid config", errors=[{"path": path, "message": (
                     "the password in baseURL is a redacted preview of another URL; send the whole URL")}])
     return patch
+
+
+def _entry_pointer(name: str, member: str) -> str:
+    """``/config/providers/<name>/<member>`` (custom entries under ``custom``)."""
+    where = ("providers", name) if name in BUILTIN_PROVIDERS else ("providers", "custom", name)
+    return "/config" + _pointer((*where, member))
+
+
+def _plain_keys(doc: dict[str, Any]) -> bool:
+    """Whether an entry of a stored document holds its key in plain text."""
+    return any(isinstance(entry.get("apiKey"), str) for _name, entry in stored_entries(doc))
+
+
+def _take_session_keys(patch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """The patch without its ``sessionApiKey`` members, and those keys by provider (None: clear).
+
+    A session key is used by this process only and never written; a preview sent back
+    keeps the one set.
+    """
+    patch = copy.deepcopy(patch)
+    keys: dict[str, str | None] = {}
+    for name, entry in _patch_entries(patch):
+        if "sessionApiKey" not in entry:
+            continue
+        value = entry.pop("sessionApiKey")
+        try:
+            if value is not None and not isinstance(value, str):
+                raise ValueError("sessionApiKey must be a string or null")
+            if value is None or not is_preview(value):
+                keys[name] = check_api_key(value) or None
+        except ValueError as exc:
+            message = str(exc).replace("apiKey", "sessionApiKey", 1) if isinstance(value, str) else str(exc)
+            raise InvalidParams("invalid config", errors=[{"path": _entry_pointer(name, "sessionApiKey"),
+                                                           "message": message}]) from None
+    providers = patch.get("providers")
+    for parent in (providers, providers.get("custom") if isinstance(providers, dict) else None):
+        if isinstance(parent, dict):  # an entry that held only a session key merges as nothing
+            for name in [n for n, e in parent.items() if e == {} and n in keys]:
+                del parent[name]
+    return patch, keys
+
+
+def _check_session_names(session: Mapping[str, str | None], config: ModelConfig) -> None:
+    unknown = [name for name, key in session.items() if key and config.providers.entry(name) is None]
+    if unknown:
+        raise InvalidParams("invalid config", errors=[{
+            "path": _entry_pointer(name, "sessionApiKey"), "message": f"there is no provider entry {name!r}"}
+            for name in unknown])

@@ -26,6 +26,7 @@ __all__ = [
     "BudgetConfig",
     "ConfigIgnored",
     "ConfigStatus",
+    "ConfigView",
     "CustomProviderEntry",
     "FormatTemplate",
     "ModelConfig",
@@ -135,6 +136,9 @@ class RateLimitConfig(ParamsModel):
 class ProviderEntry(ParamsModel):
     base_url: str = Field(alias="baseURL", min_length=1)
     api_key: str | None = None
+    #: Set by the sidecar in config.json only: the credential-store item that holds the
+    #: key (``sidecar.store.keys``). Never shown to hosts, never taken from them.
+    api_key_ref: str | None = Field(default=None, exclude=True, min_length=1, max_length=256)
     default_model: str = Field(min_length=1)
     enabled: bool = True
     models: list[str] | None = None
@@ -420,3 +424,16 @@ class ConfigStatus(ResultModel):
     ignored: list[ConfigIgnored] | None = None
     backup: str | None = Field(default=None, description=(
         "Where the last file that did not load was copied before set-config replaced it."))
+    key_storage: Literal["keychain", "file"] = Field(default="file", description=(
+        "Where stored API keys live: keychain (the OS credential store; config.json names the "
+        "item only) or file (config.json, mode 0600: no credential store works here)."))
+    key_storage_problem: str | None = Field(default=None, description=(
+        "Why keys are kept in the file, or which stored keys cannot be read from the credential store."))
+
+
+class ConfigView(ModelConfig):
+    """``model:get-config``'s and ``model:set-config``'s result: the config, keys as previews."""
+
+    key_storage: Literal["keychain", "file"] = Field(description=(
+        "Read-only (set-config ignores it): where stored API keys live; keychain: the OS "
+        "credential store, config.json names the item only; file: config.json (mode 0600)."))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from sidecar.wire.config import ModelConfig
+from sidecar.wire.config import ConfigView
 from sidecar.wire.methods import (
     BudgetAlertParams,
     CancelRequestParams,
@@ -40,8 +40,8 @@ METHODS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
     "model:generate": (GenerateParams, ModelResponse),
     "model:stream": (GenerateParams, ModelResponse),
     "model:list-models": (ListModelsParams, ListModelsResult),
-    "model:get-config": (EmptyParams, ModelConfig),
-    "model:set-config": (SetConfigParams, ModelConfig),
+    "model:get-config": (EmptyParams, ConfigView),
+    "model:set-config": (SetConfigParams, ConfigView),
     "model:health": (EmptyParams, HealthResult),
     "model:select": (SelectParams, SelectResult),
     "model:usage": (EmptyParams, UsageResult),

@@ -19,10 +19,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from tests.support.secret_guard import watch
+from tests.support.secret_guard import data_dir_blobs, watch
 
 REPO = Path(__file__).resolve().parents[2]
-_KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OLLAMA_HOST", "MODEL_SIDECAR_DATA_DIR")
+_KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OLLAMA_HOST", "MODEL_SIDECAR_DATA_DIR",
+             # Never the user's own credential store: a test that wants one passes a private
+             # bus (tests/keys/secret_service.py) and MODEL_SIDECAR_KEY_STORAGE=auto.
+             "DBUS_SESSION_BUS_ADDRESS", "MODEL_SIDECAR_KEY_STORAGE")
 
 
 def sidecar_command() -> list[str]:
@@ -36,6 +39,7 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _KEY_VARS}
     # Every spawned sidecar refuses non-loopback connections: tests never leave the machine.
     env["MODEL_SIDECAR_DENY_REMOTE"] = "1"
+    env["MODEL_SIDECAR_KEY_STORAGE"] = "file"
     env.update(extra or {})
     return env
 
@@ -74,13 +78,27 @@ class SidecarProcess:
         self._err = threading.Thread(target=self._read_stderr, daemon=True)
         self._out.start()
         self._err.start()
-        # The secret guard scans both streams after every test phase, whoever spawned us.
+        # The secret guard scans both streams and the data dir after every test phase,
+        # whoever spawned us.
         watch(f"sidecar pid {self.proc.pid}", self._streams, self._finished)
         self.ready = self.next_message(timeout=30)
 
     def _streams(self) -> list[tuple[str, bytes]]:
         return [("stdout", b"\n".join(list(self.raw_lines)) + b"\n" + self.unterminated),
-                ("stderr", bytes(self.stderr))]
+                ("stderr", bytes(self.stderr)),
+                *data_dir_blobs(self.data_dir, keys_in_file=self.key_storage() != "keychain")]
+
+    def key_storage(self) -> str | None:
+        """Where this sidecar said at start that it keeps stored keys (its ``key_storage`` log line)."""
+        for line in bytes(self.stderr).splitlines():
+            if b'"key_storage"' in line:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and record.get("event") == "key_storage":
+                    return str(record.get("storage"))
+        return None
 
     def _finished(self) -> bool:
         return self.proc.poll() is not None and not self._out.is_alive() and not self._err.is_alive()

@@ -7,6 +7,10 @@ Loaded for the whole suite by ``tests/conftest.py``. After each phase of each te
 * the stdout and stderr of every process registered with :func:`watch` (the stdio
   harness registers every sidecar it spawns; the hardening hosts do too),
 
+* every file in the data dir of every such process (:func:`data_dir_blobs`): no key may
+  be kept there in plain text, except in ``config.json`` by a sidecar that keeps keys in
+  the file (no credential store),
+
 for every key in :data:`SECRETS` (the fake keys of :mod:`tests.support.keys`, plus the
 comma-separated ``SIDECAR_TEST_EXTRA_SECRETS`` read once at import, which lets the
 guard's own test plant a canary). A hit turns a passing phase into a failure naming the
@@ -16,16 +20,18 @@ last time and then forgotten.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import threading
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from tests.support.keys import ALL_KEYS
 
-__all__ = ["SECRETS", "find_secrets", "pytest_runtest_makereport", "watch"]
+__all__ = ["SECRETS", "data_dir_blobs", "find_secrets", "pytest_runtest_makereport", "watch"]
 
 SECRETS: tuple[str, ...] = (
     *ALL_KEYS,
@@ -52,6 +58,31 @@ def watch(label: str, streams: Streams, finished: Callable[[], bool]) -> None:
     """Scan ``streams()`` (``[(name, bytes)]``) after every test phase until ``finished()``."""
     with _lock:
         _watched.append(_Watched(label, streams, finished))
+
+
+#: Where a sidecar without a credential store keeps keys (mode 0600), and the copies it
+#: makes of that file (a backup of a file that did not load, a write in progress).
+KEY_FILES = ("config.json", "config.json.bad-*", "config.json.tmp-*")
+#: Larger files are scanned up to this many bytes.
+_MAX_SCAN_BYTES = 64 * 1024 * 1024
+
+
+def data_dir_blobs(data_dir: Path, *, keys_in_file: bool) -> list[tuple[str, bytes]]:
+    """``(where, bytes)`` of every file under ``data_dir``, for the scan.
+
+    ``keys_in_file``: the sidecar keeps keys in config.json (no credential store), so the
+    :data:`KEY_FILES` are left out; every other file is always scanned.
+    """
+    blobs = []
+    for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
+        if keys_in_file and any(fnmatch.fnmatch(path.name, pattern) for pattern in KEY_FILES):
+            continue
+        try:
+            with path.open("rb") as file:
+                blobs.append((f"data dir file {path.relative_to(data_dir)}", file.read(_MAX_SCAN_BYTES)))
+        except OSError:  # removed meanwhile, or not readable: nothing to scan
+            continue
+    return blobs
 
 
 def _preview(secret: str) -> str:
