@@ -6,10 +6,24 @@ sidecar runs the server itself (``sidecar.local.managed``) for its default ``loc
 entry when both are installed; :func:`check` says why not otherwise, without importing
 either package (``find_spec`` of a top-level name only reads directories).
 
+The server runs without ``--chat_format``, so llama-cpp-python formats chats with the
+template the model file carries (ChatML). That handler also serves tools: a call forced
+by name (``tool_choice: {"type": "function", ...}``) is generated under a grammar built
+from the tool's parameters, streamed or not; ``"required"`` and ``"auto"`` are answered
+in text (the compatible provider sends ``"required"`` with one tool by name). Tool
+results reach the prompt as ``tool`` turns. The ``chatml-function-calling`` format would
+add ``"auto"`` calls but leaves ``tool`` turns out of its prompt (the model would never
+see a tool's result) and fails on ``"required"``; so it is not used, and plain chat and
+``response_format`` grammars work as they do without tools.
+
 Run as ``python -m sidecar.local.embedded <llama_cpp.server arguments>``: the server,
 plus a thread that ends the process when the pipe named by ``MODEL_SIDECAR_WATCH_FD``
 reaches end of file, which happens when the sidecar that holds its write end exits,
 however it exits (SIGKILL included).
+
+A frozen build made with ``packaging/build --with-local-model`` carries both: the model
+file in ``local-model/`` of the bundle, and the server inside the same executable,
+which runs it when its first argument is :data:`FROZEN_SERVER_FLAG`.
 """
 
 from __future__ import annotations
@@ -22,8 +36,8 @@ from pathlib import Path
 
 from sidecar.wire.config import LOCAL_MODEL
 
-__all__ = ["CONTEXT", "HEALTH_PATH", "MODEL_FILE", "WATCH_FD_ENV", "EmbeddedUnavailable", "check", "command",
-           "gguf_path"]
+__all__ = ["BUNDLE_MODEL_DIR", "CONTEXT", "FROZEN_SERVER_FLAG", "HEALTH_PATH", "MODEL_FILE", "WATCH_FD_ENV",
+           "EmbeddedUnavailable", "check", "command", "gguf_path"]
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONTEXT = 8192  # SmolLM2's trained context; the catalog entry says the same
@@ -31,6 +45,10 @@ CONTEXT = 8192  # SmolLM2's trained context; the catalog entry says the same
 HEALTH_PATH = "/v1/models"
 #: The environment variable naming the inherited pipe end a managed server may watch.
 WATCH_FD_ENV = "MODEL_SIDECAR_WATCH_FD"
+#: The frozen executable's first argument that makes it the model server, not the sidecar.
+FROZEN_SERVER_FLAG = "--embedded-model-server"
+#: Where a frozen build with the local model keeps the model file (inside the bundle).
+BUNDLE_MODEL_DIR = "local-model"
 #: What ``llama-cpp-python[server]`` needs besides ``llama_cpp`` itself.
 _SERVER_PACKAGES = ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 
@@ -57,7 +75,7 @@ def check() -> Path:
         EmbeddedUnavailable: a frozen build without it, or a package missing.
     """
     if getattr(sys, "frozen", False):
-        raise EmbeddedUnavailable("this build does not bundle it")
+        return _bundled()
     path = gguf_path()
     if importlib.util.find_spec("llama_cpp") is None:
         raise EmbeddedUnavailable("llama-cpp-python is not installed (the [local] extra)")
@@ -67,10 +85,20 @@ def check() -> Path:
     return path
 
 
+def _bundled() -> Path:
+    """The model file of a frozen build made with the local model (PyInstaller unpacks
+    the bundle's data under ``sys._MEIPASS``)."""
+    path = Path(getattr(sys, "_MEIPASS", Path(sys.executable).parent)) / BUNDLE_MODEL_DIR / MODEL_FILE
+    if not path.is_file() or importlib.util.find_spec("llama_cpp") is None:
+        raise EmbeddedUnavailable("this build does not bundle it (packaging/build --with-local-model does)")
+    return path
+
+
 def command(model_file: Path, port: int | str = "{port}") -> list[str]:
     """The server's command line; ``{port}`` is left for the caller unless ``port`` is given."""
+    serve = [FROZEN_SERVER_FLAG] if getattr(sys, "frozen", False) else ["-m", "sidecar.local.embedded"]
     return [
-        sys.executable, "-m", "sidecar.local.embedded",
+        sys.executable, *serve,
         "--model", str(model_file), "--model_alias", LOCAL_MODEL,
         "--host", "127.0.0.1", "--port", str(port),
         "--n_ctx", str(CONTEXT), "--n_threads", str(os.cpu_count() or 2),
