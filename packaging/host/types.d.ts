@@ -83,6 +83,10 @@ export interface ErrorData {
    */
   contextTooLong?: boolean | null;
   /**
+   * ValidationError refused before sending: the window the local server runs the model with.
+   */
+  contextWindow?: number | null;
+  /**
    * InvalidParams only.
    */
   errors?: ValidationIssue[] | null;
@@ -99,6 +103,10 @@ export interface ErrorData {
    * Text already streamed before a failure.
    */
   partialContent?: string | null;
+  /**
+   * ValidationError refused before sending: the prompt's estimated tokens (errs high).
+   */
+  promptTokens?: number | null;
   provider?: string | null;
   /**
    * The provider's own error code, when it sent one.
@@ -199,8 +207,10 @@ export interface ModelRequest {
   context?: JsonValue;
   frequencyPenalty?: number | null;
   maxTokens?: number | null;
-  messages?: ChatTurn[] | null;
+  maxToolRetries?: number | null;
+  messages?: (SystemTurn | UserTurn | AssistantTurn | ToolTurn)[] | null;
   modelId?: string | null;
+  parallelToolCalls?: boolean | null;
   presencePenalty?: number | null;
   prompt: string;
   stop?:
@@ -213,11 +223,66 @@ export interface ModelRequest {
   systemPrompt?: string | null;
   taskType?: TaskType | null;
   temperature?: number | null;
+  toolChoice?: (('auto' | 'none' | 'required') | NamedToolChoice) | null;
+  tools?: ToolDefinition[] | null;
   topP?: number | null;
 }
-export interface ChatTurn {
+export interface SystemTurn {
   content: string;
-  role: 'system' | 'user' | 'assistant';
+  role: 'system';
+}
+export interface UserTurn {
+  content: string | (TextPart | ImagePart)[];
+  role: 'user';
+}
+export interface TextPart {
+  text: string;
+  type: 'text';
+}
+/**
+ * An image, given by exactly one of ``data`` (base64, with ``mediaType``), ``url``
+ * (http/https) or ``path`` (an absolute local file the sidecar reads).
+ */
+export interface ImagePart {
+  data?: string | null;
+  mediaType?: ('image/png' | 'image/jpeg' | 'image/gif' | 'image/webp') | null;
+  path?: string | null;
+  type: 'image';
+  url?: string | null;
+}
+export interface AssistantTurn {
+  content: string;
+  role: 'assistant';
+  toolCalls?: ToolCall[] | null;
+}
+/**
+ * A call the model made: as a response returns it, and as the host sends it back.
+ */
+export interface ToolCall {
+  arguments: {
+    [k: string]: JsonValue;
+  };
+  id: string;
+  name: string;
+}
+/**
+ * The result of one tool call, answering the call with id ``toolCallId``.
+ */
+export interface ToolTurn {
+  content: string;
+  isError?: boolean | null;
+  role: 'tool';
+  toolCallId: string;
+}
+export interface NamedToolChoice {
+  name: string;
+}
+export interface ToolDefinition {
+  description?: string | null;
+  name: string;
+  parameters: {
+    [k: string]: JsonValue;
+  };
 }
 export interface JsonSchemaFormat {
   maxRetries?: number | null;
@@ -268,6 +333,7 @@ export interface ModelGenerateResult {
   metadata: ResponseMetadata;
   model: string;
   parsed?: JsonValue;
+  toolCalls?: ToolCall[] | null;
   usage?: UsageInfo | null;
   [k: string]: unknown;
 }
@@ -320,11 +386,19 @@ export interface ModelGetConfigResult {
   formatTemplates?: {
     [k: string]: FormatTemplate;
   };
+  /**
+   * Read-only (set-config ignores it): where stored API keys live; keychain: the OS credential store, config.json names the item only; file: config.json (mode 0600).
+   */
+  keyStorage: 'keychain' | 'file';
   maxResponseBytes?: number;
   modelOverrides?: {
     [k: string]: ModelOverride;
   };
   providers?: ProvidersConfig;
+  /**
+   * http(s)://[user:password@]host:port for remote providers; "" = direct, ignoring HTTPS_PROXY & co.
+   */
+  proxy?: string | null;
   selection?: SelectionDefaults;
 }
 export interface BudgetConfig {
@@ -366,16 +440,43 @@ export interface ProvidersConfig {
 export interface ProviderEntry {
   apiKey?: string | null;
   baseURL: string;
+  /**
+   * Absolute path of a PEM file whose certificates are trusted besides the system store.
+   */
+  caFile?: string | null;
   defaultModel: string;
   enabled?: boolean;
+  /**
+   * Streaming: the wait for the first chunk; not streaming: added to timeoutMs. Default: 120000 (or timeoutMs if longer) for local providers, none for remote ones (timeoutMs alone).
+   */
+  firstTokenTimeoutMs?: number | null;
   headers?: {
     [k: string]: string;
   } | null;
+  /**
+   * true: no TLS certificate check for this provider (logged as a warning, shown by model:health).
+   */
+  insecureSkipVerify?: boolean | null;
+  /**
+   * Ollama: how long the model stays loaded after a request ("10m", "1h", "-1" for ever, "0" to unload at once); default: Ollama's own (5 minutes).
+   */
+  keepAlive?: string | null;
   modelRateLimits?: {
     [k: string]: RateLimitConfig;
   } | null;
   models?: string[] | null;
+  /**
+   * Local providers: after start-up, start a managed server, or have Ollama load the default model.
+   */
+  preload?: boolean;
+  /**
+   * http(s)://[user:password@]host:port for this provider; "" = direct. Wins over the top-level proxy and the environment.
+   */
+  proxy?: string | null;
   rateLimit?: RateLimitConfig | null;
+  /**
+   * Not streaming: the whole answer; streaming: the longest silence between chunks (default 120000).
+   */
   timeoutMs?: number | null;
 }
 export interface RateLimitConfig {
@@ -392,18 +493,45 @@ export interface RateLimitConfig {
 export interface CustomProviderEntry {
   apiKey?: string | null;
   baseURL: string;
+  /**
+   * Absolute path of a PEM file whose certificates are trusted besides the system store.
+   */
+  caFile?: string | null;
   defaultModel: string;
   enabled?: boolean;
+  /**
+   * Streaming: the wait for the first chunk; not streaming: added to timeoutMs. Default: 120000 (or timeoutMs if longer) for local providers, none for remote ones (timeoutMs alone).
+   */
+  firstTokenTimeoutMs?: number | null;
   headers?: {
     [k: string]: string;
   } | null;
+  /**
+   * true: no TLS certificate check for this provider (logged as a warning, shown by model:health).
+   */
+  insecureSkipVerify?: boolean | null;
+  /**
+   * Ollama: how long the model stays loaded after a request ("10m", "1h", "-1" for ever, "0" to unload at once); default: Ollama's own (5 minutes).
+   */
+  keepAlive?: string | null;
   local?: boolean;
   modelRateLimits?: {
     [k: string]: RateLimitConfig;
   } | null;
   models?: string[] | null;
+  /**
+   * Local providers: after start-up, start a managed server, or have Ollama load the default model.
+   */
+  preload?: boolean;
+  /**
+   * http(s)://[user:password@]host:port for this provider; "" = direct. Wins over the top-level proxy and the environment.
+   */
+  proxy?: string | null;
   rateLimit?: RateLimitConfig | null;
   server?: ServerConfig | null;
+  /**
+   * Not streaming: the whole answer; streaming: the longest silence between chunks (default 120000).
+   */
   timeoutMs?: number | null;
 }
 /**
@@ -494,6 +622,14 @@ export interface ConfigStatus {
    */
   backup?: string | null;
   ignored?: ConfigIgnored[] | null;
+  /**
+   * Where stored API keys live: keychain (the OS credential store; config.json names the item only) or file (config.json, mode 0600: no credential store works here).
+   */
+  keyStorage?: 'keychain' | 'file';
+  /**
+   * Why keys are kept in the file, or which stored keys cannot be read from the credential store.
+   */
+  keyStorageProblem?: string | null;
   path: string;
   problem?: string | null;
   /**
@@ -541,12 +677,20 @@ export interface ProviderHealth {
   coolDownMs?: number;
   enabled: boolean;
   errorRate?: number | null;
+  /**
+   * true: this provider's TLS certificates are not checked (insecureSkipVerify in its entry).
+   */
+  insecureSkipVerify?: boolean | null;
   lastError?: string | null;
   latencyMsP50?: number | null;
   /**
    * The sidecar's own limiter for this provider.
    */
   limiter?: LimiterState | null;
+  /**
+   * loading: the models being loaded.
+   */
+  loadingModels?: string[] | null;
   local: boolean;
   /**
    * Per-model limiters configured with modelRateLimits.
@@ -555,6 +699,10 @@ export interface ProviderHealth {
     [k: string]: LimiterState;
   } | null;
   /**
+   * The proxy this provider's requests go through (password previewed); absent: direct.
+   */
+  proxy?: string | null;
+  /**
    * What the provider's own rate-limit headers said last.
    */
   rateLimit?: ProviderRateLimit | null;
@@ -562,6 +710,10 @@ export interface ProviderHealth {
    * The server the sidecar runs for this entry, if it runs one.
    */
   server?: LocalServerHealth | null;
+  /**
+   * loading: a model is being loaded (a managed server starting; an Ollama model asked for and not yet in /api/ps), so a request waits instead of failing; down: not available; ready: otherwise.
+   */
+  state?: 'ready' | 'loading' | 'down';
   [k: string]: unknown;
 }
 /**
@@ -770,11 +922,19 @@ export interface ModelSetConfigResult {
   formatTemplates?: {
     [k: string]: FormatTemplate;
   };
+  /**
+   * Read-only (set-config ignores it): where stored API keys live; keychain: the OS credential store, config.json names the item only; file: config.json (mode 0600).
+   */
+  keyStorage: 'keychain' | 'file';
   maxResponseBytes?: number;
   modelOverrides?: {
     [k: string]: ModelOverride;
   };
   providers?: ProvidersConfig;
+  /**
+   * http(s)://[user:password@]host:port for remote providers; "" = direct, ignoring HTTPS_PROXY & co.
+   */
+  proxy?: string | null;
   selection?: SelectionDefaults;
 }
 /**
@@ -794,6 +954,17 @@ export interface StreamingChunk {
   model?: string | null;
   partial?: JsonValue;
   restart?: boolean | null;
+  toolCalls?: ToolCallDelta[] | null;
+  [k: string]: unknown;
+}
+/**
+ * A piece of a tool call as it streams: ``id`` and ``name`` on a call's first delta.
+ */
+export interface ToolCallDelta {
+  argumentsDelta: string;
+  id?: string | null;
+  index: number;
+  name?: string | null;
   [k: string]: unknown;
 }
 /**
@@ -817,6 +988,7 @@ export interface ModelStreamResult {
   metadata: ResponseMetadata;
   model: string;
   parsed?: JsonValue;
+  toolCalls?: ToolCall[] | null;
   usage?: UsageInfo | null;
   [k: string]: unknown;
 }

@@ -27,6 +27,9 @@ import {
  * @typedef {import('../types.js').ModelStreamChunkNotification} ModelStreamChunkNotification
  * @typedef {import('../types.js').ModelBudgetAlertNotification} ModelBudgetAlertNotification
  * @typedef {import('../types.js').StreamingChunk} StreamingChunk
+ * @typedef {import('../types.js').ToolCallDelta} ToolCallDelta
+ * @typedef {import('../types.js').ToolCall} ToolCall
+ * @typedef {import('../types.js').ToolTurn} ToolTurn
  * @typedef {import('../types.js').ModelGenerateParams} ModelGenerateParams
  * @typedef {import('../types.js').ModelGenerateResult} ModelGenerateResult
  * @typedef {import('../types.js').ModelStreamParams} ModelStreamParams
@@ -895,6 +898,15 @@ function cancelledLocally(entry) {
 }
 
 /**
+ * A tool call being streamed, assembled from `toolCalls` deltas.
+ * @typedef {object} StreamedToolCall
+ * @property {number} index the call's position in the answer (0, 1, ...)
+ * @property {string} id the call's id (`''` until its first delta arrived)
+ * @property {string} name the tool's name
+ * @property {string} arguments the arguments' JSON text so far
+ */
+
+/**
  * A `model:stream` in flight: async-iterate it for the chunks; `result` is the final response.
  *
  * ```js
@@ -903,7 +915,8 @@ function cancelledLocally(entry) {
  * const response = await stream.result;
  * ```
  *
- * A `restart: true` chunk (a mid-stream fallback) is yielded as it comes, and resets `content`.
+ * A `restart: true` chunk (a mid-stream fallback) is yielded as it comes, and resets `content`
+ * and `toolCalls`.
  * When the stream fails, the iteration throws the error (after the chunks that arrived).
  * @implements {AsyncIterable<StreamingChunk>}
  */
@@ -927,6 +940,14 @@ export class SidecarStream {
     this._iterating = false;
     /** The text so far (what a UI shows): reset by a `restart` chunk. */
     this.content = '';
+    /**
+     * The tool calls so far, assembled from the chunks' `toolCalls` deltas by `index`:
+     * `arguments` is the JSON text received so far (incomplete until the stream ends; the
+     * final, validated calls with parsed arguments are in `result.toolCalls`). Reset by a
+     * `restart` chunk.
+     * @type {StreamedToolCall[]}
+     */
+    this.toolCalls = [];
     /** @type {ModelStreamResult | undefined} */
     this.response = undefined;
     const { id, promise } = host._call('model:stream', params, options, (notification) => this._onChunk(notification));
@@ -965,10 +986,27 @@ export class SidecarStream {
     }
     this._nextSeq += 1;
     const chunk = notification.chunk;
-    if (chunk.restart) this.content = '';
+    if (chunk.restart) {
+      this.content = '';
+      this.toolCalls = [];
+    }
     this.content += chunk.content;
+    for (const delta of chunk.toolCalls ?? []) this._addToolDelta(delta);
     this._queue.push(chunk);
     this._wakeUp();
+  }
+
+  /** @param {ToolCallDelta} delta */
+  _addToolDelta(delta) {
+    let call = this.toolCalls.find((c) => c.index === delta.index);
+    if (!call) {
+      call = { index: delta.index, id: '', name: '', arguments: '' };
+      this.toolCalls.push(call);
+      this.toolCalls.sort((a, b) => a.index - b.index);
+    }
+    if (delta.id) call.id = delta.id;
+    if (delta.name) call.name = delta.name;
+    call.arguments += delta.argumentsDelta;
   }
 
   /** @param {Error | null} error */

@@ -4,6 +4,9 @@
  * @typedef {import('../types.js').ModelStreamChunkNotification} ModelStreamChunkNotification
  * @typedef {import('../types.js').ModelBudgetAlertNotification} ModelBudgetAlertNotification
  * @typedef {import('../types.js').StreamingChunk} StreamingChunk
+ * @typedef {import('../types.js').ToolCallDelta} ToolCallDelta
+ * @typedef {import('../types.js').ToolCall} ToolCall
+ * @typedef {import('../types.js').ToolTurn} ToolTurn
  * @typedef {import('../types.js').ModelGenerateParams} ModelGenerateParams
  * @typedef {import('../types.js').ModelGenerateResult} ModelGenerateResult
  * @typedef {import('../types.js').ModelStreamParams} ModelStreamParams
@@ -241,6 +244,14 @@ export class SidecarHost extends EventEmitter<SidecarHostEvents> {
     _stopChild(child: Child, graceMs: number): Promise<void>;
 }
 /**
+ * A tool call being streamed, assembled from `toolCalls` deltas.
+ * @typedef {object} StreamedToolCall
+ * @property {number} index the call's position in the answer (0, 1, ...)
+ * @property {string} id the call's id (`''` until its first delta arrived)
+ * @property {string} name the tool's name
+ * @property {string} arguments the arguments' JSON text so far
+ */
+/**
  * A `model:stream` in flight: async-iterate it for the chunks; `result` is the final response.
  *
  * ```js
@@ -249,7 +260,8 @@ export class SidecarHost extends EventEmitter<SidecarHostEvents> {
  * const response = await stream.result;
  * ```
  *
- * A `restart: true` chunk (a mid-stream fallback) is yielded as it comes, and resets `content`.
+ * A `restart: true` chunk (a mid-stream fallback) is yielded as it comes, and resets `content`
+ * and `toolCalls`.
  * When the stream fails, the iteration throws the error (after the chunks that arrived).
  * @implements {AsyncIterable<StreamingChunk>}
  */
@@ -273,6 +285,14 @@ export class SidecarStream implements AsyncIterable<StreamingChunk> {
     _iterating: boolean;
     /** The text so far (what a UI shows): reset by a `restart` chunk. */
     content: string;
+    /**
+     * The tool calls so far, assembled from the chunks' `toolCalls` deltas by `index`:
+     * `arguments` is the JSON text received so far (incomplete until the stream ends; the
+     * final, validated calls with parsed arguments are in `result.toolCalls`). Reset by a
+     * `restart` chunk.
+     * @type {StreamedToolCall[]}
+     */
+    toolCalls: StreamedToolCall[];
     /** @type {ModelStreamResult | undefined} */
     response: ModelStreamResult | undefined;
     /** The request id (what `model:stream-chunk` carries as `requestId`; pass it to `host.cancel`). */
@@ -283,6 +303,8 @@ export class SidecarStream implements AsyncIterable<StreamingChunk> {
     cancel(): boolean;
     /** @param {ModelStreamChunkNotification} notification */
     _onChunk(notification: ModelStreamChunkNotification): void;
+    /** @param {ToolCallDelta} delta */
+    _addToolDelta(delta: ToolCallDelta): void;
     /** @param {Error | null} error */
     _end(error: Error | null): void;
     _wakeUp(): void;
@@ -300,6 +322,9 @@ export type SidecarReadyNotification = import("../types.js").SidecarReadyNotific
 export type ModelStreamChunkNotification = import("../types.js").ModelStreamChunkNotification;
 export type ModelBudgetAlertNotification = import("../types.js").ModelBudgetAlertNotification;
 export type StreamingChunk = import("../types.js").StreamingChunk;
+export type ToolCallDelta = import("../types.js").ToolCallDelta;
+export type ToolCall = import("../types.js").ToolCall;
+export type ToolTurn = import("../types.js").ToolTurn;
 export type ModelGenerateParams = import("../types.js").ModelGenerateParams;
 export type ModelGenerateResult = import("../types.js").ModelGenerateResult;
 export type ModelStreamParams = import("../types.js").ModelStreamParams;
@@ -492,6 +517,27 @@ export type Pending = {
     reject: (error: Error) => void;
     onChunk: ((params: ModelStreamChunkNotification) => void) | null;
     cleanup: () => void;
+};
+/**
+ * A tool call being streamed, assembled from `toolCalls` deltas.
+ */
+export type StreamedToolCall = {
+    /**
+     * the call's position in the answer (0, 1, ...)
+     */
+    index: number;
+    /**
+     * the call's id (`''` until its first delta arrived)
+     */
+    id: string;
+    /**
+     * the tool's name
+     */
+    name: string;
+    /**
+     * the arguments' JSON text so far
+     */
+    arguments: string;
 };
 import { EventEmitter } from 'node:events';
 import { SidecarUnavailableError } from './errors.js';
