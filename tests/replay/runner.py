@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.fakes import CutStream, Error, FakeServer, Hang, MidStreamError, Raw, Reply
+from tests.fakes import CutStream, Error, FakeServer, FakeToolCall, Hang, MidStreamError, Raw, Reply
 from tests.stdio.harness import SidecarProcess
 
 BEHAVIOURS = {"Reply": Reply, "Error": Error, "CutStream": CutStream, "MidStreamError": MidStreamError,
@@ -96,6 +96,13 @@ def match(expected: Any, actual: Any, path: str = "") -> None:
     assert expected == actual and type(expected) is type(actual), f"{path}: {actual!r} != {expected!r}"
 
 
+def _behaviour(kind: str, args: dict[str, Any]) -> Any:
+    """A scripted behaviour; a Reply's ``tool_calls`` are FakeToolCall fields."""
+    if "tool_calls" in args:
+        args = {**args, "tool_calls": [FakeToolCall(**call) for call in args["tool_calls"]]}
+    return BEHAVIOURS[kind](**args)
+
+
 def replay(path: Path, *, record: bool = False) -> None:
     """Run one transcript; with ``record``, rewrite its ``<`` lines from this run."""
     setup, steps = load(path)
@@ -103,7 +110,7 @@ def replay(path: Path, *, record: bool = False) -> None:
     try:
         urls = {name: server.base_url for name, server in fakes.items()}
         for name, script in setup.get("script", {}).items():
-            fakes[name].enqueue(*(BEHAVIOURS[kind](**args) for kind, args in script))
+            fakes[name].enqueue(*(_behaviour(kind, args) for kind, args in script))
         with tempfile.TemporaryDirectory() as tmp:
             data_dir = Path(tmp)
             if "config" in setup:
