@@ -33,3 +33,17 @@ if [ "$(uname -s)" = "Linux" ] && ! command -v strace >/dev/null 2>&1; then
         echo "setup: strace is missing (apt-get install strace); the ledger durability test will not run" >&2
     fi
 fi
+# A real Secret Service for the keychain tests (tests/keys/secret_service.py starts a private
+# D-Bus session bus and an unlocked GNOME Keyring; secret-tool reads items back; Linux only).
+if [ "$(uname -s)" = "Linux" ] && ! { command -v gnome-keyring-daemon && command -v dbus-daemon \
+        && command -v secret-tool; } >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing gnome-keyring, dbus and secret-tool for the keychain tests" >&2
+        KEYRING_PKGS="gnome-keyring dbus dbus-x11 libsecret-tools"
+        apt-get install -y -qq $KEYRING_PKGS >/dev/null 2>&1 \
+            || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $KEYRING_PKGS >/dev/null; }
+    else
+        echo "setup: gnome-keyring, dbus or secret-tool is missing (apt-get install gnome-keyring dbus" \
+             "dbus-x11 libsecret-tools); the keychain tests will not run" >&2
+    fi
+fi

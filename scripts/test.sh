@@ -8,7 +8,9 @@ bash scripts/setup.sh
 .venv/bin/python -m sidecar.wire.schemas --check
 .venv/bin/ruff check sidecar tests scripts packaging
 .venv/bin/mypy
-# The real-model and OpenAPI-spec tests must run here, never skip.
+# The real-model, OpenAPI-spec and keychain tests (a private GNOME Keyring, started by
+# tests/keys/secret_service.py) must run here, never skip.
+export SIDECAR_REQUIRE_KEYCHAIN=1
 SIDECAR_REQUIRE_LOCAL_MODEL=1 SIDECAR_REQUIRE_OPENAPI=1 .venv/bin/python -m pytest -q "$@"
 .venv/bin/python scripts/mutants.py
 
