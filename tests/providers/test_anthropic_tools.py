@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -27,7 +28,7 @@ from sidecar.providers.base import (
     ToolSpec,
 )
 from tests.fakes import FakeToolCall, Reply
-from tests.providers.conftest import Harness, run
+from tests.providers.conftest import API_KEY, Harness, run
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -277,3 +278,28 @@ async def test_user_tools_win_over_a_forced_tool_of_the_same_name(anthropic: Har
     assert sent is not None
     assert sent["tools"] == [{"name": "response", "input_schema": mine.parameters}]
     assert "tool_choice" not in sent
+
+
+# -- the fake speaks the API's stream ---------------------------------------------------------
+
+
+async def test_fake_streams_tool_use_as_the_api_does(anthropic: Harness) -> None:
+    """content_block_start with ``input: {}``, a first ``partial_json`` of ``""``, the
+    stop of each block, then ``message_delta`` with ``tool_use``."""
+    anthropic.server.enqueue(Reply(text="Hm.", tool_calls=[FakeToolCall("now", {"tz": "UTC"}, id="toolu_01K")]))
+    body = {"model": anthropic.model, "max_tokens": 50, "stream": True, "tools": [
+        {"name": "now", "input_schema": {"type": "object"}}], "messages": [{"role": "user", "content": "Time?"}]}
+    headers = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01"}
+    async with httpx.AsyncClient() as client:
+        response = await client.post(anthropic.server.chat_url, json=body, headers=headers)
+    events = [orjson.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    kinds = [(e["type"], e.get("index")) for e in events]
+    assert kinds == [("message_start", None), ("content_block_start", 0), ("ping", None),
+                     ("content_block_delta", 0), ("content_block_stop", 0), ("content_block_start", 1),
+                     ("content_block_delta", 1), ("content_block_delta", 1), ("content_block_delta", 1),
+                     ("content_block_delta", 1), ("content_block_stop", 1), ("message_delta", None),
+                     ("message_stop", None)]
+    assert events[5]["content_block"] == {"type": "tool_use", "id": "toolu_01K", "name": "now", "input": {}}
+    pieces = [e["delta"]["partial_json"] for e in events if e["type"] == "content_block_delta" and e["index"] == 1]
+    assert pieces[0] == "" and "".join(pieces) == '{"tz":"UTC"}'
+    assert events[-2]["delta"]["stop_reason"] == "tool_use"
