@@ -109,4 +109,6 @@ def _provider_health(sources: HealthSources, provider: Provider, problem: str | 
                        for key, state in limiters.items()
                        if key.startswith(provider.name + "/")} or None,
         server=sources.servers.health(provider.name),
+        insecureSkipVerify=True if provider.settings.insecure_skip_verify else None,
+        proxy=redact_url(provider.settings.proxy) if provider.settings.proxy else None,
     )

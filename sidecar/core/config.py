@@ -39,7 +39,7 @@ import structlog
 
 from sidecar.errors import InvalidParams, StorageError
 from sidecar.providers.base import ProviderSettings
-from sidecar.providers.http import is_loopback_url
+from sidecar.providers.network import choose_proxy, is_loopback_url
 from sidecar.secrets import Redactor, is_preview, is_sensitive_header, preview
 from sidecar.store.keys import KeychainError, KeyStore, key_refs, stored_entries
 from sidecar.wire.config import (
@@ -473,6 +473,7 @@ class ConfigManager:
         self._report()
         self.stored, self.config = disk.stored, disk.config
         self._register_secrets()
+        self._warn_insecure()
 
     async def refresh(self) -> None:
         """Adopt ``config.json`` if another process (or a hand edit) replaced it since."""
@@ -631,6 +632,7 @@ class ConfigManager:
             log.warning("config_backup", path=str(backup))
         self.stored, self.config = disk.stored, disk.config
         self._register_secrets()
+        self._warn_insecure()
         for listener in self._listeners:
             listener(disk.config)
 
@@ -693,10 +695,18 @@ class ConfigManager:
             settings = self._resolve(*item)
             self._redactor.add(settings.api_key)
             self._redactor.add(*(v for k, v in settings.headers.items() if is_sensitive_header(k)))
-            password = _url_password(settings.base_url)
-            if password:
-                # The whole URL too: a short password alone is below the scrubber's minimum.
-                self._redactor.add(password, settings.base_url)
+            for url in (settings.base_url, settings.proxy, getattr(item[2], "proxy", None), self.config.proxy):
+                password = _url_password(url) if url else None
+                if password:
+                    # The whole URL too: a short password alone is below the scrubber's minimum.
+                    self._redactor.add(password, url)
+
+    def _warn_insecure(self) -> None:
+        """Every enabled entry with ``insecureSkipVerify``, on every load: never silent."""
+        for name, _kind, entry in self._entries():
+            if entry.enabled and entry.insecure_skip_verify:
+                log.warning("tls_verification_disabled", provider=name,
+                            detail="insecureSkipVerify: this provider's TLS certificates are not checked")
 
     def _stored_entry(self, name: str) -> dict[str, Any]:
         """The stored object of one provider entry (``{}``: none; a ``null`` member is none too)."""
@@ -716,6 +726,8 @@ class ConfigManager:
             api_key = self._env.get(_KEY_ENV[kind]) or None
         if kind == "ollama" and "baseURL" not in self._stored_entry(name) and self._ollama_env:
             base_url = self._ollama_env
+        # Loopback hosts are always local; a custom entry may declare itself local.
+        local = is_loopback_url(base_url) or bool(getattr(entry, "local", False))
         return ProviderSettings(
             name=name,
             kind=kind,
@@ -724,9 +736,11 @@ class ConfigManager:
             api_key=api_key,
             headers=dict(entry.headers or {}),
             timeout_ms=entry.timeout_ms,
-            # Loopback hosts are always local; a custom entry may declare itself local.
-            local=is_loopback_url(base_url) or bool(getattr(entry, "local", False)),
+            local=local,
             models=tuple(entry.models or ()),
+            proxy=choose_proxy(base_url, entry=entry.proxy, top=self.config.proxy, env=self._env, local=local),
+            ca_file=entry.ca_file,
+            insecure_skip_verify=bool(entry.insecure_skip_verify),
         )
 
     def provider_settings(self) -> list[ProviderSettings]:
@@ -742,6 +756,8 @@ class ConfigManager:
             _preview_entry(providers[name], resolved.get(name))
         for name, entry in providers.get("custom", {}).items():
             _preview_entry(entry, resolved.get(name))
+        if doc.get("proxy"):
+            doc["proxy"] = redact_url(doc["proxy"])
         doc["keyStorage"] = self.keys.storage
         return doc
 
@@ -778,6 +794,8 @@ def _preview_entry(entry: dict[str, Any], settings: ProviderSettings | None) -> 
     entry["baseURL"] = redact_url(settings.base_url if settings is not None else entry["baseURL"])
     if entry.get("headers"):
         entry["headers"] = {k: preview(v) if is_sensitive_header(k) else v for k, v in entry["headers"].items()}
+    if entry.get("proxy"):
+        entry["proxy"] = redact_url(entry["proxy"])
 
 
 def _patch_entries(patch: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -802,7 +820,10 @@ def _prepare_patch(patch: dict[str, Any], current: ModelConfig) -> dict[str, Any
     patch = copy.deepcopy(patch)
     patch.pop("keyStorage", None)  # read-only: a get-config result sent back carries it
     current_urls = {name: entry.base_url for name, _kind, entry in _entries(current)}
+    _keep_redacted(patch, "proxy", current.proxy, "/config/proxy")
     for name, entry in _patch_entries(patch):
+        found = current.providers.entry(name)
+        _keep_redacted(entry, "proxy", found.proxy if found else None, _entry_pointer(name, "proxy"))
         if "apiKeyRef" in entry:
             raise InvalidParams("invalid config", errors=[{"path": _entry_pointer(name, "apiKeyRef"), "message": (
                 "apiKeyRef is written by the sidecar only; send apiKey")}])
@@ -831,6 +852,19 @@ def _prepare_patch(patch: dict[str, Any], current: ModelConfig) -> dict[str, Any
                 raise InvalidParams("invalid config", errors=[{"path": path, "message": (
                     "the password in baseURL is a redacted preview of another URL; send the whole URL")}])
     return patch
+
+
+def _keep_redacted(node: dict[str, Any], field: str, current: str | None, pointer: str) -> None:
+    """A URL sent back as get-config showed it (password previewed) keeps the stored one;
+    the previewed password of another URL is refused (the real one is unknown)."""
+    url = node.get(field)
+    if not (isinstance(url, str) and is_preview(_url_password(url) or "")):
+        return
+    if current is not None and url == redact_url(current):
+        del node[field]
+        return
+    raise InvalidParams("invalid config", errors=[{"path": pointer, "message": (
+        f"the password in {field} is a redacted preview of another URL; send the whole URL")}])
 
 
 def _entry_pointer(name: str, member: str) -> str:

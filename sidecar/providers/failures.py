@@ -28,6 +28,7 @@ from sidecar.errors import (
 )
 from sidecar.providers.guard import oversized
 from sidecar.providers.headers import parse_retry_after_ms
+from sidecar.providers.network import ProxyFailed, SetupFailed, TlsRejected
 from sidecar.secrets import REDACTED, secret_variants
 
 __all__ = [
@@ -100,6 +101,11 @@ def _mapped(exc: Exception, provider: str, model: str | None, local_url: str | N
     if isinstance(exc, httpx.TimeoutException):
         phase = type(exc).__name__.replace("Timeout", "").lower() or "request"
         return NetworkError(f"{provider}: {phase} timed out", **ctx)
+    if isinstance(exc, TlsRejected | SetupFailed):
+        # A certificate or a setting that is wrong now will be wrong on the next try too.
+        return NetworkError(f"{provider}: {exc.explanation}", retryable=False, **ctx)
+    if isinstance(exc, ProxyFailed):
+        return NetworkError(f"{provider}: {exc.explanation}", retryable=exc.retryable, **ctx)
     if isinstance(exc, httpx.ConnectError):
         if local_url is not None and _refused(exc):
             return LocalServerDown(

@@ -9,19 +9,28 @@ be swapped in one place). Failures map to typed errors in
 
 from __future__ import annotations
 
-import ipaddress
+import os
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
-import certifi
 import httpx
+import structlog
 
 from sidecar.providers.base import ProviderSettings
 from sidecar.providers.failures import ResponseTooLarge, error_from_status, map_http_errors
 from sidecar.providers.framing import loads_body
 from sidecar.providers.guard import ERROR_BODY_BYTES
+from sidecar.providers.network import (
+    SetupFailed,
+    Trust,
+    build_ssl_context,
+    deny_remote_reason,
+    explain,
+    is_loopback_url,
+    proxy_problem,
+    proxy_status_failure,
+)
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
@@ -42,69 +51,126 @@ DEFAULT_TIMEOUT_MS = 120_000
 
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 
+log = structlog.get_logger("sidecar.providers")
 
-def is_loopback_url(url: str) -> bool:
-    """Whether ``url`` points at this machine: a loopback IP literal or ``localhost``.
 
-    Names are never matched by prefix (``127.attacker.example`` is not local), and no
-    name other than ``localhost`` is trusted, since resolving it could lead anywhere.
-    """
-    try:
-        host = (urlsplit(url).hostname or "").lower()
-    except ValueError:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+class _Explained(httpx.AsyncBaseTransport):
+    """Wraps a provider's transport: failures to connect come out explained (which TLS
+    problem at which host, which proxy), a 407 from the proxy is a proxy failure, and
+    settings that cannot be used fail every request with their reason."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport | None, proxy: str | None,
+                 setup: SetupFailed | None = None) -> None:
+        self._inner = inner
+        self._proxy = proxy
+        self._setup = setup
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._inner is None or self._setup is not None:
+            raise SetupFailed(self._setup.explanation if self._setup else "no transport", request=request)
+        try:
+            response = await self._inner.handle_async_request(request)
+        except httpx.TransportError as exc:
+            explained = explain(exc, request, self._proxy)
+            if explained is None:
+                raise
+            raise explained from exc
+        if self._proxy is not None and response.status_code == 407:
+            failure = proxy_status_failure(response.status_code, request, self._proxy)
+            if failure is not None:
+                await response.aclose()
+                raise failure
+        return response
+
+    async def aclose(self) -> None:
+        if self._inner is not None:
+            await self._inner.aclose()
 
 
 class HttpClientFactory:
     """Builds the one pooled ``httpx.AsyncClient`` of each provider.
 
-    ``transport`` replaces httpx's default transport for every client (the benchmark
-    issue compares the aiohttp-backed one); tests keep the default and talk to real
-    loopback servers.
+    Each client gets its provider's TLS context and proxy (decided in
+    :mod:`sidecar.providers.network`) in its own transport: aiohttp's
+    (:class:`~sidecar.providers.aio_transport.AiohttpTransport`, the default) or httpx's
+    (``aiohttp=False``). ``transport`` replaces both for every client (tests); it then
+    carries its own trust and proxy. ``env`` is where ``SSL_CERT_FILE``/``SSL_CERT_DIR``
+    are read (the process environment by default).
     """
 
-    def __init__(self, transport: httpx.AsyncBaseTransport | None = None, *, deny_remote: bool = False) -> None:
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None, *, deny_remote: bool = False,
+                 aiohttp: bool = True, env: Mapping[str, str] | None = None) -> None:
         self._transport = transport
-        self._ssl: ssl.SSLContext | None = None
+        #: Each client gets its own :class:`AiohttpTransport` (unless ``transport`` is given).
+        self.aiohttp = aiohttp
+        self._env = os.environ if env is None else env
+        self._contexts: dict[Trust, ssl.SSLContext] = {}
         #: Refuse every non-loopback request before it connects (``MODEL_SIDECAR_DENY_REMOTE``):
         #: the test suite runs with it, so a routing bug can never reach the internet.
         self.deny_remote = deny_remote
 
-    async def _guard(self, request: httpx.Request) -> None:
-        if not is_loopback_url(str(request.url)):
-            raise httpx.ConnectError(
-                f"remote connections are disabled (MODEL_SIDECAR_DENY_REMOTE): {request.url.host}",
-                request=request,
-            )
+    def _guard(self, proxy: str | None) -> Callable[[httpx.Request], Awaitable[None]]:
+        async def guard(request: httpx.Request) -> None:
+            reason = deny_remote_reason(str(request.url), proxy)
+            if reason is not None:
+                raise httpx.ConnectError(
+                    f"remote connections are disabled (MODEL_SIDECAR_DENY_REMOTE): {reason}", request=request)
+        return guard
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        # Loading the CA bundle costs ~25 ms: do it once, and only for a TLS provider.
-        if self._ssl is None:
-            self._ssl = ssl.create_default_context(cafile=certifi.where())
-        return self._ssl
+    def trust(self, settings: ProviderSettings) -> Trust:
+        """What the provider's TLS trusts (its entry, and the sidecar's environment)."""
+        return Trust(ca_file=settings.ca_file, insecure=settings.insecure_skip_verify,
+                     cert_file=self._env.get("SSL_CERT_FILE") or None,
+                     cert_dir=self._env.get("SSL_CERT_DIR") or None)
+
+    def ssl_context(self, trust: Trust) -> ssl.SSLContext:
+        """One context per distinct trust: loading the system store costs ~20 ms.
+
+        Raises:
+            SetupFailed: a CA file or directory cannot be used.
+        """
+        ctx = self._contexts.get(trust)
+        if ctx is None:
+            ctx = self._contexts[trust] = build_ssl_context(trust)
+        return ctx
+
+    def _transport_for(self, settings: ProviderSettings, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+        proxy = settings.proxy
+        problem = proxy_problem(proxy) if proxy is not None else None
+        if problem is not None:
+            return _Explained(None, proxy, SetupFailed(problem))
+        if self._transport is not None:
+            return _Explained(self._transport, proxy)
+        try:
+            needs_tls = settings.base_url.startswith("https://") or (proxy or "").startswith("https://")
+            ctx = self.ssl_context(self.trust(settings)) if needs_tls else None
+        except SetupFailed as exc:
+            log.warning("provider_tls_unusable", provider=settings.name, problem=exc.explanation)
+            return _Explained(None, proxy, exc)
+        inner: httpx.AsyncBaseTransport
+        if self.aiohttp:
+            from sidecar.providers.aio_transport import AiohttpTransport
+
+            inner = AiohttpTransport(verify=ctx if ctx is not None else True, proxy=proxy, trust_env=False,
+                                     limits=limits)
+        else:
+            inner = httpx.AsyncHTTPTransport(
+                verify=ctx if ctx is not None else True, limits=limits, trust_env=False,
+                proxy=None if proxy is None else httpx.Proxy(
+                    proxy, ssl_context=ctx if proxy.startswith("https://") else None))
+        return _Explained(inner, proxy)
 
     def build(self, settings: ProviderSettings) -> httpx.AsyncClient:
         timeout_s = (settings.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
-        tls = settings.base_url.startswith("https://")
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50, keepalive_expiry=30)
         return httpx.AsyncClient(
-            verify=self._ssl_context() if tls else True,
-            event_hooks={"request": [self._guard]} if self.deny_remote else None,
+            event_hooks={"request": [self._guard(settings.proxy)]} if self.deny_remote else None,
             base_url=settings.base_url.rstrip("/"),
             timeout=httpx.Timeout(timeout_s, connect=min(DEFAULT_CONNECT_TIMEOUT_S, timeout_s)),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50, keepalive_expiry=30),
-            # Local servers are reached directly; a system proxy must never see them.
-            trust_env=not settings.local,
+            # Proxies are chosen per provider (network.choose_proxy), never by httpx itself.
+            trust_env=False,
             follow_redirects=False,
-            transport=self._transport,
+            transport=self._transport_for(settings, limits),
         )
 
 

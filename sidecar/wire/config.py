@@ -38,6 +38,9 @@ __all__ = [
     "ServerConfig",
     "check_api_key",
     "check_base_url",
+    "check_ca_file",
+    "check_proxy_url",
+    "proxy_url_problem",
 ]
 
 #: The embedded local model's default entry (see ``scripts/local_model.py``).
@@ -112,6 +115,48 @@ def check_base_url(value: str) -> str:
     return value
 
 
+def proxy_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be used as a proxy (never quoting it: it may hold a password)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        return "the proxy URL is not a valid URL (port or IPv6 host)"
+    if parts.scheme not in ("http", "https"):
+        return "the proxy URL must start with http:// or https:// (SOCKS proxies are not supported)"
+    if not parts.hostname:
+        return "the proxy URL has no host"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "the proxy URL must be scheme://[user:password@]host[:port] with nothing after it"
+    if _describe(url, "proxy"):
+        return "the proxy URL contains a control or whitespace character"
+    return None
+
+
+def check_proxy_url(value: str | None) -> str | None:
+    """``value`` trimmed if it is a usable proxy URL; ``""`` (direct) and None pass."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value == "":
+        return value
+    if len(value) > MAX_BASE_URL_CHARS:
+        raise ValueError(f"proxy is longer than {MAX_BASE_URL_CHARS} characters")
+    problem = proxy_url_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def check_ca_file(value: str | None) -> str | None:
+    """An absolute path without NUL (the file itself is read when a client is built)."""
+    if value is None:
+        return None
+    if "\0" in value or not (value.startswith("/") or re.match(r"^(?:[A-Za-z]:[\\/]|\\\\)", value)):
+        raise ValueError("caFile must be an absolute path")
+    return value
+
+
 def check_api_key(value: str | None) -> str | None:
     """The key without surrounding whitespace (a paste often adds a newline)."""
     if value is None:
@@ -147,6 +192,24 @@ class ProviderEntry(ParamsModel):
     rate_limit: RateLimitConfig | None = None
     #: Extension: limits of single models, applied on top of the provider's ``rateLimit``.
     model_rate_limits: dict[str, RateLimitConfig] | None = None
+    #: Extension: corporate networks (docs/protocol.md "Trust and proxies").
+    proxy: str | None = Field(default=None, description=(
+        "http(s)://[user:password@]host:port for this provider; \"\" = direct. Wins over the top-level "
+        "proxy and the environment."))
+    ca_file: str | None = Field(default=None, min_length=1, max_length=4096, description=(
+        "Absolute path of a PEM file whose certificates are trusted besides the system store."))
+    insecure_skip_verify: bool | None = Field(default=None, description=(
+        "true: no TLS certificate check for this provider (logged as a warning, shown by model:health)."))
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, value: str | None) -> str | None:
+        return check_proxy_url(value)
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_path(cls, value: str | None) -> str | None:
+        return check_ca_file(value)
 
     @field_validator("base_url")
     @classmethod
@@ -382,6 +445,15 @@ class ModelConfig(ParamsModel):
     #: Extension: the most bytes a provider may send in one stream line or event, in one
     #: non-streamed body, and as one answer's text (more is an oversized-response ModelError).
     max_response_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
+    #: Extension: the proxy of every remote provider without its own ``proxy``; wins over
+    #: the environment (``HTTPS_PROXY``...). ``""``: direct.
+    proxy: str | None = Field(default=None, description=(
+        "http(s)://[user:password@]host:port for remote providers; \"\" = direct, ignoring HTTPS_PROXY & co."))
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, value: str | None) -> str | None:
+        return check_proxy_url(value)
 
     def provider_names(self) -> list[str]:
         return [*BUILTIN_PROVIDERS, *self.providers.custom]

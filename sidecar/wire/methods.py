@@ -121,6 +121,10 @@ class ProviderHealth(ResultModel):
         default=None, description="Per-model limiters configured with modelRateLimits.")
     server: LocalServerHealth | None = Field(default=None, description=(
         "The server the sidecar runs for this entry, if it runs one."))
+    insecure_skip_verify: bool | None = Field(default=None, description=(
+        "true: this provider's TLS certificates are not checked (insecureSkipVerify in its entry)."))
+    proxy: str | None = Field(default=None, description=(
+        "The proxy this provider's requests go through (password previewed); absent: direct."))
 
 
 class LedgerHealth(ResultModel):

@@ -9,4 +9,6 @@ from __future__ import annotations
 OPENAI_KEY = "sk-test-OPENAIKEY0123456789abcdef"
 ANTHROPIC_KEY = "sk-ant-test-ANTHROPICKEY0123456789"
 CUSTOM_KEY = "local-secret-key-0123456789XYZ"
-ALL_KEYS = (OPENAI_KEY, ANTHROPIC_KEY, CUSTOM_KEY)
+#: The forward proxy's password in the network tests (tests.network.support): a secret too.
+PROXY_PASSWORD = "proxy-pass-0123456789QRS"
+ALL_KEYS = (OPENAI_KEY, ANTHROPIC_KEY, CUSTOM_KEY, PROXY_PASSWORD)

@@ -1,0 +1,97 @@
+"""Both transports (aiohttp's, httpx's own) get the same trust and proxy from the factory
+and fail the same explained way: through a real proxy to a TLS fake signed by a test CA."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.errors import NetworkError
+from sidecar.providers import create_provider
+from sidecar.providers.base import ChatMessage, ProviderRequest, ProviderSettings
+from sidecar.providers.http import HttpClientFactory
+from tests.fakes import FakeServer, refusing_port
+from tests.network.support import PROXY_PASSWORD, ForwardProxy, TestCA
+from tests.support.keys import OPENAI_KEY
+
+REQUEST = ProviderRequest(model="gpt-4o-mini", messages=(ChatMessage("user", "hi"),))
+
+
+@pytest.fixture(params=["aiohttp", "httpx"])
+def factory(request: pytest.FixtureRequest) -> HttpClientFactory:
+    return HttpClientFactory(aiohttp=request.param == "aiohttp", deny_remote=True, env={})
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> TestCA:
+    return TestCA(tmp_path)
+
+
+@pytest.fixture
+def fake(ca: TestCA) -> Iterator[FakeServer]:
+    with FakeServer("openai", api_key=OPENAI_KEY, tls=ca.server_context("provider.test")).start() as server:
+        yield server
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[ForwardProxy]:
+    with ForwardProxy(tmp_path, auth=True) as running:
+        yield running
+
+
+async def generate(factory: HttpClientFactory, fake: FakeServer, **settings: Any) -> str:
+    fields: dict[str, Any] = {"name": "openai", "kind": "openai", "default_model": "gpt-4o-mini",
+                              "api_key": OPENAI_KEY, "base_url": f"https://provider.test:{fake.port}/v1", **settings}
+    provider = create_provider(ProviderSettings(**fields), factory)
+    try:
+        return (await provider.generate(REQUEST)).content
+    finally:
+        await provider.aclose()
+
+
+async def test_through_an_authenticating_proxy_with_a_ca_file(
+        factory: HttpClientFactory, fake: FakeServer, proxy: ForwardProxy, ca: TestCA) -> None:
+    assert await generate(factory, fake, proxy=proxy.url(), ca_file=str(ca.pem_path)) == "Hello from the fake."
+    assert proxy.connections() == [f"CONNECT provider.test:{fake.port}"]
+
+
+async def test_an_unknown_root_through_the_proxy_names_the_provider_host(
+        factory: HttpClientFactory, fake: FakeServer, proxy: ForwardProxy) -> None:
+    with pytest.raises(NetworkError) as caught:
+        await generate(factory, fake, proxy=proxy.url())
+    assert f"TLS certificate of provider.test:{fake.port} not accepted: unable to get local issuer" \
+           in caught.value.message
+    assert not caught.value.retryable
+
+
+async def test_wrong_proxy_credentials(factory: HttpClientFactory, fake: FakeServer, proxy: ForwardProxy,
+                                       ca: TestCA) -> None:
+    with pytest.raises(NetworkError) as caught:
+        await generate(factory, fake, proxy=proxy.url(password="wrong-password-0123"), ca_file=str(ca.pem_path))
+    message = caught.value.message
+    assert message.startswith(f"openai: the proxy {proxy.address} refused the tunnel to provider.test:{fake.port}")
+    assert "407" in message and "wrong-password" not in message and PROXY_PASSWORD not in message
+    assert proxy.connections() == []
+
+
+async def test_a_refusing_proxy(factory: HttpClientFactory, fake: FakeServer, ca: TestCA) -> None:
+    with refusing_port() as port, pytest.raises(NetworkError) as caught:
+        await generate(factory, fake, proxy=f"http://127.0.0.1:{port}", ca_file=str(ca.pem_path))
+    assert caught.value.message == f"openai: the proxy 127.0.0.1:{port} refused the connection"
+    assert caught.value.retryable
+
+
+async def test_insecure_skip_verify_needs_no_root(factory: HttpClientFactory, fake: FakeServer,
+                                                  proxy: ForwardProxy) -> None:
+    assert await generate(factory, fake, proxy=proxy.url(), insecure_skip_verify=True) == "Hello from the fake."
+
+
+async def test_ssl_cert_file_of_the_factory_environment(fake: FakeServer, proxy: ForwardProxy, ca: TestCA) -> None:
+    for aiohttp in (True, False):
+        factory = HttpClientFactory(aiohttp=aiohttp, deny_remote=True, env={"SSL_CERT_FILE": str(ca.pem_path)})
+        assert await generate(factory, fake, proxy=proxy.url()) == "Hello from the fake."
+
+
