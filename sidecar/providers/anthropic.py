@@ -244,7 +244,7 @@ class _MessageStream:
     pending_calls: list[ToolCallDelta] = field(default_factory=list)
     #: Content-block index -> call index (0, 1, ... over the answer's tool_use blocks).
     calls: dict[int, int] = field(default_factory=dict)
-    #: Calls whose input JSON has had a non-empty piece.
+    #: Content-block indexes of tool_use blocks whose input JSON has had a non-empty piece.
     started: set[int] = field(default_factory=set)
     #: Content-block indexes of the forced structured-output tool: their input is text.
     forced_blocks: set[int] = field(default_factory=set)
@@ -454,11 +454,12 @@ def _block_event(name: str, data: dict[str, Any], state: _MessageStream) -> str 
         return None
     if name == "content_block_start":
         _start_block(data.get("content_block"), index, state)
-    elif name == "content_block_stop":
-        call = state.calls.get(index)
-        if call is not None and call not in state.started:
-            state.pending_calls.append(ToolCallDelta(call, "{}"))
-    else:
+    elif name == "content_block_stop" and index not in state.started:
+        if index in state.forced_blocks:
+            return "{}"
+        if index in state.calls:
+            state.pending_calls.append(ToolCallDelta(state.calls[index], "{}"))
+    elif name == "content_block_delta":
         return _block_delta(data.get("delta"), index, state)
     return None
 
@@ -487,10 +488,10 @@ def _block_delta(delta: object, index: int, state: _MessageStream) -> str | None
     piece = delta.get("partial_json")
     if delta.get("type") != "input_json_delta" or not isinstance(piece, str):
         return None
+    if piece:
+        state.started.add(index)
     if index in state.forced_blocks:
         return piece
-    call = state.calls.get(index)
-    if call is not None and piece:
-        state.started.add(call)
-        state.pending_calls.append(ToolCallDelta(call, piece))
+    if index in state.calls and piece:
+        state.pending_calls.append(ToolCallDelta(state.calls[index], piece))
     return None

@@ -265,6 +265,14 @@ async def test_forced_structured_output_tool_is_the_text_answer(anthropic: Harne
     assert anthropic.server.requests[0].json["tool_choice"]["name"] == "response"  # type: ignore[index]
 
 
+async def test_forced_tool_with_empty_input_is_an_empty_object(anthropic: Harness, streaming: bool) -> None:
+    """Streamed or not, a forced tool's input that came as no JSON piece at all is ``{}``."""
+    anthropic.server.enqueue(Reply(text="", tool_calls=[FakeToolCall("response", {}, pieces=[""])]))
+    result = await _answer(anthropic, anthropic.request(native_format=FORCED), streaming)
+    assert result.content == "{}"
+    assert result.finish_reason == "stop"
+
+
 async def test_user_tools_win_over_a_forced_tool_of_the_same_name(anthropic: Harness, streaming: bool) -> None:
     """A user tool named like the structured-output tool: its call is a tool call, never
     the text answer, and only the request's tools are sent."""
