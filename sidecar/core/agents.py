@@ -17,21 +17,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
 import math
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import filetype  # type: ignore[import-untyped]
-import imagesize  # type: ignore[import-untyped]
 import orjson
 
 from sidecar.errors import InvalidParams
 from sidecar.providers.base import ChatMessage, ContentPart, ImageInput, NamedTool, ToolCall, ToolSpec
+from sidecar.providers.images import MAX_IMAGE_BYTES, ImageFacts, sniff_image
 from sidecar.wire.model import (
-    IMAGE_MEDIA_TYPES,
     AssistantTurn,
     ImagePart,
     ModelRequest,
@@ -55,31 +51,9 @@ __all__ = [
     "sniff_image",
 ]
 
-#: The largest image the sidecar reads or forwards inline.
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
 #: Tokens allowed for an image whose size is unknown (a URL): the most any provider's
 #: published rule gives one image (Anthropic resizes past ~1,600 tokens).
 UNKNOWN_IMAGE_TOKENS = 1_600
-
-
-@dataclass(frozen=True, slots=True)
-class ImageFacts:
-    media_type: str
-    width: int
-    height: int
-
-
-def sniff_image(data: bytes) -> ImageFacts | None:
-    """The media type and size read from an image's bytes; None if not a PNG, JPEG, GIF
-    or WebP."""
-    mime = filetype.guess_mime(data[:262])
-    if mime not in IMAGE_MEDIA_TYPES:
-        return None
-    try:
-        width, height = imagesize.get(io.BytesIO(data))
-    except Exception:  # a damaged header: imagesize raises on some truncations
-        width = height = -1
-    return ImageFacts(str(mime), int(width), int(height))
 
 
 def image_tokens(width: int, height: int) -> int:

@@ -139,7 +139,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 def _body(request: httpx.Request) -> Any:
     """The request body as aiohttp takes it: the bytes when httpx holds them, else a stream."""
     if isinstance(request.stream, httpx.ByteStream):
-        return request.content or None
+        # Not request.content: a request httpx builds to follow a redirect has a ByteStream
+        # but was never read, and .content raises RequestNotRead.
+        return b"".join(request.stream) or None
     return _stream(request)
 
 

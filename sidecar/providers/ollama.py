@@ -7,28 +7,36 @@ done-reason/usage mapping serve both the streaming and the non-streaming path.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping
+import secrets
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar, Literal
 
 import orjson
 
 from sidecar.errors import ModelError, NetworkError, ProviderError
 from sidecar.providers.base import (
+    ChatMessage,
     Completion,
     FinishReason,
+    ImageInput,
+    NamedTool,
     ProviderModel,
     ProviderRequest,
     StreamDelta,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
 from sidecar.providers.failures import redact_errors
 from sidecar.providers.framing import as_count, loads_body, text_or
 from sidecar.providers.guard import DEFAULT_MAX_RESPONSE_BYTES, AnswerGuard
 from sidecar.providers.http import probe
+from sidecar.providers.images import fetch_image
 from sidecar.providers.skeleton import HttpProvider
 
-__all__ = ["OllamaProvider", "build_chat_body", "map_done_reason", "map_usage"]
+__all__ = ["TOOL_ERROR_PREFIX", "OllamaProvider", "build_chat_body", "map_done_reason", "map_usage", "read_tool_calls"]
 
 _CHAT_PATH = "/api/chat"
 _TAGS_PATH = "/api/tags"
@@ -38,14 +46,16 @@ _SHOW_PATH = "/api/show"
 _DONE_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
 # /api/show `capabilities` entries that name a capability of ours (https://github.com/ollama/ollama/blob/main/docs/api.md, show model information).
 _SHOW_CAPABILITIES = {"tools": "tools", "vision": "vision", "thinking": "reasoning"}
+#: A failed tool's result starts with this: Ollama's tool turn has no error field.
+TOOL_ERROR_PREFIX = "Error: "
 
 
 def build_chat_body(request: ProviderRequest, *, stream: bool) -> dict[str, Any]:
     """The ``/api/chat`` body for ``request``; sampling goes into ``options``."""
-    messages: list[dict[str, str]] = []
+    messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
-    messages.extend({"role": m.role, "content": m.content} for m in request.messages)
+    messages.extend(_wire_message(m) for m in request.messages)
     options: dict[str, Any] = {}
     for name, value in (
         ("temperature", request.temperature),
@@ -63,6 +73,9 @@ def build_chat_body(request: ProviderRequest, *, stream: bool) -> dict[str, Any]
     body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": stream}
     if options:
         body["options"] = options
+    tools = _wire_tools(request)
+    if tools:
+        body["tools"] = tools
     if request.native_format:
         extra = dict(request.native_format)
         # A native `options` object adds to ours instead of replacing it.
@@ -70,6 +83,96 @@ def build_chat_body(request: ProviderRequest, *, stream: bool) -> dict[str, Any]
             body["options"] = {**options, **extra.pop("options")}
         body.update(extra)
     return body
+
+
+def _wire_message(message: ChatMessage) -> dict[str, Any]:
+    """One ``messages`` entry (https://github.com/ollama/ollama/blob/main/docs/api.md#chat-request-with-tools):
+    images as bare base64 in ``images``, calls with their arguments as an object, a tool
+    result with ``tool_name`` (and ``tool_call_id``, which servers since v0.12.10 read)."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.role == "tool":
+        if message.is_error:
+            out["content"] = TOOL_ERROR_PREFIX + message.content
+        if message.tool_name:
+            out["tool_name"] = message.tool_name
+        if message.tool_call_id:
+            out["tool_call_id"] = message.tool_call_id
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {**({"id": call.id} if call.id else {}),
+             "function": {"name": call.name, "arguments": _arguments_object(call.arguments)}}
+            for call in message.tool_calls
+        ]
+    images = [part for part in message.parts if isinstance(part, ImageInput)]
+    if images:
+        out["images"] = [_inline(image) for image in images]
+    return out
+
+
+def _arguments_object(text: str) -> dict[str, Any]:
+    """Ollama reads a call's arguments as an object; the router only sends back calls
+    whose arguments are one (anything else becomes ``{}``)."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _inline(image: ImageInput) -> str:
+    if image.data is None:
+        # OllamaProvider fetches every image URL before a body is built.
+        raise ValueError("an image URL reached the Ollama body unfetched")
+    return image.data
+
+
+def _wire_tools(request: ProviderRequest) -> list[dict[str, Any]]:
+    """``tools`` in OpenAI's shape. Ollama has no ``tool_choice`` and no parallel-calls
+    field: "none" sends no tools, a named choice sends only that tool, and "required" or
+    a named tool cannot be forced on the wire (the router checks the answer and asks
+    again when it has no call)."""
+    choice = request.tool_choice
+    if choice == "none":
+        return []
+    tools = request.tools
+    if isinstance(choice, NamedTool):
+        tools = tuple(tool for tool in tools if tool.name == choice.name)
+    return [
+        {"type": "function", "function": {
+            "name": tool.name,
+            **({"description": tool.description} if tool.description is not None else {}),
+            "parameters": tool.parameters,
+        }}
+        for tool in tools
+    ]
+
+
+def read_tool_calls(data: Mapping[str, Any], taken: set[str], first: int = 0) -> list[ToolCall]:
+    """The calls of one answer object's ``message.tool_calls``, numbered from ``first``.
+
+    Arguments come as an object and go on as its JSON text (unchecked: the router
+    validates them). Servers since v0.12.10 send an ``id``; otherwise, or when an id
+    repeats, one is made (``call_<index>_<random>``) and added to ``taken``, so ids are
+    unique within the answer and a streamed call keeps the id it was first given.
+    """
+    message = data.get("message")
+    entries = message.get("tool_calls") if isinstance(message, dict) else None
+    calls: list[ToolCall] = []
+    for entry in entries if isinstance(entries, list) else ():
+        function = entry.get("function") if isinstance(entry, dict) else None
+        function = function if isinstance(function, dict) else {}
+        name, arguments = function.get("name"), function.get("arguments")
+        # A call the model botched (no name, arguments not an object) still goes to the
+        # router, which sends it back to the model with what is wrong.
+        text = arguments if isinstance(arguments, str) else orjson.dumps(
+            arguments if arguments is not None else {}).decode()
+        given = entry.get("id") if isinstance(entry, dict) else None
+        index = first + len(calls)
+        call_id = given if isinstance(given, str) and given and given not in taken else (
+            f"call_{index}_{secrets.token_hex(4)}")
+        taken.add(call_id)
+        calls.append(ToolCall(call_id, name if isinstance(name, str) else "", text))
+    return calls
 
 
 def map_done_reason(value: object) -> FinishReason | None:
@@ -99,6 +202,10 @@ class _ChatLines:
     done: bool = False
     #: The ``done: true`` object: reason, counts, maybe a last piece of text.
     final: dict[str, Any] | None = None
+    #: Calls read from the last line, taken out by the skeleton after each line.
+    pending_calls: list[ToolCallDelta] = dataclasses.field(default_factory=list)
+    #: Ids of the calls so far (a call comes whole, in one line: its index is its rank).
+    call_ids: set[str] = dataclasses.field(default_factory=set)
 
 
 class OllamaProvider(HttpProvider[_ChatLines]):
@@ -135,11 +242,14 @@ class OllamaProvider(HttpProvider[_ChatLines]):
             raise error
         if not isinstance(data, dict) or not isinstance(data.get("message"), dict):
             raise ModelError(f"{self.name}: response has no message", provider=self.name, model_id=request.model)
+        calls = tuple(read_tool_calls(data, set()))
         return Completion(
             content=_message_text(data),
             model=text_or(data.get("model"), request.model),
-            finish_reason=map_done_reason(data.get("done_reason")),
+            # done_reason is "stop" after calls too; /v1 says "tool_calls", as we do.
+            finish_reason="tool_calls" if calls else map_done_reason(data.get("done_reason")),
             usage=map_usage(data),
+            tool_calls=calls,
         )
 
     def stream_state(self, request: ProviderRequest) -> _ChatLines:
@@ -148,6 +258,11 @@ class OllamaProvider(HttpProvider[_ChatLines]):
     def read_frame(self, frame: bytes, state: _ChatLines, model: str) -> str | None:
         data = self._stream_line(frame, model)
         state.model = text_or(data.get("model"), state.model)
+        # A call is never split: it comes whole in the line where the model finished it,
+        # which may be the done line (docs/api.md, "Chat request (with tools, streaming)").
+        first = len(state.call_ids)
+        for i, call in enumerate(read_tool_calls(data, state.call_ids, first)):
+            state.pending_calls.append(ToolCallDelta(first + i, call.arguments, id=call.id, name=call.name))
         if data.get("done") is True:
             state.done, state.final = True, data
             return None
@@ -164,9 +279,35 @@ class OllamaProvider(HttpProvider[_ChatLines]):
         return StreamDelta(
             content=last + guard.flush(),
             model=state.model,
-            finish_reason="length" if guard.cut else map_done_reason(final.get("done_reason")),
+            finish_reason="length" if guard.cut else "tool_calls" if state.call_ids else map_done_reason(
+                final.get("done_reason")),
             usage=map_usage(final),
         )
+
+    async def generate(self, request: ProviderRequest) -> Completion:
+        return await super().generate(await self._fetch_images(request))
+
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamDelta, None]:
+        request = await self._fetch_images(request)
+        # aclosing: a consumer that stops early closes the upstream stream at once.
+        async with contextlib.aclosing(super().stream(request)) as deltas:
+            async for delta in deltas:
+                yield delta
+
+    async def _fetch_images(self, request: ProviderRequest) -> ProviderRequest:
+        """``request`` with each image URL replaced by its bytes: Ollama takes images
+        only inline (docs/api.md, ``images``: "a list of base64-encoded images")."""
+        if not any(isinstance(p, ImageInput) and p.data is None for m in request.messages for p in m.parts):
+            return request
+        messages = []
+        for message in request.messages:
+            parts = tuple([
+                await fetch_image(self.client, part.url, provider=self.name, model=request.model)
+                if isinstance(part, ImageInput) and part.data is None and part.url is not None else part
+                for part in message.parts
+            ])
+            messages.append(dataclasses.replace(message, parts=parts))
+        return dataclasses.replace(request, messages=tuple(messages))
 
     def _stream_line(self, line: bytes, model: str) -> dict[str, Any]:
         data = loads_body(line, provider=self.name, model=model)

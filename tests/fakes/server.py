@@ -177,6 +177,11 @@ class FakeServer:
     def chat_url(self) -> str:
         return self.origin + self._renderer.chat_path
 
+    @property
+    def renderer(self) -> Renderer:
+        """The wire renderer: its knobs (Ollama's ``load_s``, ``running``) may be set from tests."""
+        return self._renderer
+
     def url(self, path: str) -> str:
         """Absolute URL for a path on this server (``path`` starts with ``/``)."""
         return self.origin + path
