@@ -894,11 +894,10 @@ def _take_session_keys(patch: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
             if value is not None and not isinstance(value, str):
                 raise ValueError("sessionApiKey must be a string or null")
             if value is None or not is_preview(value):
-                keys[name] = check_api_key(value) or None
+                keys[name] = check_api_key(value, "sessionApiKey") or None
         except ValueError as exc:
-            message = str(exc).replace("apiKey", "sessionApiKey", 1) if isinstance(value, str) else str(exc)
             raise InvalidParams("invalid config", errors=[{"path": _entry_pointer(name, "sessionApiKey"),
-                                                           "message": message}]) from None
+                                                           "message": str(exc)}]) from None
     providers = patch.get("providers")
     for parent in (providers, providers.get("custom") if isinstance(providers, dict) else None):
         if isinstance(parent, dict):  # an entry that held only a session key merges as nothing

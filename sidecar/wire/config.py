@@ -157,14 +157,14 @@ def check_ca_file(value: str | None) -> str | None:
     return value
 
 
-def check_api_key(value: str | None) -> str | None:
+def check_api_key(value: str | None, field: str = "apiKey") -> str | None:
     """The key without surrounding whitespace (a paste often adds a newline)."""
     if value is None:
         return None
     value = value.strip()
     for index, char in enumerate(value):
         if not " " <= char <= "~":
-            raise ValueError(f"apiKey contains a control or non-ASCII character at index {index} "
+            raise ValueError(f"{field} contains a control or non-ASCII character at index {index} "
                              "(it is sent in an HTTP header)")
     return value
 

@@ -113,6 +113,11 @@ class SecretService:
         done = self._secret_tool("lookup", "service", SERVICE, "username", account)
         return done.stdout if done.returncode == 0 else None
 
+    def clear(self, account: str) -> None:
+        """Delete the item of ``account``, as a user can in their keyring's manager."""
+        done = self._secret_tool("clear", "service", SERVICE, "username", account)
+        assert done.returncode == 0, done.stderr
+
     def store(self, account: str, secret: str) -> None:
         done = subprocess.run(["secret-tool", "store", "--label", "test", "service", SERVICE, "username", account],
                               input=secret, capture_output=True, text=True, timeout=20,

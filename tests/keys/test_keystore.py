@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.store.keys import SERVICE, KeyStore, key_refs
+from sidecar.store.keys import SERVICE, KeychainError, KeyStore, key_refs
 from tests.keys.secret_service import SecretService, secret_service
 from tests.support.keys import ANTHROPIC_KEY, CUSTOM_KEY, OPENAI_KEY
 
@@ -87,3 +87,20 @@ def test_a_store_item_is_the_service_and_account_a_user_sees(on_bus: SecretServi
     assert on_bus.search()[ref] == OPENAI_KEY
     assert SERVICE == "model-sidecar"
     store.forget([ref])
+
+
+def test_seal_deletes_the_items_it_made_when_a_later_write_fails(on_bus: SecretService) -> None:
+    from keyring.backends.SecretService import Keyring
+
+    class FailsOnLab(Keyring):  # the real Secret Service, refusing one account (fault injection)
+        def set_password(self, service: str, username: str, password: str) -> None:
+            if username.startswith("lab "):
+                raise RuntimeError("the collection is locked")
+            super().set_password(service, username, password)
+
+    before = on_bus.search()
+    store = KeyStore(FailsOnLab())
+    with pytest.raises(KeychainError, match="locked") as caught:
+        store.seal(doc_with_keys())
+    assert OPENAI_KEY not in caught.value.reason and CUSTOM_KEY not in caught.value.reason
+    assert on_bus.search() == before  # the openai item made first is gone again

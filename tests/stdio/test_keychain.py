@@ -220,3 +220,29 @@ def test_the_harness_never_passes_the_user_bus_on(
     assert sidecar.result("model:set-config", {"config": {"providers": {"openai": {"apiKey": OPENAI_KEY}}}})[
         "keyStorage"] == "file"
     assert secret_service.search() == before
+
+
+def test_a_session_key_that_could_not_be_sent_is_refused(secret_service: SecretService, spawn: Spawn) -> None:
+    sidecar = spawn(env=keychain_env(secret_service))
+    for bad in ("sk-with\u00e9accent", 42):
+        response = sidecar.call("model:set-config", {"config": {"providers": {"openai": {"sessionApiKey": bad}}}})
+        assert response["error"]["code"] == -32602
+        error = response["error"]["data"]["errors"][0]
+        assert error["path"] == "/config/providers/openai/sessionApiKey"
+        assert "sessionApiKey" in error["message"]
+    assert "apiKey" not in sidecar.result("model:get-config")["providers"]["openai"]
+
+
+def test_a_stored_key_whose_item_is_gone_is_reported_not_hidden(
+        secret_service: SecretService, spawn: Spawn, fakes: dict[str, Any], tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    sidecar = spawn(no_keys(fake_config(fakes)), env=keychain_env(secret_service), data_dir=data_dir)
+    sidecar.result("model:set-config", {"config": {"providers": {"openai": {"apiKey": OPENAI_KEY}}}})
+    assert sidecar.close() == 0
+    secret_service.clear(openai_ref(data_dir))  # deleted by hand (Passwords and Keys, secret-tool)
+    again = spawn(env=keychain_env(secret_service), data_dir=data_dir)
+    health = again.result("model:health")
+    assert health["config"]["keyStorage"] == "keychain"
+    assert "openai" in health["config"]["keyStorageProblem"]
+    assert health["providers"]["openai"]["lastError"] == "no API key configured"
+    assert "apiKey" not in again.result("model:get-config")["providers"]["openai"]
