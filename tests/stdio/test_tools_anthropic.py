@@ -186,3 +186,23 @@ def test_tools_with_a_response_format_send_no_forced_tool(spawn: Spawn, fakes: d
     sent = server.requests[0].json
     assert sent["tools"] == [{"name": "answer", "input_schema": tool["parameters"]}]
     assert "tool_choice" not in sent
+
+
+def test_stream_retry_after_invalid_arguments_restarts_and_keeps_seq(spawn: Spawn, fakes: dict[str, Any]) -> None:
+    server = fakes["anthropic"]
+    server.enqueue(Reply(text="", tool_calls=[FakeToolCall("get_weather", {"city": ["Paris"]}, id="toolu_01Bad")]),
+                   Reply(text="", tool_calls=[FakeToolCall("get_weather", {"city": "Paris"}, id="toolu_01Good")]))
+    sidecar = spawn(fake_config(fakes))
+    request_id = sidecar.start("model:stream", ask())
+    response = sidecar.response(request_id)
+    assert_wire_valid(response, "model:stream")
+    chunks = [m["params"]["chunk"] for m in sidecar.notifications("model:stream-chunk", request_id)]
+    restarts = [i for i, c in enumerate(chunks) if c.get("restart")]
+    assert len(restarts) == 1
+    before = [d for c in chunks[:restarts[0]] for d in c.get("toolCalls") or ()]
+    after = [d for c in chunks[restarts[0]:] for d in c.get("toolCalls") or ()]
+    assert before[0]["id"] == "toolu_01Bad" and after[0]["id"] == "toolu_01Good"
+    assert {d["index"] for d in before + after} == {0}
+    result = response["result"]
+    assert result["toolCalls"] == [{"id": "toolu_01Good", "name": "get_weather", "arguments": {"city": "Paris"}}]
+    assert len(result["metadata"]["attempts"]) == 2
