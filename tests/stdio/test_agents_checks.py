@@ -86,3 +86,15 @@ def test_auto_selection_skips_models_without_the_capability_with_a_reason(spawn:
     assert any(c["provider"] == "local-llm" and not c.get("excluded") for c in decision["candidates"]), decision
     plain = sidecar.result("model:select", {"request": {"prompt": "Describe the picture."}})
     assert "lacks vision" not in " | ".join(plain["reasons"])
+
+
+def test_an_ollama_model_that_reports_no_vision_is_refused_for_images(spawn: Spawn, fakes: dict[str, Any]) -> None:
+    sidecar = spawn(fake_config(fakes))
+    listed = {m["id"]: m for m in sidecar.result("model:list-models", {"provider": "ollama", "refresh": True})["models"]}
+    assert "vision" not in listed["llama3.2:latest"]["capabilities"]
+    assert "tools" in listed["llama3.2:latest"]["capabilities"]
+    params = with_image({"data": base64.b64encode(png()).decode(), "mediaType": "image/png"})
+    params["selection"] = {"provider": "ollama", "modelId": "llama3.2:latest"}
+    error = sidecar.call("model:generate", params)["error"]
+    assert error["code"] == -32005 and "lacks vision" in error["message"]
+    assert not fakes["ollama"].requests
