@@ -468,7 +468,7 @@ class ConfigManager:
         self._remove_leftovers()
         disk = self._with_keys(_read_disk(self.path))
         if self.keys.storage == "keychain" and _plain_keys(disk.stored):
-            disk = self._migrate() or disk
+            disk = self._migrate(disk)
         self._disk = disk
         self._report()
         self.stored, self.config = disk.stored, disk.config
@@ -600,8 +600,12 @@ class ConfigManager:
                 "config.json did not load fully: its keys stay in the file until set-config replaces it"))))
         return disk
 
-    def _migrate(self) -> _Disk | None:
-        """Move the plain keys of config.json into the credential store; rewrite it without them."""
+    def _migrate(self, read: _Disk) -> _Disk:
+        """Move the plain keys of config.json into the credential store; rewrite it without them.
+
+        When that fails, ``read`` (the file as read) says in its ``key_problem`` why the keys
+        are still in the file.
+        """
         try:
             with _exclusive(self.lock_path, LOCK_TIMEOUT_S):
                 disk = self._with_keys(_read_disk(self.path))
@@ -610,7 +614,9 @@ class ConfigManager:
                 moved = self._write_sealed(disk.stored, disk.stored)
         except StorageError as exc:
             log.warning("keys_not_moved", reason=exc.reason)
-            return None
+            read.key_problem = "; ".join(filter(None, (read.key_problem, (
+                f"the keys in config.json could not be moved to the credential store: {exc.reason}"))))
+            return read
         moved.config = disk.config
         log.info("keys_moved", providers=[name for name, entry in stored_entries(disk.stored) if "apiKey" in entry])
         return moved

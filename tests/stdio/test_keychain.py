@@ -246,3 +246,31 @@ def test_a_stored_key_whose_item_is_gone_is_reported_not_hidden(
     assert "openai" in health["config"]["keyStorageProblem"]
     assert health["providers"]["openai"]["lastError"] == "no API key configured"
     assert "apiKey" not in again.result("model:get-config")["providers"]["openai"]
+
+
+def test_keys_that_cannot_be_moved_at_start_stay_usable_and_are_reported(
+        secret_service: SecretService, spawn: Spawn, fakes: dict[str, Any], tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    data_dir = tmp_path / "data"
+    first = spawn(no_keys(fake_config(fakes)), env=keychain_env(secret_service), data_dir=data_dir)
+    assert first.result("model:get-config")["keyStorage"] == "keychain"
+    assert first.close() == 0  # the ledger and the lock file exist now
+    (data_dir / "config.json").write_text(json.dumps(fake_config(fakes)))
+    before = (data_dir / "config.json").read_bytes(), secret_service.search()
+    # An immutable data dir: no file can be created in it, so config.json cannot be replaced.
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(data_dir)]).returncode != 0:
+        pytest.skip("chattr +i is not possible here")
+    try:
+        sidecar = spawn(env=keychain_env(secret_service), data_dir=data_dir)
+        health = sidecar.result("model:health")["config"]
+        assert health["keyStorage"] == "keychain"
+        assert "could not be moved" in health["keyStorageProblem"]
+        assert ((data_dir / "config.json").read_bytes(), secret_service.search()) == before  # no item left
+        sidecar.result("model:generate", {"request": {"prompt": "hi"}, "selection": {"provider": "openai"}})
+        assert fakes["openai"].requests[-1].headers["authorization"] == f"Bearer {OPENAI_KEY}"
+        assert sidecar.close() == 0
+    finally:
+        subprocess.run(["chattr", "-i", str(data_dir)], check=True)
+        (data_dir / "config.json").unlink()  # the plain keys this test put there
