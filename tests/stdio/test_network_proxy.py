@@ -111,7 +111,8 @@ def test_a_proxy_that_refuses_connections_is_named_not_the_provider(
 def test_loopback_providers_never_use_the_proxy(spawn: Spawn, tmp_path: Path) -> None:
     with ForwardProxy(tmp_path) as proxy, FakeServer("ollama").start() as ollama:
         everywhere = proxy.url()
-        sidecar = spawn({"providers": {"ollama": {"baseURL": ollama.base_url}}, "proxy": everywhere},
+        # Even an entry that names a proxy: loopback is never sent to one.
+        sidecar = spawn({"providers": {"ollama": {"baseURL": ollama.base_url, "proxy": everywhere}}, "proxy": everywhere},
                         env=env_with(HTTPS_PROXY=everywhere, HTTP_PROXY=everywhere, ALL_PROXY=everywhere))
         ask = {"request": {"prompt": "hi"}, "selection": {"provider": "ollama", "fallback": False}}
         assert sidecar.result("model:generate", ask)["content"] == "Hello from the fake."
