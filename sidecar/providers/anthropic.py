@@ -370,7 +370,10 @@ class AnthropicProvider(HttpProvider[_MessageStream]):
             if isinstance(data.get("usage"), dict):
                 state.usage_fields.update(data["usage"])
         elif name in ("content_block_start", "content_block_delta", "content_block_stop"):
-            return _block_event(name, data, state)
+            try:
+                return _block_event(name, data, state)
+            except ValueError as exc:
+                raise ModelError(f"{self.name}: {exc}", provider=self.name, model_id=model) from exc
         # Unknown event types are ignored (https://docs.anthropic.com/en/docs/build-with-claude/streaming).
         return None
 
@@ -465,16 +468,18 @@ def _block_event(name: str, data: dict[str, Any], state: _MessageStream) -> str 
 
 
 def _start_block(block: object, index: int, state: _MessageStream) -> None:
+    """A tool_use block's start: its call numbered (ValueError without id or name)."""
     if not isinstance(block, dict) or block.get("type") != "tool_use":
         return
     name, call_id = block.get("name"), block.get("id")
     if state.forced is not None and name == state.forced:
         state.forced_blocks.add(index)
         return
-    if isinstance(name, str) and isinstance(call_id, str):
-        call = len(state.calls)
-        state.calls[index] = call
-        state.pending_calls.append(ToolCallDelta(call, "", id=call_id, name=name))
+    if not isinstance(call_id, str) or not call_id or not isinstance(name, str) or not name:
+        raise ValueError("a tool_use block has no id or name")
+    call = len(state.calls)
+    state.calls[index] = call
+    state.pending_calls.append(ToolCallDelta(call, "", id=call_id, name=name))
 
 
 def _block_delta(delta: object, index: int, state: _MessageStream) -> str | None:

@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from sidecar.errors import ValidationError
+from sidecar.errors import ModelError, ValidationError
 from sidecar.providers.base import (
     ChatMessage,
     Completion,
@@ -27,7 +27,7 @@ from sidecar.providers.base import (
     ToolCallDelta,
     ToolSpec,
 )
-from tests.fakes import FakeToolCall, Reply
+from tests.fakes import FakeToolCall, Raw, Reply
 from tests.providers.conftest import API_KEY, Harness, run
 
 pytestmark = pytest.mark.timeout(20)
@@ -311,3 +311,25 @@ async def test_fake_streams_tool_use_as_the_api_does(anthropic: Harness) -> None
     pieces = [e["delta"]["partial_json"] for e in events if e["type"] == "content_block_delta" and e["index"] == 1]
     assert pieces[0] == "" and "".join(pieces) == '{"tz":"UTC"}'
     assert events[-2]["delta"]["stop_reason"] == "tool_use"
+
+
+def _sse(*events: dict[str, Any]) -> bytes:
+    return b"".join(b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events)
+
+
+@pytest.mark.parametrize("block", [{"type": "tool_use", "name": "now", "input": {}},
+                                   {"type": "tool_use", "id": "toolu_01", "input": {}}])
+async def test_a_tool_use_without_id_or_name_is_a_model_error(anthropic: Harness, streaming: bool,
+                                                              block: dict[str, Any]) -> None:
+    """A call the host could not answer (no id) or route (no name) is not passed on."""
+    if streaming:
+        body = _sse({"type": "message_start", "message": {"model": anthropic.model, "usage": {}}},
+                    {"type": "content_block_start", "index": 0, "content_block": block},
+                    {"type": "content_block_stop", "index": 0},
+                    {"type": "message_delta", "delta": {"stop_reason": "tool_use"}}, {"type": "message_stop"})
+        anthropic.server.enqueue(Raw(body=body, content_type="text/event-stream"))
+    else:
+        message = {"type": "message", "model": anthropic.model, "content": [block], "stop_reason": "tool_use"}
+        anthropic.server.enqueue(Raw(body=orjson.dumps(message), content_type="application/json"))
+    with pytest.raises(ModelError, match="tool_use block has no id or name"):
+        await run(anthropic.make(), anthropic.request(tools=(CLOCK,)), streaming)
