@@ -292,3 +292,27 @@ async def test_a_cancelled_request_closes_its_connection(client_for: Callable[..
         with pytest.raises(asyncio.CancelledError):
             await task
         await asyncio.wait_for(server.disconnected.wait(), 5)
+
+
+@pytest.mark.parametrize(("status", "method"), [(302, "GET"), (307, "POST")])
+async def test_a_redirect_is_followed_with_its_body(client_for: Callable[..., httpx.AsyncClient], status: int,
+                                                    method: str) -> None:
+    """httpx builds the redirected request itself, with a body stream never read into
+    ``content`` (the aiohttp transport once raised RequestNotRead on it)."""
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            seen.append(await read_request(reader))
+            if len(seen) == 1:
+                writer.write(f"HTTP/1.1 {status} Moved\r\nLocation: /there\r\nContent-Length: 0\r\n\r\n".encode())
+            else:
+                writer.write(reply(b'{"ok": true}'))
+            await writer.drain()
+
+    async with serve(handler) as server:
+        response = await client_for(server.port).request(
+            method, "/here", content=b'{"q":1}' if method == "POST" else None, follow_redirects=True)
+    assert response.status_code == 200 and response.json() == {"ok": True}
+    assert seen[1].startswith(f"{method} /there HTTP/1.1".encode())
+    assert seen[1].endswith(b'{"q":1}') == (method == "POST")
