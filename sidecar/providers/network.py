@@ -393,7 +393,8 @@ def explain(exc: Exception, request: httpx.Request, proxy: str | None) -> Except
     if status is not None or isinstance(exc, httpx.ProxyError):
         # httpcore's ProxyError text is the proxy's status line to CONNECT ("407 Proxy ...").
         answer = f"HTTP {status}" if status is not None else str(exc)
-        hint = _AUTH_HINT if status == 407 else ""
+        # httpx's transport gives the status only as text: then the hint says when it applies.
+        hint = _AUTH_HINT if status == 407 else "" if status is not None else _AUTH_HINT_IF_407
         return ProxyFailed(f"{where} refused the tunnel to {_target(request)} ({answer}){hint}",
                            request=request, retryable=False)
     if not isinstance(exc, httpx.ConnectError):
@@ -404,6 +405,7 @@ def explain(exc: Exception, request: httpx.Request, proxy: str | None) -> Except
 
 
 _AUTH_HINT = ": set user:password in the proxy URL, or check them"
+_AUTH_HINT_IF_407 = "; if that is 407, set user:password in the proxy URL, or check them"
 
 
 def _tunnel_status(chain: list[BaseException]) -> int | None:

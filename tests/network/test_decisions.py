@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.providers.network import choose_proxy, deny_remote_reason, env_proxy, no_proxy_matches, proxy_address
+from sidecar.providers.network import (
+    choose_proxy,
+    deny_remote_reason,
+    env_proxy,
+    no_proxy_matches,
+    proxy_address,
+)
 
 P = "http://proxy.corp:3128"
 

@@ -73,7 +73,8 @@ async def test_wrong_proxy_credentials(factory: HttpClientFactory, fake: FakeSer
         await generate(factory, fake, proxy=proxy.url(password="wrong-password-0123"), ca_file=str(ca.pem_path))
     message = caught.value.message
     assert message.startswith(f"openai: the proxy {proxy.address} refused the tunnel to provider.test:{fake.port}")
-    assert "407" in message and "wrong-password" not in message and PROXY_PASSWORD not in message
+    assert "407" in message and "user:password in the proxy URL" in message
+    assert "wrong-password" not in message and PROXY_PASSWORD not in message
     assert proxy.connections() == []
 
 
