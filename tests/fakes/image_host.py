@@ -2,7 +2,8 @@
 
 ``ImageHost()`` serves ``files`` (path → body); a path not in ``files`` is a 404. Paths
 may also be set up as redirects (``redirects``) or as bodies sent without a
-``Content-Length`` (``unsized``: the body ends when the connection closes); a query is ignored. Every GET
+``Content-Length`` (``unsized``: the body ends when the connection closes) or as bodies that stop half-way
+until the host stops (``stalled``); a query is ignored. Every GET
 is recorded as ``(path with its query, headers)``.
 """
 
@@ -22,6 +23,8 @@ class ImageHost:
         self.files: dict[str, tuple[str, bytes]] = {}
         self.redirects: dict[str, str] = {}
         self.unsized: set[str] = set()
+        self.stalled: set[str] = set()
+        self._stopping = threading.Event()
         self.seen: list[tuple[str, dict[str, str]]] = []
         host = self
 
@@ -53,6 +56,11 @@ class ImageHost:
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 try:
+                    if path in host.stalled:
+                        self.wfile.write(body[: len(body) // 2])
+                        self.wfile.flush()
+                        host._stopping.wait(30)
+                        return
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client stopped reading at its cap
@@ -69,6 +77,7 @@ class ImageHost:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)

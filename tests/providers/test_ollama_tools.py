@@ -9,6 +9,7 @@ model without tools. Image URLs are fetched from a loopback image host.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from sidecar.errors import ValidationError
+from sidecar.providers import images
 from sidecar.providers.base import (
     ChatMessage,
     ImageInput,
@@ -242,3 +244,25 @@ async def test_streamed_server_ids_are_kept(ollama: Harness) -> None:
     (piece,) = [piece for d in deltas for piece in d.tool_calls]
     assert piece.id is not None and re.fullmatch(r"call_[a-z0-9]{8}", piece.id)
     assert (piece.index, piece.name, piece.arguments_delta) == (0, "now", "{}")
+
+
+async def test_a_redirect_to_a_remote_host_obeys_deny_remote(ollama: Harness, host: ImageHost) -> None:
+    host.redirects["/away"] = "http://192.0.2.7/cat.png"
+    provider = ollama.make()
+    provider.client = HttpClientFactory(deny_remote=True).build(provider.settings)
+    turn = ChatMessage("user", "?", parts=(ImageInput(url=host.url("/away")),))
+    with pytest.raises(ValidationError) as info:
+        await provider.generate(ollama.request(messages=(turn,)))
+    assert "MODEL_SIDECAR_DENY_REMOTE" in info.value.message
+    assert [path for path, _ in host.seen] == ["/away"] and ollama.server.requests == []
+
+
+async def test_an_image_fetch_is_bounded_in_time(ollama: Harness, host: ImageHost,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images, "FETCH_TIMEOUT_S", 0.5)
+    host.stalled.add("/cat.png")  # headers and half the body, then nothing
+    turn = ChatMessage("user", "?", parts=(ImageInput(url=host.url("/cat.png")),))
+    with pytest.raises(ValidationError) as info:
+        await asyncio.wait_for(ollama.make().generate(ollama.request(messages=(turn,))), 10)
+    assert info.value.message == "ollama: cannot use the image at http://127.0.0.1: the fetch took longer than 0.5 s"
+    assert info.value.retryable and ollama.server.requests == []
