@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from collections.abc import AsyncGenerator
 from typing import Any, ClassVar, Literal
 
@@ -23,11 +24,18 @@ from sidecar.errors import (
     SidecarError,
 )
 from sidecar.providers.base import (
+    ChatMessage,
     Completion,
+    ContentPart,
     FinishReason,
+    NamedTool,
     ProviderModel,
     ProviderRequest,
     StreamDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    ToolSpec,
     Usage,
 )
 from sidecar.providers.failures import error_from_payload, redact_errors
@@ -35,9 +43,12 @@ from sidecar.providers.framing import SSEEvent, as_count, loads_body, text_or
 from sidecar.providers.guard import DEFAULT_MAX_RESPONSE_BYTES, AnswerGuard
 from sidecar.providers.http import probe
 from sidecar.providers.skeleton import HttpProvider
+from sidecar.structured.grammar_profiles import lower_for_grammar
+from sidecar.structured.lower import openai_strict_schema
 from sidecar.wire.kinds import KINDS
 
 __all__ = [
+    "TOOL_ERROR_PREFIX",
     "OpenAICompatibleProvider",
     "OpenAIProvider",
     "build_chat_body",
@@ -47,6 +58,8 @@ __all__ = [
 ]
 
 _CHAT_PATH = "/chat/completions"
+#: What a tool result marked ``isError`` starts with (Chat Completions has no such flag).
+TOOL_ERROR_PREFIX = "Error: "
 _MODELS_PATH = "/models"
 
 _FINISH_REASONS: dict[str, FinishReason] = {
@@ -81,11 +94,12 @@ def build_chat_body(request: ProviderRequest, *, official: bool, stream: bool) -
     servers such as llama.cpp only know ``max_tokens``) and no sampling parameters for
     reasoning models.
     """
-    messages: list[dict[str, str]] = []
+    messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
-    messages.extend({"role": m.role, "content": m.content} for m in request.messages)
+    messages.extend(wire_message(m) for m in request.messages)
     body: dict[str, Any] = {"model": request.model, "messages": messages}
+    body.update(_tool_fields(request, official=official))
 
     # https://platform.openai.com/docs/api-reference/chat/create: reasoning models (o-series, gpt-5 family) answer 400
     # `unsupported_value` to non-default temperature/top_p/penalties, and o3/o4-mini
@@ -113,6 +127,86 @@ def build_chat_body(request: ProviderRequest, *, official: bool, stream: bool) -
     return body
 
 
+def wire_message(message: ChatMessage) -> dict[str, Any]:
+    """One turn as Chat Completions wants it: images as ``image_url`` content parts, an
+    assistant's calls as ``tool_calls`` with their arguments as a JSON string (``content``
+    null when it said nothing else), a tool result as a ``tool`` message."""
+    if message.role == "tool":
+        # Chat Completions has no error flag on a tool result: the text says it.
+        content = TOOL_ERROR_PREFIX + message.content if message.is_error else message.content
+        return {"role": "tool", "tool_call_id": message.tool_call_id or "", "content": content}
+    if message.tool_calls:
+        return {
+            "role": "assistant", "content": message.content or None,
+            "tool_calls": [
+                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+                for call in message.tool_calls
+            ],
+        }
+    if message.parts:
+        return {"role": message.role, "content": [_wire_part(part) for part in message.parts]}
+    return {"role": message.role, "content": message.content}
+
+
+def _wire_part(part: ContentPart) -> dict[str, Any]:
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    # https://platform.openai.com/docs/guides/images-vision: an http(s) URL or a base64 data URL.
+    return {"type": "image_url", "image_url": {"url": part.data_url}}
+
+
+def _tool_fields(request: ProviderRequest, *, official: bool) -> dict[str, Any]:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` (none of them without tools:
+    the API refuses ``parallel_tool_calls`` alone)."""
+    if not request.tools:
+        return {}
+    tools, choice = (request.tools, request.tool_choice) if official else _compatible_choice(request)
+    fields: dict[str, Any] = {"tools": [_wire_tool(tool, official=official) for tool in tools]}
+    if choice is not None:
+        fields["tool_choice"] = (
+            {"type": "function", "function": {"name": choice.name}} if isinstance(choice, NamedTool) else choice
+        )
+    if request.parallel_tool_calls is not None:
+        fields["parallel_tool_calls"] = request.parallel_tool_calls
+    return fields
+
+
+def _compatible_choice(request: ProviderRequest) -> tuple[tuple[ToolSpec, ...], ToolChoice | None]:
+    """The tools and choice sent to an OpenAI-compatible server.
+
+    Servers honour different forms: llama.cpp's server takes only the strings (it reads
+    the object form as ``auto``), llama-cpp-python's ``chatml-function-calling`` handler
+    forces a named function but fails on ``required``, vLLM takes both. So ``required``
+    with one tool becomes the named form, and a named choice offers only that tool: a
+    server that forces it calls it, one that reads ``auto`` has nothing else to call.
+    ``required`` with several tools stays ``required``.
+    """
+    tools, choice = request.tools, request.tool_choice
+    if choice == "required" and len(tools) == 1:
+        choice = NamedTool(tools[0].name)
+    if isinstance(choice, NamedTool):
+        tools = tuple(tool for tool in tools if tool.name == choice.name) or tools
+    return tools, choice
+
+
+def _wire_tool(tool: ToolSpec, *, official: bool) -> dict[str, Any]:
+    """One tool: the official API gets the strict form of its schema when there is one
+    (https://platform.openai.com/docs/guides/function-calling, strict mode); other servers
+    the schema lowered to what llama.cpp's grammar converter takes (the answer is still
+    validated against the original)."""
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description is not None:
+        function["description"] = tool.description
+    if official:
+        strict = openai_strict_schema(tool.parameters)
+        function["parameters"] = strict if strict is not None else tool.parameters
+        if strict is not None:
+            function["strict"] = True
+    else:
+        function["parameters"] = lower_for_grammar(tool.parameters).schema
+    return {"type": "function", "function": function}
+
+
 def map_finish_reason(value: object) -> FinishReason | None:
     """The portable finish reason for an OpenAI-style ``finish_reason`` (None if unknown)."""
     return _FINISH_REASONS.get(value) if isinstance(value, str) else None
@@ -126,6 +220,38 @@ def map_usage(value: object) -> Usage | None:
         prompt_tokens=as_count(value.get("prompt_tokens")),
         completion_tokens=as_count(value.get("completion_tokens")),
     )
+
+
+def tool_calls_of(message: object) -> tuple[ToolCall, ...]:
+    """An answer's ``message.tool_calls`` (or the deprecated lone ``function_call``, which
+    some compatible servers still send) with the argument text as the model wrote it: the
+    spec warns it may not be valid JSON, and the router judges it."""
+    if not isinstance(message, dict):
+        return ()
+    entries = message.get("tool_calls")
+    if isinstance(entries, list) and entries:
+        return tuple(call for call in map(_call_of, entries) if call is not None)
+    legacy = _call_of({"function": message.get("function_call")})
+    return (legacy,) if legacy is not None else ()
+
+
+def _call_of(entry: object) -> ToolCall | None:
+    function = entry.get("function") if isinstance(entry, dict) else None
+    if not isinstance(entry, dict) or not isinstance(function, dict):
+        return None
+    return ToolCall(
+        id=text_or(entry.get("id"), ""),
+        name=text_or(function.get("name"), ""),
+        arguments=_arguments_text(function.get("arguments")),
+    )
+
+
+def _arguments_text(value: object) -> str:
+    """The argument text: a string as sent; an object (a few compatible servers send
+    one) as JSON text."""
+    if isinstance(value, str):
+        return value
+    return "" if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _first_choice(data: dict[str, Any]) -> dict[str, Any] | None:
@@ -145,6 +271,56 @@ class _ChatStream:
     done: bool = False
     #: Whether any finish_reason came, even one we do not know (mapped to None).
     finished: bool = False
+    #: Tool-call pieces of the last frame, for the skeleton to yield.
+    pending_calls: list[ToolCallDelta] = dataclasses.field(default_factory=list)
+    #: The wire index of each call seen -> its index in this answer (0, 1, ... in order).
+    call_slots: dict[int, int] = dataclasses.field(default_factory=dict)
+    #: The id of the last call seen (a server that sends no index repeats it per piece).
+    last_call_id: str = ""
+    #: (call index, "id" | "name") already passed on.
+    heads_sent: set[tuple[int, str]] = dataclasses.field(default_factory=set)
+
+
+def _call_delta(entry: object, state: _ChatStream) -> ToolCallDelta | None:
+    """One ``delta.tool_calls`` entry as a piece of call ``index`` of this answer (None
+    when it carries nothing new).
+
+    ``index`` numbers the calls (https://platform.openai.com/docs/api-reference/chat-streaming);
+    ``id`` and ``name`` come on a call's first piece. Some servers repeat them on every
+    piece (llama-cpp-python) or send no index: a piece without one continues the last
+    call unless it carries a new id. Calls are numbered 0, 1, ... in the order they
+    start, and each call's id and name are passed on once.
+    """
+    if not isinstance(entry, dict):
+        return None
+    function = entry.get("function")
+    if not isinstance(function, dict):
+        function = {}
+    call_id = text_or(entry.get("id"), "")
+    slot = _call_slot(entry.get("index"), call_id, state)
+    state.last_call_id = call_id or state.last_call_id
+    new_id = _first_time(state, slot, "id", call_id)
+    new_name = _first_time(state, slot, "name", text_or(function.get("name"), ""))
+    arguments = _arguments_text(function.get("arguments"))
+    if not (arguments or new_id or new_name):
+        return None
+    return ToolCallDelta(index=slot, arguments_delta=arguments, id=new_id, name=new_name)
+
+
+def _first_time(state: _ChatStream, slot: int, field: str, value: str) -> str | None:
+    """``value`` the first time call ``slot`` brings a non-empty ``field``, else None."""
+    if not value or (slot, field) in state.heads_sent:
+        return None
+    state.heads_sent.add((slot, field))
+    return value
+
+
+def _call_slot(wire: object, call_id: str, state: _ChatStream) -> int:
+    """This answer's index of the call a piece belongs to (see :func:`_call_delta`)."""
+    if not isinstance(wire, int) or isinstance(wire, bool):
+        fresh = not state.call_slots or (bool(call_id) and call_id != state.last_call_id)
+        wire = -1 - len(state.call_slots) if fresh else max(state.call_slots, key=state.call_slots.__getitem__)
+    return state.call_slots.setdefault(wire, len(state.call_slots))
 
 
 class OpenAIProvider(HttpProvider[_ChatStream]):
@@ -190,11 +366,16 @@ class OpenAIProvider(HttpProvider[_ChatStream]):
             raise ModelError(f"{self.name}: response has no choices", provider=self.name, model_id=request.model)
         message = choice.get("message")
         content = message.get("content") if isinstance(message, dict) else None
+        calls = tool_calls_of(message)
+        # A forced call (tool_choice required or named) ends with "stop"
+        # (https://platform.openai.com/docs/guides/function-calling): calls decide.
+        finish = "tool_calls" if calls else map_finish_reason(choice.get("finish_reason"))
         return Completion(
             content=content if isinstance(content, str) else "",
             model=text_or(data.get("model"), request.model),
-            finish_reason=map_finish_reason(choice.get("finish_reason")),
+            finish_reason=finish,
             usage=map_usage(data.get("usage")),
+            tool_calls=calls,
         )
 
     def stream_state(self, request: ProviderRequest) -> _ChatStream:
@@ -226,8 +407,13 @@ class OpenAIProvider(HttpProvider[_ChatStream]):
         state.finished = state.finished or (isinstance(raw_finish, str) and bool(raw_finish))
         state.finish = map_finish_reason(raw_finish) or state.finish
         delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            return None
+        calls = delta.get("tool_calls")
+        if isinstance(calls, list):
+            state.pending_calls.extend(d for call in calls if (d := _call_delta(call, state)) is not None)
         # `content` may be null; llama.cpp's `reasoning_content` is not content.
-        text = delta.get("content") if isinstance(delta, dict) else None
+        text = delta.get("content")
         return text if isinstance(text, str) else None
 
     def stream_end(self, state: _ChatStream, guard: AnswerGuard, model: str) -> StreamDelta:
@@ -246,7 +432,8 @@ class OpenAIProvider(HttpProvider[_ChatStream]):
                 f"{self.name}: stream interrupted by the server ([DONE] without a finish_reason)",
                 provider=self.name, model_id=model,
             )
-        return StreamDelta(content=tail, model=state.model, finish_reason=state.finish, usage=state.usage)
+        finish = "tool_calls" if state.call_slots else state.finish  # a forced call ends with "stop"
+        return StreamDelta(content=tail, model=state.model, finish_reason=finish, usage=state.usage)
 
     async def list_models(self) -> list[ProviderModel]:
         with redact_errors(*self.secrets):

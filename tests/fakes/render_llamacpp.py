@@ -17,6 +17,7 @@ from typing import Any
 
 from .behaviours import Error
 from .recording import RecordedRequest
+from .render_openai import streamed_tool_calls, wire_tool_calls
 from .wire import ChatContext, Plan, Renderer, Route, WireResponse, dumps, random_token, sse
 
 __all__ = ["LlamaCppRenderer"]
@@ -62,11 +63,34 @@ class LlamaCppRenderer(Renderer):
             return None
         return self.error(Error(401), None)
 
+    #: Started with ``--jinja`` (tools need it) and with a multimodal projector
+    #: (``--mmproj``, images need it); tests may turn either off.
+    jinja: bool = True
+    mmproj: bool = True
+
     def validate(self, ctx: ChatContext, raw_body: bytes) -> WireResponse | None:
         if not ctx.is_object:
             return self.error(Error(400, message="Failed to parse JSON body"), ctx)
         if not isinstance(ctx.body.get("messages"), list):
             return self.error(Error(400, message="'messages' is required"), ctx)
+        return self._tools_refused(ctx.body)
+
+    def _tools_refused(self, body: dict[str, Any]) -> WireResponse | None:
+        """llama-server's 400s for tools and images it cannot take (tools-wire §5, §6). An
+        object ``tool_choice`` is not refused: the server logs it and uses ``auto``."""
+        if body.get("tools") and not self.jinja:
+            return self.error(Error(400, message="tools param requires --jinja flag"), None)
+        choice = body.get("tool_choice")
+        if isinstance(choice, str) and choice not in ("auto", "none", "required"):
+            return self.error(Error(400, message=f"Invalid tool_choice: {choice}"), None)
+        images = any(
+            isinstance(part, dict) and part.get("type") == "image_url"
+            for message in body["messages"] if isinstance(message, dict) and isinstance(message.get("content"), list)
+            for part in message["content"]
+        )
+        if images and not self.mmproj:
+            message = "image input is not supported - hint: if this is unexpected, you may need to provide the mmproj"
+            return self.error(Error(400, message=message), None)
         return None
 
     # -- response side ------------------------------------------------------------
@@ -104,7 +128,11 @@ class LlamaCppRenderer(Renderer):
                 {
                     "finish_reason": _FINISH.get(plan.finish_reason, plan.finish_reason),
                     "index": 0,
-                    "message": {"role": "assistant", "content": plan.text},
+                    "message": {
+                        "role": "assistant",
+                        "content": plan.text if plan.text or not plan.tool_calls else None,
+                        **({"tool_calls": wire_tool_calls(plan, id_prefix="", id_length=32)} if plan.tool_calls else {}),
+                    },
                 }
             ],
             "created": plan.created,
@@ -144,13 +172,18 @@ class LlamaCppRenderer(Renderer):
         }
         options = ctx.body.get("stream_options")
         include_usage = not (isinstance(options, dict) and options.get("include_usage") is False)
+        calls = [
+            self._chunk(plan, [{"finish_reason": None, "index": 0, "delta": {"tool_calls": delta}}])
+            for delta in streamed_tool_calls(plan, wire_tool_calls(plan, id_prefix="", id_length=32))
+        ]
         if include_usage:
             frames = [
+                *calls,
                 self._chunk(plan, [finish]),
                 self._chunk(plan, [], usage=self._usage(plan), timings=self._timings(plan)),
             ]
         else:
-            frames = [self._chunk(plan, [finish], timings=self._timings(plan))]
+            frames = [*calls, self._chunk(plan, [finish], timings=self._timings(plan))]
         return [*frames, b"data: [DONE]\n\n"]
 
     def stream_error(self, message: str | None, ctx: ChatContext) -> bytes:

@@ -15,9 +15,20 @@ from typing import Any
 
 from .behaviours import Error
 from .recording import RecordedRequest
-from .wire import ChatContext, Plan, Renderer, Route, WireResponse, dumps, random_token, sse
+from .wire import (
+    ChatContext,
+    Plan,
+    Renderer,
+    Route,
+    WireResponse,
+    arguments_pieces,
+    arguments_text,
+    dumps,
+    random_token,
+    sse,
+)
 
-__all__ = ["OpenAIRenderer", "mask_key"]
+__all__ = ["OpenAIRenderer", "mask_key", "tool_turn_error"]
 
 _NO_KEY = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header using "
@@ -79,6 +90,64 @@ def _default_error(status: int, model: str) -> tuple[str, str, str | None]:
     return "Invalid request.", "invalid_request_error", None
 
 
+def tool_turn_error(body: Mapping[str, Any]) -> tuple[str, str | None] | None:
+    """(message, param) of the 400 the API gives a request whose tool fields or tool turns
+    are malformed (tools-wire §6), or None."""
+    if not body.get("tools"):
+        for field in ("tool_choice", "parallel_tool_calls"):
+            if field in body:
+                return f"Invalid value for '{field}': '{field}' is only allowed when 'tools' are specified.", field
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return None
+    open_ids: list[str] = []
+    for n, message in enumerate(messages):
+        if not isinstance(message, dict):
+            continue
+        if message.get("role") == "tool":
+            call_id = message.get("tool_call_id")
+            if not call_id:
+                return ("Missing parameter 'tool_call_id': messages with role 'tool' must have a 'tool_call_id'.",
+                        f"messages.[{n}].tool_call_id")
+            if call_id not in open_ids:
+                return ("Invalid parameter: messages with role 'tool' must be a response to a preceeding message "
+                        "with 'tool_calls'.", f"messages.[{n}].role")
+            open_ids.remove(call_id)
+            continue
+        if open_ids:
+            break
+        open_ids = [c.get("id") for c in message.get("tool_calls") or () if isinstance(c, dict)]
+    if open_ids:
+        return ("An assistant message with 'tool_calls' must be followed by tool messages responding to each "
+                f"'tool_call_id'. The following tool_call_ids did not have response messages: {', '.join(open_ids)}",
+                "messages")
+    return None
+
+
+def wire_tool_calls(plan: Plan, *, id_prefix: str = "call_", id_length: int = 24) -> list[dict[str, Any]]:
+    """The plan's calls as ``message.tool_calls`` (arguments as a JSON string)."""
+    return [
+        {
+            "id": call.id or id_prefix + random_token(id_length),
+            "type": "function",
+            "function": {"name": call.name, "arguments": arguments_text(call)},
+        }
+        for call in plan.tool_calls
+    ]
+
+
+def streamed_tool_calls(plan: Plan, calls: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The ``delta.tool_calls`` lists of a stream: per call, a first piece with ``id``,
+    ``type``, ``name`` and ``arguments: ""``, then one per argument piece."""
+    deltas: list[list[dict[str, Any]]] = []
+    for index, (call, wire) in enumerate(zip(plan.tool_calls, calls, strict=True)):
+        head = {"index": index, "id": wire["id"], "type": "function",
+                "function": {"name": call.name, "arguments": ""}}
+        deltas.append([head])
+        deltas.extend([{"index": index, "function": {"arguments": piece}}] for piece in arguments_pieces(call))
+    return deltas
+
+
 class OpenAIRenderer(Renderer):
     """api.openai.com ``/v1/chat/completions`` and ``/v1/models``."""
 
@@ -125,6 +194,9 @@ class OpenAIRenderer(Renderer):
                 "messages",
                 "missing_required_parameter",
             )
+        refused = tool_turn_error(ctx.body)
+        if refused is not None:
+            return self._envelope(400, refused[0], "invalid_request_error", refused[1], None)
         return None
 
     # -- response side ------------------------------------------------------------
@@ -169,8 +241,9 @@ class OpenAIRenderer(Renderer):
                     "index": 0,
                     "message": {
                         "role": "assistant",
-                        "content": plan.text,
+                        "content": plan.text if plan.text or not plan.tool_calls else None,
                         "refusal": None,
+                        **({"tool_calls": wire_tool_calls(plan)} if plan.tool_calls else {}),
                         "annotations": [],
                     },
                     "logprobs": None,
@@ -218,7 +291,9 @@ class OpenAIRenderer(Renderer):
 
     def stream_tail(self, plan: Plan, ctx: ChatContext) -> list[bytes]:
         finish = _FINISH.get(plan.finish_reason, plan.finish_reason)
-        frames = [self._chunk(plan, ctx, [self._choice({}, finish)])]
+        frames = [self._chunk(plan, ctx, [self._choice({"tool_calls": delta})])
+                  for delta in streamed_tool_calls(plan, wire_tool_calls(plan))]
+        frames.append(self._chunk(plan, ctx, [self._choice({}, finish)]))
         if self._stream_options(ctx).get("include_usage") is True:
             frames.append(self._chunk(plan, ctx, [], self._usage(plan)))
         frames.append(b"data: [DONE]\n\n")
