@@ -170,13 +170,14 @@ def test_an_unusable_image_url_is_a_clear_error(spawn: Spawn, fakes: dict[str, A
 
 
 def test_a_model_without_tools_is_refused_clearly(spawn: Spawn, fakes: dict[str, Any], ollama: FakeServer) -> None:
+    # Not in the fake's listing, so the sidecar knows nothing of it and tries it: Ollama's 400.
+    ollama.renderer.no_tools.add("phi:2.7b")  # type: ignore[attr-defined]
     sidecar = spawn(fake_config(fakes))
-    response = sidecar.call("model:generate", ask(tools=[WEATHER], model=VISION_MODEL))
+    response = sidecar.call("model:generate", ask(tools=[WEATHER], model="phi:2.7b"))
     assert_wire_valid(response, "model:generate")
     error = response["error"]
-    # The sidecar learns a local model's capabilities from the server: here, Ollama's 400.
     assert (error["code"], error["message"], error["data"]["status"]) == (
-        -32005, f"ollama: {VISION_MODEL} does not support tools", 400), error
+        -32005, "ollama: phi:2.7b does not support tools", 400), error
     (sent,) = ollama.requests
     assert sent.json["tools"][0]["function"]["name"] == "get_weather"
     assert sidecar.result("model:get-config", {})  # still serving
