@@ -13,6 +13,7 @@ from sidecar.core.ratelimit import LimiterBook
 from sidecar.core.stats import StatsBook
 from sidecar.local.managed import ServerManager
 from sidecar.providers.base import Provider
+from sidecar.providers.http import probe_problem
 from sidecar.store.ledger import Ledger
 from sidecar.transport.dispatcher import Channel, RequestContext
 from sidecar.wire.kinds import KINDS
@@ -81,6 +82,9 @@ async def _probe(sources: HealthSources, provider: Provider, in_flight: int) -> 
     server = sources.servers.server(provider.name)
     if server is not None and server.gave_up:
         return False, server.last_error
+    explained = probe_problem(provider.client)  # a certificate or proxy problem, named
+    if explained is not None:
+        return False, f"{provider.name}: {explained}"
     why = sources.servers.unavailable.get(provider.name)
     return False, (f"not reachable at {redact_url(provider.settings.base_url)}"
                    + (f"; the embedded model server cannot run here: {why}" if why else ""))

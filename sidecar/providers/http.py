@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -22,7 +23,9 @@ from sidecar.providers.failures import ResponseTooLarge, error_from_status, map_
 from sidecar.providers.framing import loads_body
 from sidecar.providers.guard import ERROR_BODY_BYTES
 from sidecar.providers.network import (
+    ProxyFailed,
     SetupFailed,
+    TlsRejected,
     Trust,
     build_ssl_context,
     deny_remote_reason,
@@ -39,6 +42,7 @@ __all__ = [
     "fetch_json",
     "is_loopback_url",
     "probe",
+    "probe_problem",
     "raise_for_error",
     "read_body",
     "read_prefix",
@@ -235,6 +239,21 @@ async def probe(client: httpx.AsyncClient, url: str, *, headers: Mapping[str, st
     try:
         async with client.stream("GET", url, headers=headers, params=params) as response:
             await read_prefix(response, ERROR_BODY_BYTES)
-            return response
-    except (httpx.HTTPError, UnicodeEncodeError):
+    except (httpx.HTTPError, UnicodeEncodeError) as exc:
+        if isinstance(exc, TlsRejected | ProxyFailed | SetupFailed):
+            _PROBE_PROBLEMS[client] = exc.explanation
+        else:
+            _PROBE_PROBLEMS.pop(client, None)
         return None
+    _PROBE_PROBLEMS.pop(client, None)
+    return response
+
+
+#: Why the last probe through a client failed, when the TLS or proxy layer explained it.
+_PROBE_PROBLEMS: weakref.WeakKeyDictionary[httpx.AsyncClient, str] = weakref.WeakKeyDictionary()
+
+
+def probe_problem(client: httpx.AsyncClient) -> str | None:
+    """The explained TLS or proxy failure of the client's last probe (``model:health``
+    shows it instead of a bare "not reachable"); None after a probe that got an answer."""
+    return _PROBE_PROBLEMS.get(client)

@@ -103,8 +103,10 @@ def test_a_proxy_that_refuses_connections_is_named_not_the_provider(
     with refusing_port() as port:
         sidecar = spawn(remote_config(fake, ca, proxy=f"http://127.0.0.1:{port}"), env=env_with())
         error = sidecar.call("model:generate", ASK)["error"]
-    assert error["data"]["type"] == "NetworkError"
-    assert error["message"] == f"openai: the proxy 127.0.0.1:{port} refused the connection"
+        assert error["data"]["type"] == "NetworkError"
+        assert error["message"] == f"openai: the proxy 127.0.0.1:{port} refused the connection"
+        health = sidecar.result("model:health")["providers"]["openai"]
+        assert health["lastError"] == f"openai: the proxy 127.0.0.1:{port} refused the connection"
     assert fake.all_requests == []
 
 

@@ -41,6 +41,10 @@ def test_an_unknown_root_is_refused_naming_the_host_the_problem_and_what_to_set(
         assert f"127.0.0.1:{fake.port}" in message
         assert "unable to get local issuer certificate" in message
         assert "caFile" in message and "SSL_CERT_FILE" in message and "trust store" in message
+        # model:health names the problem too, not just "not reachable".
+        health = sidecar.result("model:health")["providers"]["openai"]
+        assert health["available"] is False
+        assert "unable to get local issuer certificate" in health["lastError"] and "caFile" in health["lastError"]
         assert fake.all_requests == []
 
 
