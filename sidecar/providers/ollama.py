@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import secrets
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar, Literal
@@ -147,7 +148,8 @@ def _wire_tools(request: ProviderRequest) -> list[dict[str, Any]]:
     ]
 
 
-def read_tool_calls(data: Mapping[str, Any], taken: set[str], first: int = 0) -> list[ToolCall]:
+def read_tool_calls(data: Mapping[str, Any], taken: set[str], first: int = 0, *, provider: str,
+                    model: str) -> list[ToolCall]:
     """The calls of one answer object's ``message.tool_calls``, numbered from ``first``.
 
     Arguments come as an object and go on as its JSON text (unchecked: the router
@@ -164,8 +166,8 @@ def read_tool_calls(data: Mapping[str, Any], taken: set[str], first: int = 0) ->
         name, arguments = function.get("name"), function.get("arguments")
         # A call the model botched (no name, arguments not an object) still goes to the
         # router, which sends it back to the model with what is wrong.
-        text = arguments if isinstance(arguments, str) else orjson.dumps(
-            arguments if arguments is not None else {}).decode()
+        text = arguments if isinstance(arguments, str) else _json_text(
+            arguments if arguments is not None else {}, provider=provider, model=model)
         given = entry.get("id") if isinstance(entry, dict) else None
         index = first + len(calls)
         call_id = given if isinstance(given, str) and given and given not in taken else (
@@ -173,6 +175,23 @@ def read_tool_calls(data: Mapping[str, Any], taken: set[str], first: int = 0) ->
         taken.add(call_id)
         calls.append(ToolCall(call_id, name if isinstance(name, str) else "", text))
     return calls
+
+
+def _json_text(value: object, *, provider: str, model: str) -> str:
+    """``value`` as compact JSON text. orjson cannot write back two things a parsed answer
+    may hold: a lone surrogate (half an emoji, which ``loads_body`` lets through) and
+    nesting past 254 levels; the standard library writes both, a lone surrogate as "?",
+    up to its recursion limit (about 1,000 levels; orjson reads up to 1,024)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        pass
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    except RecursionError:
+        raise ModelError(f"{provider}: tool call arguments nested too deeply", provider=provider,
+                         model_id=model) from None
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def map_done_reason(value: object) -> FinishReason | None:
@@ -242,7 +261,7 @@ class OllamaProvider(HttpProvider[_ChatLines]):
             raise error
         if not isinstance(data, dict) or not isinstance(data.get("message"), dict):
             raise ModelError(f"{self.name}: response has no message", provider=self.name, model_id=request.model)
-        calls = tuple(read_tool_calls(data, set()))
+        calls = tuple(read_tool_calls(data, set(), provider=self.name, model=request.model))
         return Completion(
             content=_message_text(data),
             model=text_or(data.get("model"), request.model),
@@ -261,7 +280,7 @@ class OllamaProvider(HttpProvider[_ChatLines]):
         # A call is never split: it comes whole in the line where the model finished it,
         # which may be the done line (docs/api.md, "Chat request (with tools, streaming)").
         first = len(state.call_ids)
-        for i, call in enumerate(read_tool_calls(data, state.call_ids, first)):
+        for i, call in enumerate(read_tool_calls(data, state.call_ids, first, provider=self.name, model=model)):
             state.pending_calls.append(ToolCallDelta(first + i, call.arguments, id=call.id, name=call.name))
         if data.get("done") is True:
             state.done, state.final = True, data

@@ -15,9 +15,10 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 
-from sidecar.errors import ValidationError
+from sidecar.errors import ModelError, ValidationError
 from sidecar.providers import images
 from sidecar.providers.base import (
     ChatMessage,
@@ -32,7 +33,7 @@ from sidecar.providers.base import (
 from sidecar.providers.http import HttpClientFactory
 from sidecar.providers.images import MAX_IMAGE_BYTES
 from sidecar.providers.ollama import TOOL_ERROR_PREFIX
-from tests.fakes import FakeToolCall, Reply
+from tests.fakes import FakeToolCall, Raw, Reply
 from tests.fakes.image_host import ImageHost, image_host
 from tests.providers.conftest import Harness, run
 from tests.support.images import png
@@ -266,3 +267,43 @@ async def test_an_image_fetch_is_bounded_in_time(ollama: Harness, host: ImageHos
         await asyncio.wait_for(ollama.make().generate(ollama.request(messages=(turn,))), 10)
     assert info.value.message == "ollama: cannot use the image at http://127.0.0.1: the fetch took longer than 0.5 s"
     assert info.value.retryable and ollama.server.requests == []
+
+
+def _raw_answer(arguments: bytes, streaming: bool) -> Raw:
+    """An answer calling ``now`` with ``arguments`` (raw JSON bytes), as one NDJSON line
+    with its done line, or as one body."""
+    call = b'{"role":"assistant","content":"","tool_calls":[{"function":{"name":"now","arguments":' + arguments + b"}}]}"
+    if not streaming:
+        return Raw(body=b'{"model":"llama3.2","message":' + call + b',"done":true,"done_reason":"stop"}',
+                   content_type="application/json")
+    return Raw(body=b'{"model":"llama3.2","message":' + call + b',"done":false}\n'
+               b'{"model":"llama3.2","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop"}\n',
+               content_type="application/x-ndjson")
+
+
+async def _calls(ollama: Harness, streaming: bool) -> list[ToolCall]:
+    request = ollama.request(tools=(CLOCK,))
+    if not streaming:
+        return list((await ollama.make().generate(request)).tool_calls)
+    pieces = [piece for d in await _deltas(ollama.make(), request) for piece in d.tool_calls]
+    return [ToolCall(p.id or "", p.name or "", p.arguments_delta) for p in pieces]
+
+
+async def test_arguments_with_half_an_emoji_come_through_mended(ollama: Harness, streaming: bool) -> None:
+    """A lone surrogate escape is valid JSON orjson cannot write back (half an emoji)."""
+    ollama.server.enqueue(_raw_answer(b'{"note":"ok \\ud83d","n":1}', streaming))
+    (call,) = await _calls(ollama, streaming)
+    assert (call.name, orjson.loads(call.arguments)) == ("now", {"note": "ok ?", "n": 1})
+
+
+async def test_arguments_nested_past_orjsons_limit_still_come_through(ollama: Harness, streaming: bool) -> None:
+    ollama.server.enqueue(_raw_answer(b'{"a":' * 300 + b"1" + b"}" * 300, streaming))
+    (call,) = await _calls(ollama, streaming)
+    assert call.arguments == '{"a":' * 300 + "1" + "}" * 300
+
+
+async def test_arguments_nested_past_what_json_can_write_are_a_model_error(ollama: Harness, streaming: bool) -> None:
+    ollama.server.enqueue(_raw_answer(b'{"a":' * 1010 + b"1" + b"}" * 1010, streaming))
+    with pytest.raises(ModelError) as info:
+        await _calls(ollama, streaming)
+    assert info.value.message == "ollama: tool call arguments nested too deeply"
