@@ -3,6 +3,8 @@ and fail the same explained way: through a real proxy to a TLS fake signed by a 
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,3 +98,25 @@ async def test_ssl_cert_file_of_the_factory_environment(fake: FakeServer, proxy:
         assert await generate(factory, fake, proxy=proxy.url()) == "Hello from the fake."
 
 
+
+
+@pytest.fixture
+def hashed_roots(ca: TestCA, tmp_path: Path) -> Path:
+    """The test root in a directory of OpenSSL's hashed layout (``<subject hash>.0``, as
+    ``c_rehash`` makes it)."""
+    subject_hash = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", str(ca.pem_path)],
+                                  capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    shutil.copy(ca.pem_path, roots / f"{subject_hash}.0")
+    return roots
+
+
+async def test_ssl_cert_dir_of_the_factory_environment(fake: FakeServer, proxy: ForwardProxy, hashed_roots: Path,
+                                                       tmp_path: Path) -> None:
+    for aiohttp in (True, False):
+        factory = HttpClientFactory(aiohttp=aiohttp, deny_remote=True, env={"SSL_CERT_DIR": str(hashed_roots)})
+        assert await generate(factory, fake, proxy=proxy.url()) == "Hello from the fake."
+    empty = HttpClientFactory(deny_remote=True, env={"SSL_CERT_DIR": str(tmp_path / "missing")})
+    with pytest.raises(NetworkError, match=r"SSL_CERT_DIR .* cannot be read"):
+        await generate(empty, fake, proxy=proxy.url())
