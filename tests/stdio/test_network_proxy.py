@@ -49,12 +49,13 @@ def env_with(**values: str) -> dict[str, str]:
 def test_a_remote_provider_goes_through_the_proxy_of_the_environment(
         spawn: Spawn, remote: tuple[FakeServer, TestCA], tmp_path: Path) -> None:
     fake, ca = remote
-    with ForwardProxy(tmp_path) as proxy:
+    with ForwardProxy(tmp_path, auth=True) as proxy:
         sidecar = spawn(remote_config(fake, ca), env=env_with(HTTPS_PROXY=proxy.url()))
         assert sidecar.result("model:generate", ASK)["content"] == "Hello from the fake."
         assert proxy.connections() == [f"CONNECT provider.test:{fake.port}"]
         assert len(fake.requests) == 1
-        assert sidecar.result("model:health")["providers"]["openai"]["proxy"] == proxy.url()
+        shown = sidecar.result("model:health")["providers"]["openai"]["proxy"]
+        assert shown == proxy.url().replace(PROXY_PASSWORD, "pro\u2026" + PROXY_PASSWORD[-4:])
 
 
 def test_basic_authentication_works_and_the_password_is_never_shown(
