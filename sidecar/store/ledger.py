@@ -13,10 +13,12 @@ This is the only module that touches the database. Rules it keeps:
   A settle of a free call (a local model: cost 0, nothing reserved) commits with
   ``synchronous=NORMAL``, without the fsync (0.2-4 ms on these disks, the largest part of
   a local call's overhead): a power cut may lose such a row, never a cent.
-* **Group commit.** Settles that arrive while the worker thread is busy wait in a queue
-  and are written together, in one transaction: one commit, one fsync for all of them.
-  Each caller is answered only after that commit returned, so the promise above holds
-  for every one of them; under load the fsyncs per call fall instead of queueing up.
+* **Group commit.** Reserves and settles that arrive while the worker thread is busy wait
+  in a queue and are written together, in arrival order, in one transaction: one commit,
+  one fsync for all of them. Each reservation is still checked against the caps with the
+  ones before it counted; each caller is answered only after that commit returned, so the
+  promises above hold for every one of them; under load the fsyncs per call fall instead
+  of queueing up.
 * Money is stored as **integer micro-dollars** (``cost_micros``, 1 = 0.000001 USD), so
   sums are exact; times as **epoch milliseconds, UTC** (``ts_ms``). A record is billed at
   the time it is settled.
@@ -68,7 +70,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import structlog
 
@@ -308,9 +310,10 @@ class Ledger:
         self._failure_kind: str | None = None
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S  # the open sweeps first
         self.report = OpenReport(path=path, persistent=False)
-        #: Settles waiting for the worker thread: written together, one commit (group commit).
-        self._settles: list[_Settle] = []
-        self._settles_lock = threading.Lock()
+        #: Reserves and settles waiting for the worker thread, in arrival order: written
+        #: together, in one transaction with one commit (group commit).
+        self._queued: list[_Queued] = []
+        self._queued_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -360,8 +363,10 @@ class Ledger:
         the reservation cannot be written (then nothing may go upstream)."""
         if amount_micros < 0:
             raise ValueError("amount_micros must be >= 0")
-        return await self._run(self._reserve, ts_ms, request_id, provider, model, amount_micros,
-                               tuple(caps), block)
+        result = await self._enqueue(_Queued(_Reserve(ts_ms, request_id, provider, model, amount_micros,
+                                                      tuple(caps), block)))
+        assert isinstance(result, ReserveResult)
+        return result
 
     async def settle(self, reservation_id: int | None, record: UsageRecord) -> int | None:
         """Delete the reservation and insert the usage row in one transaction; returns the
@@ -371,16 +376,22 @@ class Ledger:
             raise ValueError(f"outcome must be one of {OUTCOMES}")
         if min(record.cost_micros, record.prompt_tokens, record.completion_tokens) < 0:
             raise ValueError("cost and token counts must be >= 0")
+        result = await self._enqueue(_Queued(_Deferred(uuid.uuid4().hex, reservation_id, record)))
+        assert not isinstance(result, ReserveResult)
+        return result
+
+    async def _enqueue(self, item: _Queued) -> int | ReserveResult | None:
+        """Queue a reserve or a settle; the worker thread writes every queued one together."""
         if self._closed:
             raise RuntimeError("the ledger is closed")
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[int | None] = loop.create_future()
-        with self._settles_lock:
-            self._settles.append((reservation_id, record, done))
-            first = len(self._settles) == 1
-        if first:  # the job takes every settle queued by the time the worker thread runs it
-            loop.run_in_executor(self._executor, self._settle_queued, loop)
-        return await done
+        item.done = loop.create_future()
+        with self._queued_lock:
+            self._queued.append(item)
+            first = len(self._queued) == 1
+        if first:  # the job takes everything queued by the time the worker thread runs it
+            loop.run_in_executor(self._executor, self._write_queued, loop)
+        return await item.done
 
     async def release(self, reservation_id: int) -> bool:
         """Delete an open reservation; False when it was not open. Deferred like a settle
@@ -765,44 +776,74 @@ class Ledger:
                 row = totals.setdefault((rec.provider, rec.model), [0, 0, 0, 0])
                 row[:] = [a + b for a, b in zip(row, added, strict=True)]
 
-    def _settle_queued(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Write every queued settle in one transaction: one commit, one fsync for all of
-        them. Each answer is released only after that commit (or its deferral) returned."""
-        with self._settles_lock:
-            batch, self._settles = self._settles, []
+    def _write_queued(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Write every queued reserve and settle in one transaction: one commit, one fsync
+        for all of them. Each caller is answered only after that commit (or, for a settle
+        the storage refused, its deferral) returned."""
+        with self._queued_lock:
+            batch, self._queued = self._queued, []
         if not batch:
             return
-        results: list[tuple[asyncio.Future[int | None], int | None, BaseException | None]]
-        if len(batch) == 1 or self._deferred or not self._can_write:
-            results = [self._settle_one(rid, rec, done) for rid, rec, done in batch]
+        if len(batch) == 1 or self._deferred or self.report.status != "persistent":
+            for item in batch:
+                self._write_one(item)
         else:
-            results = self._settle_group(batch)
-        loop.call_soon_threadsafe(_resolve, results)
+            self._write_group(batch)
+        loop.call_soon_threadsafe(_resolve, batch)
 
-    def _settle_one(self, rid: int | None, rec: UsageRecord, done: asyncio.Future[int | None],
-                    ) -> tuple[asyncio.Future[int | None], int | None, BaseException | None]:
+    def _write_one(self, item: _Queued) -> None:
+        op = item.op
         try:
-            return done, self._settle(rid, rec), None
-        except Exception as exc:  # a bug: the caller gets it, as from a direct call
-            return done, None, exc
+            if isinstance(op, _Reserve):
+                item.result = self._reserve(*op)
+            else:
+                assert op.record is not None
+                item.result = self._settle(op.reservation_id, op.record)
+        except Exception as exc:  # the caller gets it, as from a direct call
+            item.error = exc
 
-    def _settle_group(self, batch: list[_Settle]
-                      ) -> list[tuple[asyncio.Future[int | None], int | None, BaseException | None]]:
-        entries = [_Deferred(uuid.uuid4().hex, rid, rec) for rid, rec, _done in batch]
-        durable = any(rec.cost_micros > 0 or rid is not None for rid, rec, _done in batch)
+    def _write_group(self, batch: list[_Queued]) -> None:
+        ready: list[_Queued] = []
+        for item in batch:
+            if isinstance(item.op, _Reserve):
+                try:
+                    self._reserve_checks(item.op.amount)
+                except Exception as exc:
+                    item.error = exc
+                    continue
+            ready.append(item)
+        if not ready:
+            return
+        reserving = any(isinstance(item.op, _Reserve) for item in ready)
+        durable = reserving or any(_costs(item.op) for item in ready)
+        wait_s = self._wait_s(RESERVE_WAIT_S if reserving else SETTLE_WAIT_S)
         try:
-            row_ids = self._write_tx(lambda db: [self._apply(db, entry, keyed=False) for entry in entries],
-                                     durable=durable, wait_s=self._wait_s(SETTLE_WAIT_S))
-        except LedgerWriteError:
-            for entry in entries:  # nothing of the group was committed: keep every record
-                self._defer(entry)
-            return [(done, None, None) for _rid, _rec, done in batch]
+            results = self._write_tx(lambda db: [self._write_in(db, item.op) for item in ready],
+                                     durable=durable, wait_s=wait_s)
+        except LedgerWriteError as exc:
+            for item in ready:  # nothing of the group was committed
+                if isinstance(item.op, _Reserve):
+                    item.error = exc
+                else:
+                    self._defer(item.op)  # kept: journalled, written later
+            return
         except Exception:  # a bug in one of them: each on its own, so only that one fails
-            return [self._settle_one(rid, rec, done) for rid, rec, done in batch]
-        for (_rid, rec, _done), row_id in zip(batch, row_ids, strict=True):
-            if row_id is not None:
-                self._count(rec)
-        return [(done, row_id, None) for (_rid, _rec, done), row_id in zip(batch, row_ids, strict=True)]
+            for item in ready:
+                self._write_one(item)
+            return
+        for item, result in zip(ready, results, strict=True):
+            item.result = result
+
+    def _write_in(self, db: sqlite3.Connection, op: _Deferred | _Reserve) -> int | ReserveResult | None:
+        """One reserve or settle inside the group's transaction (the cached totals follow
+        each settle at once, so a reserve after it in the same transaction sees it; a
+        rollback drops the cache)."""
+        if isinstance(op, _Reserve):
+            return self._reserve_body(db, op)
+        row_id = self._apply(db, op, keyed=False)
+        if row_id is not None and op.record is not None:
+            self._count(op.record)
+        return row_id
 
     def _release(self, reservation_id: int) -> bool:
         if self._deferred or not self._can_write:
@@ -828,6 +869,12 @@ class Ledger:
 
     def _reserve(self, ts_ms: int, request_id: str, provider: str, model: str, amount: int,
                  caps: tuple[Cap, ...], block: bool) -> ReserveResult:
+        self._reserve_checks(amount)
+        op = _Reserve(ts_ms, request_id, provider, model, amount, caps, block)
+        return self._write_tx(lambda db: self._reserve_body(db, op), durable=True,
+                              wait_s=self._wait_s(RESERVE_WAIT_S))
+
+    def _reserve_checks(self, amount: int) -> None:
         self._writable()
         if amount > 0 and not self._owner.held:
             # Without the owner lock another sidecar's sweep would take this process for
@@ -838,21 +885,21 @@ class Ledger:
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
             self._settle_dead_owners()
 
-        def body(db: sqlite3.Connection) -> ReserveResult:
-            self._check_version(db)
-            spent = tuple(self._spend(db, cap.start_ms, cap.end_ms) for cap in caps)
-            reserved = self._reserved_now()[1]
-            over = amount > 0 and any(s + reserved + amount > cap.limit_micros
-                                      for s, cap in zip(spent, caps, strict=True))
-            if over and block:
-                return ReserveResult(None, spent, reserved, over)
-            cursor = db.execute(
-                "INSERT INTO reservations (ts_ms, request_id, provider, model, amount_micros, over, owner, owner_pid)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (ts_ms, request_id, provider, model, amount, int(over), self._owner.token, self._owner.pid))
-            return ReserveResult(cursor.lastrowid, spent, reserved, over)
-
-        return self._write_tx(body, durable=True, wait_s=self._wait_s(RESERVE_WAIT_S))
+    def _reserve_body(self, db: sqlite3.Connection, op: _Reserve) -> ReserveResult:
+        """The compare-and-insert, inside a write transaction."""
+        self._check_version(db)
+        amount, caps = op.amount, op.caps
+        spent = tuple(self._spend(db, cap.start_ms, cap.end_ms) for cap in caps)
+        reserved = self._reserved_now()[1]
+        over = amount > 0 and any(s + reserved + amount > cap.limit_micros
+                                  for s, cap in zip(spent, caps, strict=True))
+        if over and op.block:
+            return ReserveResult(None, spent, reserved, over)
+        cursor = db.execute(
+            "INSERT INTO reservations (ts_ms, request_id, provider, model, amount_micros, over, owner, owner_pid)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (op.ts_ms, op.request_id, op.provider, op.model, amount, int(over), self._owner.token, self._owner.pid))
+        return ReserveResult(cursor.lastrowid, spent, reserved, over)
 
     def _write(self, sql: str, args: tuple[object, ...]) -> int:
         if not self._can_write:
@@ -921,18 +968,46 @@ class Ledger:
         return [SpendRow(p, m, *totals[(p, m)]) for p, m in sorted(totals)]
 
 
-_Settle = tuple[int | None, UsageRecord, "asyncio.Future[int | None]"]
+class _Reserve(NamedTuple):
+    """A queued reservation: the arguments of :meth:`Ledger.reserve`."""
+
+    ts_ms: int
+    request_id: str
+    provider: str
+    model: str
+    amount: int
+    caps: tuple[Cap, ...]
+    block: bool
 
 
-def _resolve(results: list[tuple[asyncio.Future[int | None], int | None, BaseException | None]]) -> None:
-    """Hand each settle its outcome (on the event loop; a caller cancelled meanwhile is skipped)."""
-    for done, row_id, error in results:
-        if done.done():
+class _Queued:
+    """A reserve or a settle waiting for the worker thread, and then its outcome."""
+
+    __slots__ = ("done", "error", "op", "result")
+
+    def __init__(self, op: _Deferred | _Reserve) -> None:
+        self.op = op
+        self.done: asyncio.Future[int | ReserveResult | None] | None = None
+        self.result: int | ReserveResult | None = None
+        self.error: BaseException | None = None
+
+
+def _costs(op: _Deferred | _Reserve) -> bool:
+    """Whether a settle moves money (its commit is fsynced); a free one's is not."""
+    return isinstance(op, _Deferred) and (op.reservation_id is not None
+                                          or (op.record is not None and op.record.cost_micros > 0))
+
+
+def _resolve(batch: list[_Queued]) -> None:
+    """Hand each caller its outcome (on the event loop; a caller cancelled meanwhile is skipped)."""
+    for item in batch:
+        done = item.done
+        if done is None or done.done():
             continue
-        if error is not None:
-            done.set_exception(error)
+        if item.error is not None:
+            done.set_exception(item.error)
         else:
-            done.set_result(row_id)
+            done.set_result(item.result)
 
 
 def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:

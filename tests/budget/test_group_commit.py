@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import time
@@ -20,17 +21,58 @@ from typing import Any
 
 import pytest
 
-from sidecar.store.ledger import Ledger, UsageRecord
-from tests.budget.test_durability import _events, _ledger_syncs, traced_sidecar  # noqa: F401 (fixture)
+from sidecar.store.ledger import Cap, Ledger, UsageRecord
+from tests.budget.test_durability import _LEDGER_FILES, _SYNC, _strace
 from tests.fakes import FakeServer, Reply
 from tests.hardening.conftest import build_config, entry
-from tests.stdio.harness import SidecarProcess
+from tests.stdio.harness import SidecarProcess, sidecar_command
 
 pytestmark = [pytest.mark.stdio, pytest.mark.timeout(180)]
 
 MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CALLS = 24
 PRICE = {"inputPer1M": 1000.0, "outputPer1M": 1000.0}
+
+
+@pytest.fixture
+def traced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``start(config)`` → (sidecar under strace, trace log path); whole strings in the trace
+    (several response lines can go out in one write)."""
+    tracer = _strace()
+    started: list[SidecarProcess] = []
+    log = tmp_path / "strace.log"
+
+    def start(config: dict[str, Any]) -> tuple[SidecarProcess, Path]:
+        data_dir = tmp_path / "data"
+        data_dir.mkdir()
+        (data_dir / "config.json").write_text(json.dumps(config))
+        command = [tracer, "-f", "-qq", "-y", "-s", "1000000", "-o", str(log),
+                   "-e", "trace=fsync,fdatasync,write,recvfrom", "--", *sidecar_command()]
+        monkeypatch.setenv("SIDECAR_CMD", shlex.join(command))
+        sidecar = SidecarProcess(data_dir)
+        started.append(sidecar)
+        return sidecar, log
+
+    yield start
+    for sidecar in started:
+        assert sidecar.close() == 0, sidecar.stderr.decode(errors="replace")[-2000:]
+
+
+def _completed_syncs(lines: list[str]) -> list[int]:
+    """Where each fsync of the ledger *returned*: a call another thread's line interrupted
+    (``<unfinished ...>``) returns at its ``<... fdatasync resumed>`` line."""
+    out = []
+    for index, line in enumerate(lines):
+        match = _SYNC.search(line)
+        if not match or Path(match.group(1)).name not in _LEDGER_FILES:
+            continue
+        if "<unfinished" not in line:
+            out.append(index)
+            continue
+        pid = line.split()[0]
+        out.append(next(i for i in range(index + 1, len(lines))
+                        if lines[i].startswith(pid + " ") and "resumed>" in lines[i]))
+    return out
 
 
 def _config(base_url: str) -> dict[str, Any]:
@@ -46,24 +88,26 @@ def _burst(sidecar: SidecarProcess, prefix: str) -> list[str]:
     return ids
 
 
-def test_concurrent_paid_calls_share_fsyncs_and_each_answer_follows_a_commit(traced_sidecar: Any) -> None:  # noqa: F811
+def test_concurrent_paid_calls_share_fsyncs_and_each_answer_follows_a_commit(traced: Any) -> None:
     with FakeServer("llamacpp").start() as fake:
         # Every call is in flight before the first answer: the answers arrive together.
         fake.set_default(Reply("a priced answer", usage=(10, 4), delay_s=0.3))
-        sidecar, log = traced_sidecar(_config(fake.base_url))
+        sidecar, log = traced(_config(fake.base_url))
         assert "result" in sidecar.call("model:usage")
         ids = _burst(sidecar, "burst")
         for request_id in ids:
             response = sidecar.response(request_id, timeout=60)
             assert response["result"]["metadata"]["costUsd"] > 0, response
         assert sidecar.close() == 0
-    lines = _events(log)
-    answers = [i for i, line in enumerate(lines) if "recvfrom(" in line and "chat.completion" in line]
+    lines = log.read_text(errors="replace").splitlines()
+    # A provider's answer is read where its recvfrom returns (the bytes are on that line).
+    answers = [i for i, line in enumerate(lines)
+               if ("recvfrom(" in line or "recvfrom resumed>" in line) and "chat.completion" in line]
     # The response lines written to the host (stdout may be any descriptor: match the text).
     writes = [(i, sum(f'\\"jsonrpc\\":\\"2.0\\",\\"id\\":\\"{rid}\\"' in line for rid in ids))
               for i, line in enumerate(lines) if "write(" in line]
     writes = [(i, n) for i, n in writes if n]
-    syncs = _ledger_syncs(lines)
+    syncs = _completed_syncs(lines)
     assert len(answers) == CALLS and sum(n for _i, n in writes) == CALLS, (len(answers), writes)
     settle_syncs = [s for s in syncs if s > answers[0]]
     # Without group commit each paid settle is its own fsync (CALLS of them).
@@ -137,3 +181,35 @@ def test_settles_queued_together_commit_once_and_each_gets_its_row(tmp_path: Pat
         assert asyncio.run(reopened.spend(0, 10_000)) == sum(10 + i for i in range(CALLS))
     finally:
         reopened.close()
+
+
+def test_reserves_queued_together_commit_once_and_still_respect_the_cap(tmp_path: Path) -> None:
+    """Queued reservations share one transaction, each checked against the cap with the
+    ones before it in the group counted: 24 holds of 10 against a cap of 100 admit 10."""
+    ledger = Ledger.open(tmp_path)
+    commits: list[int] = []
+    tx = ledger._tx
+
+    def counting_tx(body: Any, **kwargs: Any) -> Any:
+        commits.append(1)
+        return tx(body, **kwargs)
+
+    ledger._tx = counting_tx  # type: ignore[method-assign]
+    caps = [Cap(0, 10_000, 100)]
+
+    async def main() -> list[Any]:
+        busy = asyncio.get_running_loop().run_in_executor(ledger._executor, time.sleep, 0.2)
+        results = await asyncio.gather(*(
+            ledger.reserve(ts_ms=1_000, request_id=f"r{i}", provider="paid", model="m", amount_micros=10,
+                           caps=caps, block=True) for i in range(CALLS)))
+        await busy
+        return results
+
+    try:
+        results = asyncio.run(main())
+        assert len(commits) == 1, commits
+        admitted = [r for r in results if r.reservation_id is not None]
+        assert len(admitted) == 10 and all(r.over for r in results if r.reservation_id is None)
+        assert asyncio.run(ledger.reserved()) == (10, 100)
+    finally:
+        ledger.close()
