@@ -11,9 +11,12 @@ from sidecar.core.config import ConfigManager, redact_url
 from sidecar.core.pool import ProviderPool
 from sidecar.core.ratelimit import LimiterBook
 from sidecar.core.stats import StatsBook
+from sidecar.errors import SidecarError
+from sidecar.local import loaded
 from sidecar.local.managed import ServerManager
 from sidecar.providers.base import Provider
 from sidecar.providers.http import probe_problem
+from sidecar.providers.ollama import OllamaProvider
 from sidecar.store.ledger import Ledger
 from sidecar.transport.dispatcher import Channel, RequestContext
 from sidecar.wire.kinds import KINDS
@@ -50,8 +53,10 @@ def channels(sources: HealthSources) -> list[Channel]:
         limiters = sources.limits.states()
         probes = await asyncio.gather(*(_probe(sources, p, limiters.get(p.name, {}).get("inFlight", 0))
                                         for p in providers))
-        result = {provider.name: _provider_health(sources, provider, problem, available, limiters)
-                  for provider, (available, problem) in zip(providers, probes, strict=True)}
+        loads = await asyncio.gather(*(_loading(sources, p) for p in providers))
+        result = {provider.name: _provider_health(sources, provider, problem, available, limiters).model_copy(
+                      update=_state(available, loading))
+                  for provider, (available, problem), loading in zip(providers, probes, loads, strict=True)}
         for name in sources.config.config.provider_names():
             if name not in result:
                 result[name] = ProviderHealth(available=False, enabled=False, local=False,
@@ -88,6 +93,30 @@ async def _probe(sources: HealthSources, provider: Provider, in_flight: int) -> 
     why = sources.servers.unavailable.get(provider.name)
     return False, (f"not reachable at {redact_url(provider.settings.base_url)}"
                    + (f"; the embedded model server cannot run here: {why}" if why else ""))
+
+
+async def _loading(sources: HealthSources, provider: Provider) -> list[str]:
+    """The models ``provider`` is loading now: a managed server starting loads its default
+    model; Ollama loads a model that a request or a preload of ours waits for and that
+    ``/api/ps`` does not list yet."""
+    server = sources.servers.server(provider.name)
+    if server is not None and server.state == "starting":
+        return [provider.settings.default_model]
+    waiting = sorted(model for (name, model) in loaded.pending if name == provider.name)
+    if not waiting or not isinstance(provider, OllamaProvider):
+        return []
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            running = await provider.running_models()
+    except (SidecarError, TimeoutError):
+        return []  # cannot tell loading from generating
+    return [m for m in waiting if m not in running and (":" in m or m + ":latest" not in running)]
+
+
+def _state(available: bool, loading: list[str]) -> dict[str, Any]:
+    if loading:
+        return {"state": "loading", "loading_models": loading}
+    return {"state": "ready" if available else "down"}
 
 
 def _provider_health(sources: HealthSources, provider: Provider, problem: str | None, available: bool,

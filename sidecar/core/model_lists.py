@@ -12,10 +12,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from sidecar.core.local_fit import preload
 from sidecar.core.pool import ProviderPool
 from sidecar.core.registry import ModelRegistry
 from sidecar.core.stats import StatsBook
 from sidecar.errors import NetworkError, SidecarError
+from sidecar.local.loaded import windows
 from sidecar.providers.base import Provider, ProviderModel
 from sidecar.providers.failures import LocalServerDown
 from sidecar.wire.model import ModelInfo
@@ -61,6 +63,8 @@ class ModelLister:
                 chat = [m for m in reported if _is_chat_model(provider, m.id)]
                 if provider.settings.kind == "ollama":
                     chat = await _with_details(provider, chat)
+                elif provider.is_local:
+                    chat = await _loaded_windows(provider, chat)
         except (SidecarError, TimeoutError) as exc:
             unreachable = isinstance(exc, TimeoutError | NetworkError | LocalServerDown)
             if note_unreachable and unreachable:
@@ -72,10 +76,12 @@ class ModelLister:
         return chat
 
     async def refresh_local(self) -> None:
-        """At start-up: learn local models' real windows (``/api/show``, ``n_ctx_train``)
-        before the first request needs them; remote providers are not contacted."""
+        """At start-up: learn local models' real windows (``/api/show``, ``n_ctx_train``,
+        ``/props``) before the first request needs them, and load the default model of the
+        entries that ask for it (``preload``); remote providers are not contacted."""
         providers = [p for name in self.pool.settings() if (p := self.pool.get(name)) and p.is_local]
-        await asyncio.gather(*(self.fetch(p, note_unreachable=True) for p in providers))
+        await asyncio.gather(*(self.fetch(p, note_unreachable=True) for p in providers),
+                             *(preload(p) for p in providers if p.settings.preload))
 
     def cached(self, provider: Provider, *, refresh: bool) -> list[ModelInfo] | None:
         """The cached answer for ``provider``, unless stale, replaced or ``refresh``."""
@@ -115,3 +121,16 @@ async def _with_details(provider: Provider, models: list[ProviderModel]) -> list
         return replace(shown, version=shown.version or model.version)
 
     return list(await asyncio.gather(*(detail(m) for m in models)))
+
+
+async def _loaded_windows(provider: Provider, models: list[ProviderModel]) -> list[ProviderModel]:
+    """A local server's models with the window it runs them with (llama.cpp ``/props``,
+    LM Studio ``/api/v0/models``, a managed server's ``--n_ctx``), not the trained one."""
+
+    async def loaded(model: ProviderModel) -> ProviderModel:
+        window = await windows.get(provider, model.id)
+        if window is None or window.loaded is None or window.adjustable:
+            return model
+        return replace(model, context_window=window.loaded)
+
+    return list(await asyncio.gather(*(loaded(m) for m in models)))

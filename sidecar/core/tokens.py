@@ -78,15 +78,22 @@ def upper_bound(texts: Iterable[str], *, per_message_overhead: int = _BOUND_OVER
     return sum(len(text.encode("utf-8")) + per_message_overhead for text in texts)
 
 
-def context_window_for(prompt_tokens: int, max_tokens: int | None) -> int | None:
+def context_window_for(prompt_tokens: int, max_tokens: int | None, *, loaded: int | None = None,
+                       limit: int | None = None) -> int | None:
     """The window to ask a server for (Ollama's ``num_ctx``), or ``None`` for its default.
 
     Ollama silently cuts a prompt at its default window unless ``num_ctx`` is sent
     (https://github.com/ollama/ollama/blob/main/docs/faq.md, "How can I specify the
-    context window size?"): size it to prompt + output + slack, rounded up to a power
-    of two so that a conversation does not make the server reload the model each turn.
+    context window size?"), and loads the model again whenever a request asks for a
+    window other than the one it runs with. So: the window the model runs with
+    (``loaded``, when the server said) if it holds prompt + output + slack; else that
+    need rounded up to a power of two, so that a conversation does not make the server
+    reload the model each turn, but never past the model's trained window (``limit``).
     """
     needed = prompt_tokens + (max_tokens or DEFAULT_OUTPUT_TOKENS) + _WINDOW_SLACK
-    if needed <= _SERVER_DEFAULT_WINDOW:
+    if loaded is not None and needed <= loaded:
+        return loaded
+    if loaded is None and needed <= _SERVER_DEFAULT_WINDOW:
         return None
-    return 1 << (needed - 1).bit_length()
+    size = 1 << (needed - 1).bit_length()
+    return min(size, limit) if limit is not None else size

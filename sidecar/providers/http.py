@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import structlog
 
+from sidecar.providers import timeouts
 from sidecar.providers.base import ProviderSettings
 from sidecar.providers.failures import ResponseTooLarge, error_from_status, map_http_errors
 from sidecar.providers.framing import loads_body
@@ -50,7 +51,7 @@ __all__ = [
 
 
 #: Per-attempt read timeout when the provider entry sets no ``timeoutMs``.
-DEFAULT_TIMEOUT_MS = 120_000
+DEFAULT_TIMEOUT_MS = timeouts.DEFAULT_TIMEOUT_MS
 
 
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
@@ -165,12 +166,13 @@ class HttpClientFactory:
         return _Explained(inner, proxy)
 
     def build(self, settings: ProviderSettings) -> httpx.AsyncClient:
-        timeout_s = (settings.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
+        # One read may last as long as the attempt's longest wait: a model load on a local server.
+        timeout_s, connect_s = timeouts.timeouts(settings).whole, (settings.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50, keepalive_expiry=30)
         return httpx.AsyncClient(
             event_hooks={"request": [self._guard(settings.proxy)]} if self.deny_remote else None,
             base_url=settings.base_url.rstrip("/"),
-            timeout=httpx.Timeout(timeout_s, connect=min(DEFAULT_CONNECT_TIMEOUT_S, timeout_s)),
+            timeout=httpx.Timeout(timeout_s, connect=min(DEFAULT_CONNECT_TIMEOUT_S, connect_s)),
             # Proxies are chosen per provider (network.choose_proxy), never by httpx itself.
             trust_env=False,
             follow_redirects=False,

@@ -42,6 +42,7 @@ __all__ = ["TOOL_ERROR_PREFIX", "OllamaProvider", "build_chat_body", "map_done_r
 _CHAT_PATH = "/api/chat"
 _TAGS_PATH = "/api/tags"
 _SHOW_PATH = "/api/show"
+_PS_PATH = "/api/ps"
 
 # https://github.com/ollama/ollama/blob/main/docs/api.md: `load`/`unload` are not generation endings and map to None.
 _DONE_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
@@ -253,7 +254,11 @@ class OllamaProvider(HttpProvider[_ChatLines]):
         return None
 
     def chat_body(self, request: ProviderRequest, *, stream: bool) -> dict[str, Any]:
-        return build_chat_body(request, stream=stream)
+        body = build_chat_body(request, stream=stream)
+        if self.settings.keep_alive is not None:
+            # Every request sets how long the model stays loaded after it (docs/api.md, keep_alive).
+            body.setdefault("keep_alive", _keep_alive(self.settings.keep_alive))
+        return body
 
     def completion(self, data: Any, request: ProviderRequest) -> Completion:
         error = self._error_line(data, request.model)
@@ -394,6 +399,33 @@ class OllamaProvider(HttpProvider[_ChatLines]):
                 capabilities=self._capabilities(data.get("capabilities")),
             )
 
+    async def running_models(self) -> dict[str, int | None]:
+        """``GET /api/ps``: the models loaded now, each with the window it runs with
+        (``context_length``, the ``num_ctx`` it was loaded with; older servers leave it out,
+        https://github.com/ollama/ollama/blob/main/docs/api.md#list-running-models)."""
+        with redact_errors(*self.secrets):
+            data = await self.fetch("GET", _PS_PATH, None, DEFAULT_MAX_RESPONSE_BYTES)
+            entries = data.get("models") if isinstance(data, dict) else None
+            running: dict[str, int | None] = {}
+            for entry in entries if isinstance(entries, list) else ():
+                name = entry.get("model") or entry.get("name") if isinstance(entry, dict) else None
+                if isinstance(name, str) and name:
+                    context = entry.get("context_length")
+                    running[name] = context if isinstance(context, int) and context > 0 else None
+            return running
+
+    async def load(self, model: str) -> None:
+        """Load ``model`` without generating: ``/api/chat`` with no messages ("Load a
+        model", docs/api.md), kept loaded for the entry's ``keepAlive``."""
+        body: dict[str, Any] = {"model": model, "messages": [], "stream": False}
+        if self.settings.keep_alive is not None:
+            body["keep_alive"] = _keep_alive(self.settings.keep_alive)
+        with redact_errors(*self.secrets):
+            data = await self.fetch("POST", _CHAT_PATH, model, DEFAULT_MAX_RESPONSE_BYTES, content=orjson.dumps(body))
+            error = self._error_line(data, model)
+            if error is not None:
+                raise error
+
     async def is_available(self) -> bool:
         """``GET /`` answers 200 "Ollama is running"."""
         response = await probe(self.client, "/", headers=self.headers())
@@ -401,6 +433,15 @@ class OllamaProvider(HttpProvider[_ChatLines]):
             return False
         self.observe(response)
         return response.status_code == 200
+
+
+def _keep_alive(value: str) -> str | float:
+    """Ollama reads a JSON number as seconds and a string as a Go duration, which needs
+    a unit ("10m"): "-1" and "300" go as numbers."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def _version(entry: dict[str, object]) -> str | None:

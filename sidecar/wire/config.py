@@ -188,7 +188,20 @@ class ProviderEntry(ParamsModel):
     enabled: bool = True
     models: list[str] | None = None
     headers: dict[str, str] | None = None
-    timeout_ms: int | None = Field(default=None, ge=100, le=3_600_000)
+    timeout_ms: int | None = Field(default=None, ge=100, le=3_600_000, description=(
+        "Not streaming: the whole answer; streaming: the longest silence between chunks (default 120000)."))
+    #: Extension: the wait for the first token, which on a local server may include loading the model.
+    first_token_timeout_ms: int | None = Field(default=None, ge=100, le=3_600_000, description=(
+        "Streaming: the wait for the first chunk; not streaming: added to timeoutMs. Default: 120000 "
+        "(or timeoutMs if longer) for local providers, none for remote ones (timeoutMs alone)."))
+    #: Extension: load the default model after start-up instead of on the first request.
+    preload: bool = Field(default=False, description=(
+        "Local providers: after start-up, start a managed server, or have Ollama load the default model."))
+    #: Extension: Ollama's keep_alive, sent with every request and the preload.
+    keep_alive: str | None = Field(default=None, pattern=r"^-?[0-9]+(\.[0-9]+)?(ms|s|m|h)?$", max_length=32,
+                                   description=(
+        "Ollama: how long the model stays loaded after a request (\"10m\", \"1h\", \"-1\" for ever, "
+        "\"0\" to unload at once); default: Ollama's own (5 minutes)."))
     rate_limit: RateLimitConfig | None = None
     #: Extension: limits of single models, applied on top of the provider's ``rateLimit``.
     model_rate_limits: dict[str, RateLimitConfig] | None = None

@@ -125,6 +125,10 @@ class ProviderHealth(ResultModel):
         "true: this provider's TLS certificates are not checked (insecureSkipVerify in its entry)."))
     proxy: str | None = Field(default=None, description=(
         "The proxy this provider's requests go through (password previewed); absent: direct."))
+    state: Literal["ready", "loading", "down"] = Field(default="ready", description=(
+        "loading: a model is being loaded (a managed server starting; an Ollama model asked for and not "
+        "yet in /api/ps), so a request waits instead of failing; down: not available; ready: otherwise."))
+    loading_models: list[str] | None = Field(default=None, description="loading: the models being loaded.")
 
 
 class LedgerHealth(ResultModel):
@@ -200,6 +204,10 @@ class ErrorData(ResultModel):
     partial_content: str | None = Field(default=None, description="Text already streamed before a failure.")
     usage: dict[str, Any] | None = Field(default=None, description="BudgetExceededError: the model:usage result.")
     context_too_long: bool | None = Field(default=None, description="ValidationError: the context did not fit.")
+    prompt_tokens: int | None = Field(default=None, description=(
+        "ValidationError refused before sending: the prompt's estimated tokens (errs high)."))
+    context_window: int | None = Field(default=None, description=(
+        "ValidationError refused before sending: the window the local server runs the model with."))
     limiter: str | None = Field(default=None, description="RateLimitError from the sidecar's own limiter: its name.")
     reason: str | None = Field(default=None, description="Own limiter: queueFull | waitTooLong | waitTimedOut.")
     provider_type: str | None = Field(default=None, description="The provider's own error type, when it sent one.")

@@ -300,8 +300,9 @@ async def test_attempt_timeout_turns_a_hang_into_network_error_then_fallback() -
 
 
 async def test_stream_silence_is_a_timeout() -> None:
+    # A local model's first token may wait for a load (firstTokenTimeoutMs): short here too.
     settings = {"ollama": ProviderSettings("ollama", "ollama", "http://127.0.0.1:1", "m", local=True,
-                                           timeout_ms=100)}
+                                           timeout_ms=100, first_token_timeout_ms=100)}
     rig = make_rig({"defaultProvider": "ollama", "fallbackChain": [],
                     "providers": {"ollama": {"rateLimit": {"maxRetries": 0}}}}, settings=settings)
     rig.scripts["ollama"].actions = [Hang()]

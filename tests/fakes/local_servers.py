@@ -178,15 +178,19 @@ class LocalServerFake(_ThreadedApp):
             (``lmstudio-v1``: only LM Studio 0.4's ``/api/v1/models``).
         models: ids listed (per-kind defaults otherwise).
         api_key: Jan only: ``/v1/models`` answers 401 without ``Authorization: Bearer KEY``.
+        loaded: LM Studio: ``{model: window}`` of the models loaded, which ``/api/v0/models``
+            reports with ``state: "loaded"`` and ``loaded_context_length``.
     """
 
-    def __init__(self, kind: str, models: Sequence[str] | None = None, *, api_key: str | None = None) -> None:
+    def __init__(self, kind: str, models: Sequence[str] | None = None, *, api_key: str | None = None,
+                 loaded: dict[str, int] | None = None) -> None:
         if kind not in DEFAULT_LOCAL_MODELS:
             raise ValueError(f"unknown kind {kind!r}")
         super().__init__()
         self.kind = kind
         self.models = list(DEFAULT_LOCAL_MODELS[kind] if models is None else models)
         self.api_key = api_key
+        self.loaded = dict(loaded or {})
 
     def routes(self, app: web.Application) -> None:
         table: dict[str, Callable[[web.Request], web.Response]] = {
@@ -210,12 +214,17 @@ class LocalServerFake(_ThreadedApp):
         if request.path == "/api/v0/models":
             entries = [{"id": m, "object": "model", "type": "llm", "publisher": "lmstudio-community",
                         "arch": "llama", "compatibility_type": "gguf", "quantization": "Q4_K_M",
-                        "state": "not-loaded", "max_context_length": 32768} for m in self.models]
+                        "max_context_length": 32768, **self._state(m)} for m in self.models]
             entries.append({"id": "text-embedding-nomic-embed-text-v1.5", "object": "model", "type": "embeddings",
                             "publisher": "nomic-ai", "arch": "nomic-bert", "compatibility_type": "gguf",
                             "quantization": "Q4_K_M", "state": "not-loaded", "max_context_length": 2048})
             return _json({"object": "list", "data": entries})
         return _json({"error": f"Unexpected endpoint or method. ({request.method} {request.path})"})
+
+    def _state(self, model: str) -> dict[str, Any]:
+        if model in self.loaded:
+            return {"state": "loaded", "loaded_context_length": self.loaded[model]}
+        return {"state": "not-loaded"}
 
     def _lmstudio_v1(self, request: web.Request) -> web.Response:
         """LM Studio 0.4's REST API v1 only; every other path gets the unexpected-endpoint 200."""

@@ -234,13 +234,16 @@ class LlamaCppRenderer(Renderer):
         ]
         return self.json_response(200, {"object": "list", "data": data})
 
+    #: The window ``/props`` reports when it differs from the trained one (``llama-server -c``).
+    n_ctx: int | None = None
+
     def _props(self, request: RecordedRequest) -> WireResponse:
         model = self.models[0] if self.models else ""
         payload = {
             "default_generation_settings": {
                 "id": 0,
                 "id_task": -1,
-                "n_ctx": self.context_length(model, 8192),
+                "n_ctx": self.n_ctx or self.context_length(model, 8192),
                 "speculative": False,
                 "is_processing": False,
                 "params": {"n_predict": -1, "temperature": 0.8, "top_k": 40, "top_p": 0.95},

@@ -174,7 +174,9 @@ async def test_echoed_key_is_redacted_from_any_error(harness: Harness, streaming
 async def test_hang_times_out_as_network_error(harness: Harness, streaming: bool) -> None:
     harness.server.enqueue(Hang())
     started = time.monotonic()
-    exc = await expect_error(harness, streaming, NetworkError, timeout_ms=300)
+    # A local server's first token may wait for a model load (firstTokenTimeoutMs, 120 s
+    # by default): the HTTP client allows that one read as long; here it is short.
+    exc = await expect_error(harness, streaming, NetworkError, timeout_ms=300, first_token_timeout_ms=300)
     assert time.monotonic() - started < 3
     assert exc.retryable
     assert "timed out" in exc.message
@@ -182,7 +184,7 @@ async def test_hang_times_out_as_network_error(harness: Harness, streaming: bool
 
 async def test_stalled_body_times_out_as_network_error(harness: Harness, streaming: bool) -> None:
     harness.server.enqueue(Drip(interval_s=1.0))
-    await expect_error(harness, streaming, NetworkError, timeout_ms=300)
+    await expect_error(harness, streaming, NetworkError, timeout_ms=300, first_token_timeout_ms=300)
 
 
 async def test_slow_but_steady_body_is_not_a_timeout(harness: Harness, streaming: bool) -> None:

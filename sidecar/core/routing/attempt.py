@@ -1,8 +1,9 @@
 """The innermost layer: one provider call, with its timeout, and the stream pump.
 
-Not streaming, ``timeoutMs`` bounds the whole call. Streaming, it bounds the time to
-the first delta and the silence between deltas; every text delta goes to the host's
-sink as it arrives (a restart chunk first, after a fallback mid-stream).
+Not streaming, ``timeoutMs`` (plus ``firstTokenTimeoutMs`` where a model may have to
+load: ``providers.timeouts``) bounds the whole call. Streaming, the first delta may
+take ``firstTokenTimeoutMs`` and ``timeoutMs`` bounds the silence between deltas; every
+text delta goes to the host's sink as it arrives (a restart chunk first, after a fallback mid-stream).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import dataclasses
 from collections.abc import Callable
 
 from sidecar.core import tokens
+from sidecar.core.local_fit import fit
 from sidecar.core.pool import ProviderPool
 from sidecar.core.routing.state import Run, StreamState, Try
 from sidecar.errors import NetworkError
+from sidecar.local.loaded import loading
 from sidecar.providers.base import ChatMessage, Completion, Provider, ProviderRequest
-from sidecar.providers.http import DEFAULT_TIMEOUT_MS
+from sidecar.providers.timeouts import timeouts
 from sidecar.wire.model import ModelRequest
 
 __all__ = ["ProviderCall", "to_provider_request"]
@@ -69,38 +72,43 @@ class ProviderCall:
             preq = run.shape(candidate, preq)
         if self._max_response_bytes is not None:
             preq = dataclasses.replace(preq, max_response_bytes=self._max_response_bytes())
-        timeout_s = (provider.settings.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
+        preq = await fit(provider, preq, run.decision.prompt_tokens)  # before anything is sent
+        limits = timeouts(provider.settings)
         attempt.started_at = self._clock()
-        async with self.pool.use(provider):
+        async with self.pool.use(provider), loading(provider.name, preq.model):
             if run.stream is None:
                 try:
-                    async with asyncio.timeout(timeout_s):
+                    async with asyncio.timeout(limits.whole):
                         return await provider.generate(preq)
                 except TimeoutError as exc:
                     raise NetworkError(
-                        f"{provider.name}: no answer within {timeout_s * 1000:.0f} ms",
+                        f"{provider.name}: no answer within {limits.whole * 1000:.0f} ms",
                         provider=provider.name, model_id=candidate.model,
                     ) from exc
-            return await self._pump(provider, preq, run.stream, attempt, timeout_s)
+            return await self._pump(provider, preq, run.stream, attempt, limits.silence, limits.first)
 
     async def _pump(self, provider: Provider, preq: ProviderRequest, state: StreamState, attempt: Try,
-                    timeout_s: float) -> Completion:
-        """Relay the provider's deltas to the host; the whole completion when it ends."""
+                    timeout_s: float, first_s: float | None = None) -> Completion:
+        """Relay the provider's deltas to the host; the whole completion when it ends.
+        The first delta may take ``first_s`` (a model load), each next one ``timeout_s``."""
         parts = attempt.produced
         model, finish, usage = preq.model, None, None
         deltas = provider.stream(preq)
         try:
             while True:
+                wait_s = timeout_s if first_s is None else first_s
                 try:
-                    async with asyncio.timeout(timeout_s):
+                    async with asyncio.timeout(wait_s):
                         delta = await anext(deltas)
                 except StopAsyncIteration:
                     break
                 except TimeoutError as exc:
+                    before = " before the first chunk (firstTokenTimeoutMs)" if first_s is not None else ""
                     raise NetworkError(
-                        f"{provider.name}: stream silent for {timeout_s * 1000:.0f} ms",
+                        f"{provider.name}: stream silent for {wait_s * 1000:.0f} ms{before}",
                         provider=provider.name, model_id=preq.model,
                     ) from exc
+                first_s = None
                 model = delta.model or model
                 finish = delta.finish_reason or finish
                 usage = delta.usage or usage
