@@ -380,6 +380,9 @@ def explain(exc: Exception, request: httpx.Request, proxy: str | None) -> Except
     to connect or a refused tunnel names the proxy (``host:port``, never its password).
     """
     if isinstance(exc, httpx.TimeoutException):
+        if proxy is not None and isinstance(exc, httpx.ConnectTimeout):
+            return ProxyFailed(f"connecting through the proxy {proxy_address(proxy)} to {_target(request)} "
+                               "timed out", request=request)
         return None
     # The deepest one is the ssl module's own (aiohttp's wrapper is an SSLError subclass too).
     tls = next((item for item in reversed(_chain(exc)) if isinstance(item, ssl.SSLError)), None)

@@ -4,6 +4,7 @@ and fail the same explained way: through a real proxy to a TLS fake signed by a 
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,3 +121,43 @@ async def test_ssl_cert_dir_of_the_factory_environment(fake: FakeServer, proxy: 
     empty = HttpClientFactory(deny_remote=True, env={"SSL_CERT_DIR": str(tmp_path / "missing")})
     with pytest.raises(NetworkError, match=r"SSL_CERT_DIR .* cannot be read"):
         await generate(empty, fake, proxy=proxy.url())
+
+
+@pytest.fixture
+def unanswered_port() -> Iterator[int]:
+    """A loopback port whose listen queue is full: a new connection hangs (no SYN-ACK)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        yield port
+    finally:
+        queued.close()
+        listener.close()
+
+
+async def test_a_proxy_that_does_not_answer_the_connect_is_named(
+        factory: HttpClientFactory, fake: FakeServer, ca: TestCA, unanswered_port: int) -> None:
+    with pytest.raises(NetworkError) as caught:
+        await generate(factory, fake, proxy=f"http://127.0.0.1:{unanswered_port}", ca_file=str(ca.pem_path),
+                       timeout_ms=500)
+    assert caught.value.message == (f"openai: connecting through the proxy 127.0.0.1:{unanswered_port} "
+                                    f"to provider.test:{fake.port} timed out")
+
+
+async def test_plain_http_through_the_proxy_is_forwarded(factory: HttpClientFactory, proxy: ForwardProxy) -> None:
+    # A GET: proxy.py (2.4.10) repeats Content-Length when a forwarded request's body
+    # arrives in a second write, as aiohttp sends it; real proxies do not.
+    with FakeServer("openai", api_key=OPENAI_KEY).start() as plain:
+        fields: dict[str, Any] = {"name": "openai", "kind": "openai", "default_model": "gpt-4o-mini",
+                                  "api_key": OPENAI_KEY, "base_url": f"http://provider.test:{plain.port}/v1",
+                                  "proxy": proxy.url()}
+        provider = create_provider(ProviderSettings(**fields), factory)
+        try:
+            assert await provider.is_available()
+        finally:
+            await provider.aclose()
+    assert proxy.connections() == [f"GET provider.test:{plain.port}"]
+    assert [r.path for r in plain.all_requests] == ["/v1/models"]
