@@ -97,7 +97,7 @@ def build_chat_body(request: ProviderRequest, *, official: bool, stream: bool) -
     messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
-    messages.extend(wire_message(m) for m in request.messages)
+    messages.extend(wire_message(m, official=official) for m in request.messages)
     body: dict[str, Any] = {"model": request.model, "messages": messages}
     body.update(_tool_fields(request, official=official))
 
@@ -127,17 +127,18 @@ def build_chat_body(request: ProviderRequest, *, official: bool, stream: bool) -
     return body
 
 
-def wire_message(message: ChatMessage) -> dict[str, Any]:
+def wire_message(message: ChatMessage, *, official: bool = True) -> dict[str, Any]:
     """One turn as Chat Completions wants it: images as ``image_url`` content parts, an
     assistant's calls as ``tool_calls`` with their arguments as a JSON string (``content``
-    null when it said nothing else), a tool result as a ``tool`` message."""
+    null when it said nothing else; ``""`` for other servers: llama-cpp-python's server
+    answers 500 to a null content), a tool result as a ``tool`` message."""
     if message.role == "tool":
         # Chat Completions has no error flag on a tool result: the text says it.
         content = TOOL_ERROR_PREFIX + message.content if message.is_error else message.content
         return {"role": "tool", "tool_call_id": message.tool_call_id or "", "content": content}
     if message.tool_calls:
         return {
-            "role": "assistant", "content": message.content or None,
+            "role": "assistant", "content": message.content or (None if official else ""),
             "tool_calls": [
                 {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
                 for call in message.tool_calls
