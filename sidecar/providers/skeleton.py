@@ -15,6 +15,7 @@ one stream frame reads, and how a stream ends.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
@@ -27,6 +28,7 @@ from sidecar.providers.framing import aiter_ndjson, aiter_sse, finish_body
 from sidecar.providers.guard import AnswerGuard, oversized
 from sidecar.providers.headers import parse_rate_limit
 from sidecar.providers.http import fetch_json, raise_for_error
+from sidecar.secrets import StreamScrubber
 
 __all__ = ["HttpProvider", "StreamState"]
 
@@ -43,6 +45,32 @@ class StreamState(Protocol):
 
 
 S = TypeVar("S", bound=StreamState)
+
+
+class _CallScrubber:
+    """The provider's secrets replaced in tool-call argument text, per call (the pieces of
+    several calls may interleave), also when a secret is split across pieces."""
+
+    def __init__(self, secrets: tuple[str | None, ...]) -> None:
+        self._secrets = secrets
+        self._calls: dict[int, StreamScrubber] = {}
+
+    def whole(self, text: str) -> str:
+        scrubber = StreamScrubber(self._secrets)
+        return scrubber.feed(text) + scrubber.flush()
+
+    def feed(self, calls: tuple[ToolCallDelta, ...]) -> tuple[ToolCallDelta, ...]:
+        out = []
+        for call in calls:
+            scrubber = self._calls.setdefault(call.index, StreamScrubber(self._secrets))
+            call = dataclasses.replace(call, arguments_delta=scrubber.feed(call.arguments_delta))
+            if call.arguments_delta or call.id is not None or call.name is not None:
+                out.append(call)
+        return tuple(out)
+
+    def flush(self) -> tuple[ToolCallDelta, ...]:
+        """What each call still holds back, once the stream ended."""
+        return tuple(ToolCallDelta(index, tail) for index, scrubber in self._calls.items() if (tail := scrubber.flush()))
 
 
 class HttpProvider(Provider, Generic[S]):
@@ -102,7 +130,12 @@ class HttpProvider(Provider, Generic[S]):
             body = self.chat_body(request, stream=False)
             data = await self.fetch("POST", self.chat_path, request.model, request.max_response_bytes,
                                     content=orjson.dumps(body))
-            return self.guarded(self.completion(data, request), self.answer_guard(request, self.output_limit(body)))
+            answer = self.guarded(self.completion(data, request), self.answer_guard(request, self.output_limit(body)))
+            if not answer.tool_calls:
+                return answer
+            scrub = _CallScrubber(self.secrets)
+            calls = tuple(dataclasses.replace(call, arguments=scrub.whole(call.arguments)) for call in answer.tool_calls)
+            return dataclasses.replace(answer, tool_calls=calls)
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamDelta, None]:
         with redact_errors(*self.secrets):
@@ -110,6 +143,7 @@ class HttpProvider(Provider, Generic[S]):
             body = self.chat_body(request, stream=True)
             state = self.stream_state(request)
             guard = self.answer_guard(request, self.output_limit(body))
+            scrub = _CallScrubber(self.secrets)
             with map_http_errors(self.name, request.model, local_url=self.local_url):
                 # Opened inside the generator: aclose() or cancelling the consumer exits
                 # this block, which closes the upstream connection.
@@ -124,13 +158,16 @@ class HttpProvider(Provider, Generic[S]):
                         piece = guard.feed(text) if text and not state.done else ""
                         if piece:
                             yield StreamDelta(content=piece, model=state.model)
-                        calls = self._pending_calls(state, guard, request)
+                        calls = scrub.feed(self._pending_calls(state, guard, request))
                         if calls:
                             yield StreamDelta(tool_calls=calls, model=state.model)
                         if state.done or guard.cut:
                             break  # past the output limit: leaving the block closes upstream
                     if state.done:
                         await finish_body(frames)  # the connection goes back to the pool
+            tails = scrub.flush()
+            if tails:
+                yield StreamDelta(tool_calls=tails, model=state.model)
             if guard.cut:
                 # The server ignored the output limit; its usage never came: the router
                 # bills the text that arrived.

@@ -27,7 +27,7 @@ from sidecar.providers.openai import TOOL_ERROR_PREFIX, build_chat_body
 from sidecar.structured.grammar_profiles import lower_for_grammar
 from sidecar.structured.lower import openai_strict_schema
 from tests.fakes import FakeServer, FakeToolCall, Raw, Reply
-from tests.providers.conftest import Harness, _harness
+from tests.providers.conftest import API_KEY, Harness, _harness
 from tests.providers.test_openai_schema import assert_valid, validator  # noqa: F401 (fixture)
 from tests.support.images import png
 
@@ -359,3 +359,18 @@ async def test_llamacpp_refusals_are_provider_errors(llamacpp: Harness) -> None:
             await llamacpp.make().generate(llamacpp.request(messages=(IMAGE_TURN,)))
     finally:
         renderer.jinja, renderer.mmproj = True, True
+
+
+async def test_the_key_is_scrubbed_from_call_arguments(openai: Harness, streaming: bool) -> None:
+    """A server echoing the key in a call's arguments, split across pieces in a stream."""
+    text = '{"text": "' + API_KEY + '"}'
+    cut = text.index(API_KEY) + 7
+    openai.server.enqueue(Reply("", tool_calls=[FakeToolCall("note", text, pieces=[text[:cut], text[cut:]])]))
+    provider = openai.make()
+    request = openai.request(tools=(LOOSE,))
+    if streaming:
+        got, deltas = await stream_all(provider, request)
+        assert all(API_KEY[:7] not in p.arguments_delta for d in deltas for p in d.tool_calls)
+    else:
+        got = await provider.generate(request)
+    assert got.tool_calls[0].arguments == '{"text": "[redacted]"}'
