@@ -213,6 +213,13 @@ def map_finish_reason(value: object) -> FinishReason | None:
     return _FINISH_REASONS.get(value) if isinstance(value, str) else None
 
 
+def _with_calls(finish: FinishReason | None, has_calls: bool) -> FinishReason | None:
+    """The finish reason of an answer that may hold calls: a forced call (tool_choice
+    required or named) ends with "stop" (https://platform.openai.com/docs/guides/function-calling),
+    so calls make it "tool_calls"; "length" and "content_filter" still say the answer was cut."""
+    return "tool_calls" if has_calls and finish in (None, "stop") else finish
+
+
 def map_usage(value: object) -> Usage | None:
     """``usage{prompt_tokens, completion_tokens}`` as :class:`Usage` (None when absent)."""
     if not isinstance(value, dict):
@@ -368,9 +375,7 @@ class OpenAIProvider(HttpProvider[_ChatStream]):
         message = choice.get("message")
         content = message.get("content") if isinstance(message, dict) else None
         calls = tool_calls_of(message)
-        # A forced call (tool_choice required or named) ends with "stop"
-        # (https://platform.openai.com/docs/guides/function-calling): calls decide.
-        finish = "tool_calls" if calls else map_finish_reason(choice.get("finish_reason"))
+        finish = _with_calls(map_finish_reason(choice.get("finish_reason")), bool(calls))
         return Completion(
             content=content if isinstance(content, str) else "",
             model=text_or(data.get("model"), request.model),
@@ -433,7 +438,7 @@ class OpenAIProvider(HttpProvider[_ChatStream]):
                 f"{self.name}: stream interrupted by the server ([DONE] without a finish_reason)",
                 provider=self.name, model_id=model,
             )
-        finish = "tool_calls" if state.call_slots else state.finish  # a forced call ends with "stop"
+        finish = _with_calls(state.finish, bool(state.call_slots))
         return StreamDelta(content=tail, model=state.model, finish_reason=finish, usage=state.usage)
 
     async def list_models(self) -> list[ProviderModel]:

@@ -374,3 +374,10 @@ async def test_the_key_is_scrubbed_from_call_arguments(openai: Harness, streamin
     else:
         got = await provider.generate(request)
     assert got.tool_calls[0].arguments == '{"text": "[redacted]"}'
+
+
+async def test_a_call_cut_by_the_length_limit_says_length(chat: Harness, streaming: bool) -> None:
+    chat.server.enqueue(Reply("", finish_reason="length", tool_calls=[FakeToolCall("note", '{"text": "abc')]))
+    got = await answer(chat, streaming, chat.request(tools=(LOOSE,), max_tokens=5))
+    assert got.finish_reason == "length"
+    assert got.tool_calls[0].arguments == '{"text": "abc'
