@@ -153,3 +153,17 @@ def test_a_tool_error_result_says_so_in_its_text(spawn: Spawn, fakes: dict[str, 
     sidecar.result("model:generate", ask("openai", prompt="", messages=turns, tools=[WEATHER]))
     assert fakes["openai"].requests[0].json["messages"][-1] == {
         "role": "tool", "tool_call_id": "c9", "content": "Error: service down"}
+
+
+def test_strict_mode_nulls_for_optional_fields_are_dropped(spawn: Spawn, fakes: dict[str, Any]) -> None:
+    """OpenAI gets the strict form (optional ``unit`` nullable and required); the null it then
+    sends for ``unit`` is not part of the arguments the host gets."""
+    fakes["openai"].enqueue(Reply("", tool_calls=[FakeToolCall("get_weather", {"city": "Rome", "unit": None})]))
+    sidecar = spawn(fake_config(fakes))
+    result = sidecar.result("model:generate", ask("openai", prompt="Weather in Rome?", tools=[WEATHER]))
+    assert result["toolCalls"][0]["arguments"] == {"city": "Rome"}
+    assert len(result["metadata"]["attempts"]) == 1
+    function = fakes["openai"].requests[0].json["tools"][0]["function"]
+    assert function["strict"] is True
+    assert function["parameters"]["required"] == ["city", "unit"]
+    assert function["parameters"]["additionalProperties"] is False
