@@ -33,7 +33,7 @@ from sidecar.providers.base import (
     Usage,
 )
 from sidecar.providers.failures import error_from_payload, redact_errors
-from sidecar.providers.framing import SSEEvent, as_count, loads_body, text_or
+from sidecar.providers.framing import SSEEvent, as_count, json_text, loads_body, text_or
 from sidecar.providers.guard import DEFAULT_MAX_RESPONSE_BYTES, AnswerGuard
 from sidecar.providers.http import probe
 from sidecar.providers.skeleton import HttpProvider
@@ -318,7 +318,7 @@ class AnthropicProvider(HttpProvider[_MessageStream]):
         if not isinstance(call_id, str) or not call_id or not isinstance(name, str) or not name:
             raise ModelError(f"{self.name}: a tool_use block has no id or name", provider=self.name,
                              model_id=model)
-        return ToolCall(call_id, name, orjson.dumps(block.get("input", {})).decode("utf-8"))
+        return ToolCall(call_id, name, json_text(block.get("input", {}), provider=self.name, model=model))
 
     def stream_state(self, request: ProviderRequest) -> _MessageStream:
         return _MessageStream(model=request.model, forced=forced_tool(request))

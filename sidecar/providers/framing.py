@@ -33,6 +33,7 @@ __all__ = [
     "aiter_sse",
     "as_count",
     "finish_body",
+    "json_text",
     "loads_body",
     "text_or",
 ]
@@ -198,3 +199,21 @@ async def aiter_sse(response: httpx.Response, max_bytes: int) -> AsyncIterator[S
             data.append(value)
         elif field == b"event":
             name = value
+
+
+def json_text(value: object, *, provider: str, model: str) -> str:
+    """``value`` (parsed from an answer) as compact JSON text again, e.g. a tool call's
+    arguments object. orjson cannot write back two things a parsed answer may hold: a
+    lone surrogate (half an emoji, which :func:`loads_body` lets through) and nesting past
+    254 levels; the standard library writes both, a lone surrogate as "?", up to its
+    recursion limit (about 1,000 levels; orjson reads up to 1,024)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        pass
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    except RecursionError:
+        raise ModelError(f"{provider}: tool call arguments nested too deeply", provider=provider,
+                         model_id=model) from None
+    return text.encode("utf-8", "replace").decode("utf-8")

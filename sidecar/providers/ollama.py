@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import secrets
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar, Literal
@@ -31,7 +30,7 @@ from sidecar.providers.base import (
     Usage,
 )
 from sidecar.providers.failures import redact_errors
-from sidecar.providers.framing import as_count, loads_body, text_or
+from sidecar.providers.framing import as_count, json_text, loads_body, text_or
 from sidecar.providers.guard import DEFAULT_MAX_RESPONSE_BYTES, AnswerGuard
 from sidecar.providers.http import probe
 from sidecar.providers.images import fetch_image
@@ -167,7 +166,7 @@ def read_tool_calls(data: Mapping[str, Any], taken: set[str], first: int = 0, *,
         name, arguments = function.get("name"), function.get("arguments")
         # A call the model botched (no name, arguments not an object) still goes to the
         # router, which sends it back to the model with what is wrong.
-        text = arguments if isinstance(arguments, str) else _json_text(
+        text = arguments if isinstance(arguments, str) else json_text(
             arguments if arguments is not None else {}, provider=provider, model=model)
         given = entry.get("id") if isinstance(entry, dict) else None
         index = first + len(calls)
@@ -176,23 +175,6 @@ def read_tool_calls(data: Mapping[str, Any], taken: set[str], first: int = 0, *,
         taken.add(call_id)
         calls.append(ToolCall(call_id, name if isinstance(name, str) else "", text))
     return calls
-
-
-def _json_text(value: object, *, provider: str, model: str) -> str:
-    """``value`` as compact JSON text. orjson cannot write back two things a parsed answer
-    may hold: a lone surrogate (half an emoji, which ``loads_body`` lets through) and
-    nesting past 254 levels; the standard library writes both, a lone surrogate as "?",
-    up to its recursion limit (about 1,000 levels; orjson reads up to 1,024)."""
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:
-        pass
-    try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    except RecursionError:
-        raise ModelError(f"{provider}: tool call arguments nested too deeply", provider=provider,
-                         model_id=model) from None
-    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def map_done_reason(value: object) -> FinishReason | None:
@@ -361,6 +343,7 @@ class OllamaProvider(HttpProvider[_ChatLines]):
                         id=model_id,
                         provider=self.name,
                         capabilities=self._capabilities(entry.get("capabilities")),
+                        capabilities_reported=isinstance(entry.get("capabilities"), list),
                         version=_version(entry),
                     )
                 )
@@ -397,6 +380,7 @@ class OllamaProvider(HttpProvider[_ChatLines]):
                 provider=self.name,
                 context_window=context if isinstance(context, int) and context > 0 else None,
                 capabilities=self._capabilities(data.get("capabilities")),
+                capabilities_reported=isinstance(data.get("capabilities"), list),
             )
 
     async def running_models(self) -> dict[str, int | None]:

@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
 from sidecar.structured.extract import ExtractionFailed, extract_json
 from sidecar.structured.lower import drop_added_nulls
 from sidecar.structured.validate import compile_schema, validation_errors
@@ -22,6 +23,9 @@ from sidecar.structured.validate import compile_schema, validation_errors
 __all__ = ["CheckedCall", "ToolCheck", "check_calls", "tool_feedback"]
 
 _FEEDBACK_LIMIT = 6000
+#: Deeper arguments are refused: a host's own parser, and the response's serialiser,
+#: have limits too (the sidecar reads host messages up to 128 levels).
+MAX_ARGUMENT_DEPTH = 64
 
 
 class ToolCall(Protocol):
@@ -93,7 +97,21 @@ def _arguments(text: str) -> tuple[Any, bool, str | None]:
         return None, False, f"the arguments are not JSON ({exc.reason})"
     if not isinstance(extracted.value, dict):
         return None, False, "the arguments must be a JSON object"
+    if _deeper_than(extracted.value, MAX_ARGUMENT_DEPTH):
+        return None, False, f"the arguments are nested deeper than {MAX_ARGUMENT_DEPTH} levels"
     return extracted.value, extracted.repaired, None
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests arrays/objects more than ``limit`` levels (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def tool_feedback(calls: Sequence[ToolCall], errors: list[dict[str, str]], *, missing: bool = False) -> str:

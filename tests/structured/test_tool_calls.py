@@ -119,3 +119,11 @@ def test_no_success_ever_holds_an_invalid_call(data: Any, schema: dict[str, Any]
         jsonschema.Draft202012Validator(schema).validate(call.arguments)  # an independent check
     else:
         assert check.calls == []
+
+
+def test_arguments_nested_too_deeply_are_an_error_not_a_crash() -> None:
+    deep = "[" * 300 + "]" * 300
+    check = check_calls([ToolCall("a", "noop", '{"x": ' + deep + "}")], SCHEMAS)
+    assert check.calls == [] and "nested deeper than 64" in check.errors[0]["message"]
+    ok = "[" * 60 + "]" * 60
+    assert check_calls([ToolCall("a", "noop", '{"x": ' + ok + "}")], SCHEMAS).errors == []
