@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from jsonschema import Draft202012Validator
@@ -381,3 +382,27 @@ async def test_a_call_cut_by_the_length_limit_says_length(chat: Harness, streami
     got = await answer(chat, streaming, chat.request(tools=(LOOSE,), max_tokens=5))
     assert got.finish_reason == "length"
     assert got.tool_calls[0].arguments == '{"text": "abc'
+
+
+async def test_tool_fields_without_tools_never_reach_the_api(openai: Harness, streaming: bool) -> None:
+    """The fake refuses them as the API does (400); the provider leaves them out."""
+    got = await answer(openai, streaming, openai.request(tool_choice="required", parallel_tool_calls=False))
+    assert got.content
+    assert not {"tool_choice", "parallel_tool_calls"} & openai.server.requests[0].json.keys()
+
+
+@pytest.mark.parametrize(("messages", "param"), [
+    ([{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "c1", "content": "r"}], "messages.[1].role"),
+    ([{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+      {"role": "user", "content": "x"}], "messages"),
+    ([{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+      {"role": "tool", "content": "r"}], "messages.[1].tool_call_id"),
+])
+def test_the_openai_fake_refuses_malformed_tool_turns(openai: Harness, messages: list[Any], param: str) -> None:
+    response = httpx.post(openai.server.chat_url, json={"model": "gpt-4o-mini", "messages": messages},
+                          headers={"authorization": f"Bearer {API_KEY}"}, timeout=5)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+    assert openai.server.pending == 0 and not openai.server.served
