@@ -416,6 +416,8 @@ class OpenAIProvider(HttpProvider[_ChatStream]):
         if not isinstance(delta, dict):
             return None
         calls = delta.get("tool_calls")
+        if not isinstance(calls, list) and isinstance(delta.get("function_call"), dict):
+            calls = [{"index": 0, "function": delta["function_call"]}]  # the deprecated single call
         if isinstance(calls, list):
             state.pending_calls.extend(d for call in calls if (d := _call_delta(call, state)) is not None)
         # `content` may be null; llama.cpp's `reasoning_content` is not content.

@@ -406,3 +406,19 @@ def test_the_openai_fake_refuses_malformed_tool_turns(openai: Harness, messages:
     assert response.status_code == 400
     assert response.json()["error"]["param"] == param
     assert openai.server.pending == 0 and not openai.server.served
+
+
+async def test_a_stream_of_the_deprecated_function_call(llamacpp: Harness, streaming: bool) -> None:
+    """A server that only speaks the deprecated ``function_call``: the same call either way."""
+    if streaming:
+        body = _sse(_choice({"role": "assistant", "content": None, "function_call": {"name": "note", "arguments": ""}}),
+                    _choice({"function_call": {"name": "note", "arguments": '{"text":'}}),
+                    _choice({"function_call": {"arguments": '"x"}'}}), _choice({}, "function_call"))
+        llamacpp.server.enqueue(Raw(body=body, content_type="text/event-stream"))
+    else:
+        message = {"role": "assistant", "content": None, "function_call": {"name": "note", "arguments": '{"text":"x"}'}}
+        llamacpp.server.enqueue(Raw(body=orjson.dumps({"id": "x", "model": "m", "choices": [
+            {"index": 0, "message": message, "finish_reason": "function_call"}]}), content_type="application/json"))
+    got = await answer(llamacpp, streaming, llamacpp.request(tools=(LOOSE,)))
+    assert got.tool_calls == (ToolCall("", "note", '{"text":"x"}'),)
+    assert got.finish_reason == "tool_calls"
