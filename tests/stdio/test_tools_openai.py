@@ -168,3 +168,18 @@ def test_strict_mode_nulls_for_optional_fields_are_dropped(spawn: Spawn, fakes: 
     assert function["strict"] is True
     assert function["parameters"]["required"] == ["city", "unit"]
     assert function["parameters"]["additionalProperties"] is False
+
+
+def test_llama_server_without_jinja_or_projector_is_a_clear_error(spawn: Spawn, fakes: dict[str, Any]) -> None:
+    renderer = fakes["local-llm"].renderer
+    renderer.jinja, renderer.mmproj = False, False
+    sidecar = spawn(fake_config(fakes))
+    error = sidecar.call("model:generate", ask("local-llm", prompt="Note x", tools=[NOTE]))["error"]
+    assert error["code"] == -32005 and "tools param requires --jinja flag" in error["message"], error
+    image = [{"role": "user", "content": [{"type": "text", "text": "What?"},
+                                          {"type": "image", "data": base64.b64encode(png()).decode(),
+                                           "mediaType": "image/png"}]}]
+    error = sidecar.call("model:generate", ask("local-llm", prompt="", messages=image))["error"]
+    assert error["code"] == -32005 and "mmproj" in error["message"], error
+    assert not fakes["local-llm"].served
+    assert sidecar.result("model:get-config", {})  # still serving
