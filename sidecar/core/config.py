@@ -808,15 +808,8 @@ def _preview_entry(entry: dict[str, Any], settings: ProviderSettings | None) -> 
 
 
 def _patch_entries(patch: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """``(name, entry)`` of every provider entry object in a patch."""
-    providers = patch.get("providers")
-    if not isinstance(providers, dict):
-        return []
-    entries = [(name, providers.get(name)) for name in BUILTIN_PROVIDERS]
-    custom = providers.get("custom")
-    if isinstance(custom, dict):
-        entries.extend(custom.items())
-    return [(name, entry) for name, entry in entries if isinstance(entry, dict)]
+    """``(name, entry)`` of every provider entry object in a patch (same shape as the file)."""
+    return stored_entries(patch)
 
 
 def _prepare_patch(patch: dict[str, Any], current: ModelConfig) -> dict[str, Any]:
