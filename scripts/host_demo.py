@@ -145,7 +145,8 @@ def read_file(arguments: dict[str, Any]) -> tuple[str, bool]:
 def tool_round(sidecar: Sidecar, messages: list[dict[str, Any]], choice: Any) -> dict[str, Any] | None:
     """One model call of the agent turn; None after printing its error."""
     response = sidecar.call("model:generate", {"request": {
-        "prompt": "", "messages": messages, "tools": [READ_FILE_TOOL], "toolChoice": choice, "maxTokens": 200}})
+        "prompt": "", "messages": messages, "tools": [READ_FILE_TOOL], "toolChoice": choice, "maxTokens": 200,
+        "temperature": 0}})
     if "error" in response:
         error = response["error"]
         print(f"error {error['code']} {error['data']['type']}: {error['message']}")
