@@ -34,6 +34,7 @@ from sidecar.providers.network import (
     is_loopback_url,
     proxy_problem,
     proxy_status_failure,
+    system_trust,
 )
 
 __all__ = [
@@ -137,6 +138,8 @@ class HttpClientFactory:
         ctx = self._contexts.get(trust)
         if ctx is None:
             ctx = self._contexts[trust] = build_ssl_context(trust)
+            log.info("tls_trust", store="none (insecureSkipVerify)" if trust.insecure else system_trust(),
+                     caFile=trust.ca_file, sslCertFile=trust.cert_file, sslCertDir=trust.cert_dir)
         return ctx
 
     def _transport_for(self, settings: ProviderSettings, limits: httpx.Limits) -> httpx.AsyncBaseTransport:

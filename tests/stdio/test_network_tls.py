@@ -56,6 +56,10 @@ def test_a_ca_file_on_the_entry_is_trusted(spawn: Spawn, ca: TestCA) -> None:
         assert len(fake.requests) == 1
         shown = sidecar.result("model:get-config")["providers"]["openai"]
         assert shown["caFile"] == str(ca.pem_path)
+        # Which store and which extra roots verify is logged once per distinct trust.
+        trust = [json.loads(line) for line in bytes(sidecar.stderr).decode().splitlines() if "tls_trust" in line]
+        ours = [line for line in trust if line.get("caFile") == str(ca.pem_path)]
+        assert len(ours) == 1 and ours[0]["store"]
 
 
 def test_ssl_cert_file_in_the_environment_is_trusted(spawn: Spawn, ca: TestCA) -> None:
