@@ -146,7 +146,9 @@ class HttpClientFactory:
         proxy = settings.proxy
         problem = proxy_problem(proxy) if proxy is not None else None
         if problem is not None:
-            return _Explained(None, proxy, SetupFailed(problem))
+            # A configured proxy was validated when stored: this one came from the environment.
+            return _Explained(None, proxy, SetupFailed(
+                f"the proxy from the environment (HTTPS_PROXY, HTTP_PROXY or ALL_PROXY) cannot be used: {problem}"))
         if self._transport is not None:
             return _Explained(self._transport, proxy)
         try:

@@ -188,3 +188,16 @@ def test_a_bad_proxy_is_refused_by_set_config_without_echoing_it(spawn: Spawn) -
     for bad in ("socks5://u:" + PROXY_PASSWORD + "@h:1", "http://u:" + PROXY_PASSWORD + "@h:1/path", "no-scheme"):
         error = sidecar.call("model:set-config", {"config": {"proxy": bad}})["error"]
         assert error["data"]["type"] == "InvalidParams" and PROXY_PASSWORD not in str(error)
+
+
+def test_an_unusable_proxy_from_the_environment_is_named_without_its_password(
+        spawn: Spawn, remote: tuple[FakeServer, TestCA]) -> None:
+    fake, ca = remote
+    socks = f"socks5://corp-user:{PROXY_PASSWORD}@127.0.0.1:1080"
+    sidecar = spawn(remote_config(fake, ca), env=env_with(HTTPS_PROXY=socks))
+    error = sidecar.call("model:generate", ASK)["error"]
+    assert error["data"]["type"] == "NetworkError" and error["data"]["retryable"] is False
+    assert error["message"] == ("openai: the proxy from the environment (HTTPS_PROXY, HTTP_PROXY or ALL_PROXY) "
+                                "cannot be used: the proxy URL must start with http:// or https:// "
+                                "(SOCKS proxies are not supported)")
+    assert fake.all_requests == []
