@@ -202,7 +202,11 @@ async def test_streamed_tool_use_maps_block_index_to_call_index(anthropic: Harne
     # The text is block 0, the calls blocks 1 and 2: the calls are 0 and 1.
     assert pieces[0] == ToolCallDelta(0, "", id="toolu_01P", name="get_weather")
     assert ToolCallDelta(1, "", id="toolu_01Q", name="get_weather") in pieces
-    assert [p.arguments_delta for p in pieces if p.index == 1] == ["", '{"ci', 'ty": "Os', 'lo"}']
+    # The pieces arrive as sent, except that text which could begin the provider's key
+    # ("s" of "sk-...") is held back until the next piece shows it does not.
+    second = [p.arguments_delta for p in pieces if p.index == 1]
+    assert len(second) >= 3 and "".join(second) == '{"city": "Oslo"}'
+
     calls = _assemble(deltas)
     assert [(c.id, c.name, orjson.loads(c.arguments)) for c in calls] == [
         ("toolu_01P", "get_weather", {"city": "Paris"}), ("toolu_01Q", "get_weather", {"city": "Oslo"})]
