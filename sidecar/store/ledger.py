@@ -376,7 +376,8 @@ class Ledger:
             raise ValueError(f"outcome must be one of {OUTCOMES}")
         if min(record.cost_micros, record.prompt_tokens, record.completion_tokens) < 0:
             raise ValueError("cost and token counts must be >= 0")
-        result = await self._enqueue(_Queued(_Deferred(uuid.uuid4().hex, reservation_id, record)))
+        # Its key is drawn only if it has to be deferred (a direct write stores none).
+        result = await self._enqueue(_Queued(_Deferred("", reservation_id, record)))
         assert not isinstance(result, ReserveResult)
         return result
 
@@ -798,7 +799,7 @@ class Ledger:
                 item.result = self._reserve(*op)
             else:
                 assert op.record is not None
-                item.result = self._settle(op.reservation_id, op.record)
+                item.result = self._settle(op.reservation_id, op.record)  # (draws its own key)
         except Exception as exc:  # the caller gets it, as from a direct call
             item.error = exc
 
@@ -824,8 +825,8 @@ class Ledger:
             for item in ready:  # nothing of the group was committed
                 if isinstance(item.op, _Reserve):
                     item.error = exc
-                else:
-                    self._defer(item.op)  # kept: journalled, written later
+                else:  # kept: journalled under a key of its own, written later
+                    self._defer(_Deferred(uuid.uuid4().hex, item.op.reservation_id, item.op.record))
             return
         except Exception:  # a bug in one of them: each on its own, so only that one fails
             for item in ready:

@@ -213,3 +213,26 @@ def test_reserves_queued_together_commit_once_and_still_respect_the_cap(tmp_path
         assert asyncio.run(ledger.reserved()) == (10, 100)
     finally:
         ledger.close()
+
+
+async def test_a_burst_of_paid_settles_checks_alerts_a_few_times_and_still_alerts(
+        manager_for: Any, ledger: Ledger, alerts: Any) -> None:
+    """Each paid settle asks for an alert check; while one runs, the others coalesce into
+    one more after it (which reads a spend that includes them): the threshold crossed in
+    the burst is announced once, with fewer spend reads than settles."""
+    manager, _ = manager_for(daily_limit=1.0, alert_threshold=0.5)
+    reads: list[int] = []
+    spend = ledger.spend
+
+    async def counting_spend(start_ms: int, end_ms: int) -> int:
+        reads.append(1)
+        return await spend(start_ms, end_ms)
+
+    ledger.spend = counting_spend  # type: ignore[method-assign]
+    reservations = [await manager.reserve(request_id=f"r{i}", provider="openai", model="gpt-4o", amount_usd=0.04)
+                    for i in range(CALLS)]
+    await asyncio.gather(*(manager.settle(r, cost_usd=0.03, prompt_tokens=1, completion_tokens=1)
+                           for r in reservations))
+    await manager.drain()
+    assert alerts.kinds() == [("daily", 0.5)]  # 24 x $0.03 = $0.72 crossed $0.50 in the burst
+    assert 0 < len(reads) < CALLS, f"{len(reads)} spend reads for {CALLS} settles"
