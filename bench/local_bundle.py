@@ -7,8 +7,10 @@ Each run is ``packaging/smoke_local.py`` on ``dist/model-sidecar-local/model-sid
 fresh data directory, no Python on ``PATH``, its own network namespace when the machine
 allows it, then ``model:stream`` to ``local-llm``. The clock starts at spawn, so the
 first token includes the sidecar's start, the model server's start from the same
-executable (the model loaded from the bundle) and the prompt. Medians over the runs.
-Writes ``bench/results-local-bundle.json``.
+executable (the model loaded from the bundle) and the prompt. The same request is timed
+on a source run (``python -m sidecar``, the embedded server from the ``[local]`` extra)
+for comparison, alternating with the bundle runs. Medians over the runs. Writes
+``bench/results-local-bundle.json``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +47,28 @@ def _smoke() -> object:
     return module
 
 
+def source_run(smoke: object) -> dict[str, float]:
+    """Spawn → ready and → first local token of ``python -m sidecar`` (same request)."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        env = {**os.environ, "MODEL_SIDECAR_DENY_REMOTE": "1"}
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "sidecar", "--data-dir", data_dir], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
+        host = smoke.Host(proc)  # type: ignore[attr-defined]
+        try:
+            assert host.read()["method"] == "sidecar:ready"
+            ready_ms = (time.perf_counter() - started) * 1000
+            result, first_ms = smoke._stream(host, started)  # type: ignore[attr-defined]
+            assert result["metadata"]["provider"] == "local-llm", result
+            host.send({"id": 3, "method": "sidecar:shutdown", "params": {}})
+            proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return {"ready_ms": round(ready_ms, 1), "first_token_ms": round(first_ms, 1)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
@@ -50,14 +77,15 @@ def main() -> int:
         print("build it first: packaging/build --with-local-model", file=sys.stderr)
         return 2
     smoke = _smoke()
-    runs = []
+    runs, sources = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for index in range(args.runs):
             out = Path(tmp) / f"run{index}.json"
             smoke.main(str(LOCAL / "model-sidecar"), str(out))  # type: ignore[attr-defined]
             runs.append(json.loads(out.read_text()))
+            sources.append(source_run(smoke))
     result = {
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "runs": args.runs,
         "isolation": runs[0]["isolation"],
@@ -65,6 +93,9 @@ def main() -> int:
         "spawn_to_ready_ms_p50": round(statistics.median(r["ready_ms"] for r in runs), 1),
         "spawn_to_first_local_token_ms_p50": round(statistics.median(r["first_token_ms"] for r in runs), 1),
         "spawn_to_first_local_token_ms": [r["first_token_ms"] for r in runs],
+        "source_spawn_to_ready_ms_p50": round(statistics.median(r["ready_ms"] for r in sources), 1),
+        "source_spawn_to_first_local_token_ms_p50": round(statistics.median(r["first_token_ms"] for r in sources), 1),
+        "source_spawn_to_first_local_token_ms": [r["first_token_ms"] for r in sources],
     }
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
