@@ -61,8 +61,6 @@ _CA_FILE_CANDIDATES = (
 )
 #: OpenSSL's ``c_rehash`` names in a CA directory: 8 hex digits, a dot, a number.
 _HASHED_NAME = re.compile(r"^[0-9a-fA-F]{8}\.[0-9]+$")
-#: OpenSSL verify codes (``X509_V_ERR_*``) that mean the issuing root is not trusted here.
-_UNTRUSTED_CODES = frozenset({2, 18, 19, 20, 21})
 _EXPIRED_CODES = frozenset({9, 10})  # not yet valid, expired
 _NAME_MISMATCH_CODES = frozenset({62, 64})  # host name, IP address
 _TRUST_HINT = ("set caFile on the provider entry to the PEM file of the root that signed it, or "
@@ -350,21 +348,23 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return found
 
 
-def _tls_explanation(error: ssl.SSLError, host: str) -> str:
+def _tls_explanation(error: ssl.SSLError, host: str, tls_proxy: str | None) -> str:
+    """What went wrong and what to do. Through an https:// proxy the failing handshake may
+    be the one with the proxy: both are named (the error does not tell which)."""
+    who = host if tls_proxy is None else f"{host} (or of the proxy {tls_proxy})"
     if isinstance(error, ssl.SSLCertVerificationError):
         code = getattr(error, "verify_code", None)
         problem = getattr(error, "verify_message", None) or str(error)
-        if code in _UNTRUSTED_CODES:
-            hint = _TRUST_HINT
-        elif code in _EXPIRED_CODES:
+        if code in _EXPIRED_CODES:
             hint = "the server must renew its certificate (or this machine's clock is wrong)"
         elif code in _NAME_MISMATCH_CODES:
-            hint = f"the certificate is not valid for {host.split(':')[0]}: check the host name in baseURL"
-        else:
+            hint = (f"the certificate is not valid for {host.rsplit(':', 1)[0]}: check the host name in baseURL"
+                    + (" and in the proxy URL" if tls_proxy else ""))
+        else:  # the untrusted-root codes, and whatever a native verifier reports
             hint = _TRUST_HINT
-        return f"TLS certificate of {host} not accepted: {problem}; {hint}"
+        return f"TLS certificate of {who} not accepted: {problem}; {hint}"
     reason = getattr(error, "reason", None) or type(error).__name__
-    return f"TLS handshake with {host} failed ({reason}); is it an https:// server?"
+    return f"TLS handshake with {who} failed ({reason}); is it an https:// server?"
 
 
 def _target(request: httpx.Request) -> str:
@@ -387,7 +387,8 @@ def explain(exc: Exception, request: httpx.Request, proxy: str | None) -> Except
     # The deepest one is the ssl module's own (aiohttp's wrapper is an SSLError subclass too).
     tls = next((item for item in reversed(_chain(exc)) if isinstance(item, ssl.SSLError)), None)
     if tls is not None:
-        return TlsRejected(_tls_explanation(tls, _target(request)), request=request)
+        tls_proxy = proxy_address(proxy) if proxy is not None and proxy.startswith("https://") else None
+        return TlsRejected(_tls_explanation(tls, _target(request), tls_proxy), request=request)
     if proxy is None:
         return None
     chain = _chain(exc)

@@ -63,6 +63,13 @@ class TestCA:
     def server_context(self, *names: str, ips: tuple[str, ...] = ("127.0.0.1",),
                        expired: bool = False) -> ssl.SSLContext:
         """A server-side context whose certificate this CA signed for ``names`` and ``ips``."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*self.server_files(*names, ips=ips, expired=expired))
+        return context
+
+    def server_files(self, *names: str, ips: tuple[str, ...] = ("127.0.0.1",),
+                     expired: bool = False) -> tuple[Path, Path]:
+        """PEM files (certificate, key) of a server certificate this CA signed."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         start, end = ((now - datetime.timedelta(days=10), now - datetime.timedelta(days=1)) if expired
@@ -84,17 +91,19 @@ class TestCA:
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert_path, key_path)
-        return context
+        return cert_path, key_path
 
 
 class ForwardProxy:
-    """proxy.py on 127.0.0.1 in a subprocess; ``with ForwardProxy(dir) as proxy:``."""
+    """proxy.py on 127.0.0.1 in a subprocess; ``with ForwardProxy(dir) as proxy:``.
 
-    def __init__(self, directory: Path, *, auth: bool = False) -> None:
+    ``tls``: (certificate, key) PEM files: an HTTPS proxy (clients speak TLS to it).
+    """
+
+    def __init__(self, directory: Path, *, auth: bool = False, tls: tuple[Path, Path] | None = None) -> None:
         self.directory = directory
         self.auth = auth
+        self.tls = tls
         self.log_path = directory / f"proxy-{id(self):x}.log"
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
@@ -107,6 +116,8 @@ class ForwardProxy:
                    "--log-level", "WARNING", "--plugins", "tests.network.proxy_plugin.MapTestHosts"]
         if self.auth:
             command += ["--basic-auth", f"{PROXY_USER}:{PROXY_PASSWORD}"]
+        if self.tls is not None:
+            command += ["--cert-file", str(self.tls[0]), "--key-file", str(self.tls[1])]
         env = {**os.environ, "NETWORK_TEST_PROXY_LOG": str(self.log_path),
                "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
         self.stderr_path = self.directory / f"proxy-{id(self):x}.stderr"
@@ -135,10 +146,12 @@ class ForwardProxy:
                 process.wait(timeout=10)
 
     def url(self, *, password: str | None = None) -> str:
-        """``http://[user:password@]127.0.0.1:port`` (the real password when ``auth``)."""
+        """``http(s)://[user:password@]127.0.0.1:port`` (the real password when ``auth``)."""
+        scheme = "https" if self.tls is not None else "http"
         if self.auth or password is not None:
-            return f"http://{PROXY_USER}:{password if password is not None else PROXY_PASSWORD}@127.0.0.1:{self.port}"
-        return f"http://127.0.0.1:{self.port}"
+            secret = password if password is not None else PROXY_PASSWORD
+            return f"{scheme}://{PROXY_USER}:{secret}@127.0.0.1:{self.port}"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def address(self) -> str:

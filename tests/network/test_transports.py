@@ -161,3 +161,17 @@ async def test_plain_http_through_the_proxy_is_forwarded(factory: HttpClientFact
             await provider.aclose()
     assert proxy.connections() == [f"GET provider.test:{plain.port}"]
     assert [r.path for r in plain.all_requests] == ["/v1/models"]
+
+
+async def test_an_https_proxy_is_verified_with_the_same_trust(factory: HttpClientFactory, fake: FakeServer,
+                                                              ca: TestCA, tmp_path: Path) -> None:
+    """TLS to the proxy itself (its certificate signed by the test root): trusted through
+    ``caFile`` like the provider's, refused without it."""
+    with ForwardProxy(tmp_path, auth=True, tls=ca.server_files("localhost")) as tls_proxy:
+        assert tls_proxy.url().startswith("https://")
+        assert await generate(factory, fake, proxy=tls_proxy.url(), ca_file=str(ca.pem_path)) == "Hello from the fake."
+        assert tls_proxy.connections() == [f"CONNECT provider.test:{fake.port}"]
+        with pytest.raises(NetworkError) as caught:
+            await generate(factory, fake, proxy=tls_proxy.url())
+        assert (f"TLS certificate of provider.test:{fake.port} (or of the proxy {tls_proxy.address}) not accepted: "
+                "unable to get local issuer certificate") in caught.value.message

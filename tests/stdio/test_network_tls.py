@@ -5,6 +5,7 @@ with ``insecureSkipVerify``."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from tests.fakes import FakeServer
 from tests.network.support import TestCA
 from tests.stdio.conftest import OPENAI_KEY, Spawn
+from tests.stdio.harness import SidecarProcess
 
 pytestmark = pytest.mark.stdio
 
@@ -57,8 +59,7 @@ def test_a_ca_file_on_the_entry_is_trusted(spawn: Spawn, ca: TestCA) -> None:
         shown = sidecar.result("model:get-config")["providers"]["openai"]
         assert shown["caFile"] == str(ca.pem_path)
         # Which store and which extra roots verify is logged once per distinct trust.
-        trust = [json.loads(line) for line in bytes(sidecar.stderr).decode().splitlines() if "tls_trust" in line]
-        ours = [line for line in trust if line.get("caFile") == str(ca.pem_path)]
+        ours = log_events(sidecar, "tls_trust", at_least=1, caFile=str(ca.pem_path))
         assert len(ours) == 1 and ours[0]["store"]
 
 
@@ -103,10 +104,23 @@ def test_insecure_skip_verify_is_accepted_logged_and_shown_in_health(spawn: Spaw
         health = sidecar.result("model:health")["providers"]
         assert health["openai"]["insecureSkipVerify"] is True
         assert "insecureSkipVerify" not in health["ollama"]
-        warnings = [json.loads(line) for line in bytes(sidecar.stderr).decode().splitlines()
-                    if "tls_verification_disabled" in line]
-        assert warnings and warnings[0]["provider"] == "openai" and warnings[0]["level"] == "warning"
+        warnings = log_events(sidecar, "tls_verification_disabled", at_least=1)
+        assert warnings[0]["provider"] == "openai" and warnings[0]["level"] == "warning"
         # Every config load says it again.
         sidecar.result("model:set-config", {"config": {"budget": {"alertThreshold": 0.5}}})
-        again = [line for line in bytes(sidecar.stderr).decode().splitlines() if "tls_verification_disabled" in line]
-        assert len(again) == len(warnings) + 1
+        assert len(log_events(sidecar, "tls_verification_disabled", at_least=len(warnings) + 1)) == len(warnings) + 1
+
+
+def log_events(sidecar: SidecarProcess, event: str, *, at_least: int, timeout: float = 5.0,
+               **fields: Any) -> list[dict[str, Any]]:
+    """The stderr log events named ``event`` (with ``fields``), once at least ``at_least``
+    arrived (stderr is read by its own thread: a line may come after the response that
+    followed it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [json.loads(line) for line in bytes(sidecar.stderr).decode().splitlines()
+                 if line.startswith("{") and json.loads(line).get("event") == event]
+        found = [e for e in found if all(e.get(k) == v for k, v in fields.items())]
+        if len(found) >= at_least or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
