@@ -97,6 +97,10 @@ def test_kill_9_under_load_loses_no_settled_record(spawn: Spawn, fakes: dict[str
     for round_no in range(3):
         sidecar = spawn(paid_config(fakes, daily=1000), data_dir=data_dir)
         data_dir = sidecar.data_dir
+        # Answers spread over ~0.8 s (settles committed together would otherwise all be
+        # done by the time the first answer is read, and the kill would cut nothing).
+        for k in range(40):
+            fakes["local-llm"].enqueue(Reply("ok", usage=(10, 10), delay_s=0.02 * (k + 1)))
         ids = [sidecar.start("model:generate", {"request": {"prompt": f"r{round_no}", "maxTokens": 5}})
                for _ in range(40)]
         sidecar.response(ids[0])  # the sidecar is serving; now kill it mid-burst
