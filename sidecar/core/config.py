@@ -745,7 +745,7 @@ class ConfigManager:
             local=local,
             models=tuple(entry.models or ()),
             first_token_timeout_ms=entry.first_token_timeout_ms,
-            preload=entry.preload,
+            preload=bool(entry.preload),
             keep_alive=entry.keep_alive,
             proxy=choose_proxy(base_url, entry=entry.proxy, top=self.config.proxy, env=self._env, local=local),
             ca_file=entry.ca_file,

@@ -195,7 +195,7 @@ class ProviderEntry(ParamsModel):
         "Streaming: the wait for the first chunk; not streaming: added to timeoutMs. Default: 120000 "
         "(or timeoutMs if longer) for local providers, none for remote ones (timeoutMs alone)."))
     #: Extension: load the default model after start-up instead of on the first request.
-    preload: bool = Field(default=False, description=(
+    preload: bool | None = Field(default=None, description=(
         "Local providers: after start-up, start a managed server, or have Ollama load the default model."))
     #: Extension: Ollama's keep_alive, sent with every request and the preload.
     keep_alive: str | None = Field(default=None, pattern=r"^-?[0-9]+(\.[0-9]+)?(ms|s|m|h)?$", max_length=32,
