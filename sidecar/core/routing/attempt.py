@@ -16,6 +16,7 @@ from sidecar.core import tokens
 from sidecar.core.local_fit import fit
 from sidecar.core.pool import ProviderPool
 from sidecar.core.routing.state import Run, StreamState, Try
+from sidecar.core.routing.watchdog import Watchdog
 from sidecar.errors import NetworkError
 from sidecar.local.loaded import loading
 from sidecar.providers.base import ChatMessage, Completion, Provider, ProviderRequest
@@ -94,11 +95,12 @@ class ProviderCall:
         parts = attempt.produced
         model, finish, usage = preq.model, None, None
         deltas = provider.stream(preq)
+        silence = Watchdog()  # asyncio.timeout per chunk would set and cancel a timer each time
         try:
             while True:
                 wait_s = timeout_s if first_s is None else first_s
                 try:
-                    async with asyncio.timeout(wait_s):
+                    async with silence.step(wait_s):
                         delta = await anext(deltas)
                 except StopAsyncIteration:
                     break
@@ -115,6 +117,7 @@ class ProviderCall:
                 if delta.content:
                     await self._relay(state, parts, delta.content, model)
         finally:
+            silence.close()
             await deltas.aclose()
         return Completion(content="".join(parts), model=model, finish_reason=finish, usage=usage)
 
