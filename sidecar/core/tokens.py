@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.wire.model import ModelRequest
+from sidecar.wire.model import AssistantTurn, ModelRequest, SystemTurn, TextPart, ToolTurn, UserTurn
 
 __all__ = [
     "DEFAULT_OUTPUT_TOKENS",
@@ -29,7 +29,9 @@ __all__ = [
     "context_window_for",
     "estimate",
     "estimate_text",
+    "image_allowance",
     "request_texts",
+    "turn_text",
     "upper_bound",
 ]
 
@@ -55,10 +57,32 @@ def context_text(context: Any) -> str:
 
 
 def request_texts(request: ModelRequest) -> list[str]:
-    """Every text of the request that reaches the model, one entry per message-like part."""
+    """Every text of the request that reaches the model, one entry per message-like part:
+    turns, text parts, tool calls' arguments and the tool definitions (providers put
+    those into the prompt too). Images are counted apart (:func:`image_allowance`)."""
     texts = [request.prompt, request.system_prompt or "", context_text(request.context)]
-    texts.extend(turn.content for turn in request.messages or ())
+    for turn in request.messages or ():
+        texts.append(turn_text(turn))
+        if isinstance(turn, AssistantTurn):
+            texts.extend(call.name + orjson.dumps(call.arguments).decode() for call in turn.tool_calls or ())
+    texts.extend(orjson.dumps(tool.model_dump(mode="json", by_alias=True)).decode() for tool in request.tools or ())
     return texts
+
+
+def turn_text(turn: SystemTurn | UserTurn | AssistantTurn | ToolTurn) -> str:
+    """A turn's text (a user turn's text parts joined)."""
+    if isinstance(turn.content, str):
+        return turn.content
+    return "\n".join(part.text for part in turn.content if isinstance(part, TextPart))
+
+
+def image_allowance(request: ModelRequest) -> int:
+    """Prompt tokens the request's images may cost (0 without images)."""
+    if not request.has_images:
+        return 0
+    from sidecar.core.agents import images_tokens
+
+    return images_tokens(request)
 
 
 def estimate_text(text: str) -> int:
@@ -69,7 +93,7 @@ def estimate_text(text: str) -> int:
 def estimate(request: ModelRequest) -> int:
     """Prompt tokens of a request, erring high (see the module docstring)."""
     texts = request_texts(request)
-    return sum(estimate_text(t) for t in texts) + _ESTIMATE_OVERHEAD * len(texts)
+    return sum(estimate_text(t) for t in texts) + _ESTIMATE_OVERHEAD * len(texts) + image_allowance(request)
 
 
 def upper_bound(texts: Iterable[str], *, per_message_overhead: int = _BOUND_OVERHEAD) -> int:

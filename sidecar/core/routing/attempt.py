@@ -12,14 +12,14 @@ import asyncio
 import dataclasses
 from collections.abc import Callable
 
-from sidecar.core import tokens
+from sidecar.core import agents, tokens
 from sidecar.core.local_fit import fit
 from sidecar.core.pool import ProviderPool
 from sidecar.core.routing.state import Run, StreamState, Try
 from sidecar.core.routing.watchdog import Watchdog
 from sidecar.errors import NetworkError
 from sidecar.local.loaded import loading
-from sidecar.providers.base import ChatMessage, Completion, Provider, ProviderRequest
+from sidecar.providers.base import ChatMessage, Completion, Provider, ProviderRequest, ToolCall, ToolCallDelta
 from sidecar.providers.timeouts import timeouts
 from sidecar.wire.model import ModelRequest
 
@@ -33,7 +33,7 @@ def to_provider_request(request: ModelRequest, model: str, prompt_tokens: int | 
     sees it and it counts towards the context size. ``prompt_tokens`` is the planner's
     estimate (computed here when not given); it sizes the window a server is asked for.
     """
-    messages = [ChatMessage(turn.role, turn.content) for turn in request.messages or ()]
+    messages = agents.provider_messages(request)
     prompt = request.prompt
     if request.context is not None:
         context = tokens.context_text(request.context)
@@ -53,6 +53,7 @@ def to_provider_request(request: ModelRequest, model: str, prompt_tokens: int | 
         presence_penalty=request.presence_penalty,
         stop=tuple(request.stop) if request.stop else None,
         context_window=tokens.context_window_for(prompt_tokens, request.max_tokens),
+        **agents.provider_tools(request),
     )
 
 
@@ -92,7 +93,8 @@ class ProviderCall:
                     timeout_s: float, first_s: float | None = None) -> Completion:
         """Relay the provider's deltas to the host; the whole completion when it ends.
         The first delta may take ``first_s`` (a model load), each next one ``timeout_s``."""
-        parts = attempt.produced
+        text: list[str] = []
+        calls = _CallBuilder()
         model, finish, usage = preq.model, None, None
         deltas = provider.stream(preq)
         silence = Watchdog()  # asyncio.timeout per chunk would set and cancel a timer each time
@@ -115,18 +117,44 @@ class ProviderCall:
                 finish = delta.finish_reason or finish
                 usage = delta.usage or usage
                 if delta.content:
-                    await self._relay(state, parts, delta.content, model)
+                    text.append(delta.content)
+                if delta.content or delta.tool_calls:
+                    calls.add(delta.tool_calls)
+                    # Everything generated so far, text and call arguments: a cut stream is billed for it.
+                    attempt.produced.append(delta.content + "".join(d.arguments_delta for d in delta.tool_calls))
+                    await self._relay(state, delta.content, delta.tool_calls, model)
         finally:
             silence.close()
             await deltas.aclose()
-        return Completion(content="".join(parts), model=model, finish_reason=finish, usage=usage)
+        return Completion(content="".join(text), model=model, finish_reason=finish, usage=usage,
+                          tool_calls=calls.calls())
 
-    async def _relay(self, state: StreamState, parts: list[str], content: str, model: str | None) -> None:
+    async def _relay(self, state: StreamState, content: str, tool_calls: tuple[ToolCallDelta, ...],
+                     model: str | None) -> None:
         if state.needs_restart:
             state.needs_restart = False
             await state.sink("", model, restart=True)
-        parts.append(content)
         if state.first_chunk_at is None:
             state.first_chunk_at = self._clock()
         state.sent_any = True
-        await state.sink(content, model)
+        if tool_calls:
+            await state.sink(content, model, tool_calls=tool_calls)
+        else:
+            await state.sink(content, model)
+
+
+class _CallBuilder:
+    """Tool calls put together from their streamed pieces, by index."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, list[str]] = {}
+        self._heads: dict[int, tuple[str, str]] = {}
+
+    def add(self, deltas: tuple[ToolCallDelta, ...]) -> None:
+        for delta in deltas:
+            head = self._heads.get(delta.index, ("", ""))
+            self._heads[delta.index] = (delta.id or head[0], delta.name or head[1])
+            self._calls.setdefault(delta.index, []).append(delta.arguments_delta)
+
+    def calls(self) -> tuple[ToolCall, ...]:
+        return tuple(ToolCall(self._heads[i][0], self._heads[i][1], "".join(self._calls[i])) for i in sorted(self._calls))
