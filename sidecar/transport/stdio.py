@@ -206,6 +206,20 @@ class LineReader:
         self._put(EOF)
 
 
+def _room_poller(stream: BinaryIO) -> select.poll | None:
+    """A poll object that says whether ``stream``'s pipe has room (None where there is
+    no ``poll``, as on Windows, or no file descriptor)."""
+    if not hasattr(select, "poll") or not hasattr(select, "PIPE_BUF"):
+        return None  # pragma: no cover - Windows
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    room = select.poll()
+    room.register(fd, select.POLLOUT)
+    return room
+
+
 class LineWriter:
     """The single writer of protocol lines; ``send`` waits when the host reads slowly."""
 
@@ -229,6 +243,7 @@ class LineWriter:
         #: When the piece being written was handed to the pipe (None: not writing).
         self._piece_since: float | None = None
         self.closed = False
+        self._room = _room_poller(stream)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="stdout-writer")
@@ -290,11 +305,25 @@ class LineWriter:
                 batch.append(item)
             await self._flush_batch(batch)
 
+    def _write_now(self, data: bytes) -> int:
+        """Write ``data`` here, on the event loop, when the pipe takes it without blocking:
+        at most ``PIPE_BUF`` bytes (POSIX writes those whole or not at all) and poll says
+        there is room. Saves the hop to the writer thread and back for most batches;
+        returns how much was written (0: the thread writes it)."""
+        if self._room is None or len(data) > select.PIPE_BUF or not self._room.poll(0):
+            return 0
+        written = self._stream.write(data) or 0
+        self._stream.flush()
+        return written
+
     async def _flush_batch(self, batch: list[bytes]) -> None:
         if self.closed:
             return
         try:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._write, b"".join(batch))
+            data = b"".join(batch)
+            written = self._write_now(data)
+            if written < len(data):
+                await asyncio.get_running_loop().run_in_executor(self._thread, self._write, data[written:])
         except (BrokenPipeError, ConnectionResetError, OSError, ValueError):
             self.closed = True
             if self._on_broken_pipe is not None:
