@@ -168,8 +168,7 @@ def local_call(sidecar: SidecarProcess, tool: dict[str, Any], prompt: str, choic
         if len(calls) == 1 and calls[0]["name"] == tool["name"]:
             jsonschema.validate(calls[0]["arguments"], tool["parameters"])  # the sidecar's promise, checked again
             return {"ok": True, "attempts": len(result["metadata"]["attempts"]), "seconds": round(seconds, 2),
-                    "arguments": calls[0]["arguments"],
-                    "retriedFor": [a["error"]["message"][:200] for a in result["metadata"]["attempts"] if a.get("error")]}
+                    "arguments": calls[0]["arguments"]}
         return {"ok": False, "attempts": len(result["metadata"]["attempts"]), "seconds": round(seconds, 2),
                 "error": "answered without the call"}
     data = response["error"]["data"]
