@@ -468,7 +468,7 @@ export interface ProviderEntry {
   /**
    * Local providers: after start-up, start a managed server, or have Ollama load the default model.
    */
-  preload?: boolean;
+  preload?: boolean | null;
   /**
    * http(s)://[user:password@]host:port for this provider; "" = direct. Wins over the top-level proxy and the environment.
    */
@@ -522,7 +522,7 @@ export interface CustomProviderEntry {
   /**
    * Local providers: after start-up, start a managed server, or have Ollama load the default model.
    */
-  preload?: boolean;
+  preload?: boolean | null;
   /**
    * http(s)://[user:password@]host:port for this provider; "" = direct. Wins over the top-level proxy and the environment.
    */
