@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
@@ -42,6 +42,8 @@ from yarl import URL
 __all__ = ["AiohttpTransport"]
 
 _HTTP11 = {"http_version": b"HTTP/1.1"}
+#: aiohttp's read buffer per connection (its default is 256 KiB).
+_READ_BUFFER = 32 * 1024
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -61,6 +63,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._proxy = str(proxy) if proxy is not None else None
         self._trust_env = trust_env
         self._max_connections = limits.max_connections
+        self._max_idle = limits.max_keepalive_connections if limits.max_keepalive_connections is not None else 1 << 30
         self._keepalive = limits.keepalive_expiry
         self._slots: asyncio.Semaphore | None = (
             asyncio.Semaphore(limits.max_connections) if limits.max_connections else None)
@@ -72,13 +75,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._closed:
             raise RuntimeError("the transport is closed")
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                ssl=self._ssl, limit=0, keepalive_timeout=self._keepalive, enable_cleanup_closed=False)
+            connector = _Connector(self._max_idle, ssl=self._ssl, limit=0, keepalive_timeout=self._keepalive)
             self._session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, trust_env=self._trust_env, cookie_jar=aiohttp.DummyCookieJar(),
                 # h11 (httpx's parser) takes header lines of up to 100 KB: so do we.
                 max_line_size=102_400, max_field_size=102_400, skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
-                timeout=aiohttp.ClientTimeout(total=None))
+                timeout=aiohttp.ClientTimeout(total=None),
+                # Reading pauses once twice this much is buffered and unread: a host that
+                # stops reading holds the upstream, not megabytes per stream in memory.
+                read_bufsize=_READ_BUFFER)
         return self._session
 
     def _timeout(self, connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
@@ -106,6 +111,17 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._slots is not None:
             self._slots.release()
 
+    def _done(self, response: aiohttp.ClientResponse) -> None:
+        """A response is finished with: its connection back to the pool when the body was
+        read whole (aiohttp has done that at its end already), else closed."""
+        try:
+            if response.content.is_eof() and response.content.exception() is None:
+                response.release()
+            else:
+                response.close()
+        finally:
+            self._free()
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._open()
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
@@ -121,7 +137,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._free()
             raise
         return httpx.Response(
-            response.status, headers=response.raw_headers, stream=_Body(response, request, self._free),
+            response.status, headers=response.raw_headers, stream=_Body(response, request, self._done),
             extensions={**_HTTP11, "reason_phrase": (response.reason or "").encode("latin-1", "replace")},
             request=request)
 
@@ -150,16 +166,30 @@ async def _stream(request: httpx.Request) -> AsyncIterator[bytes]:
         yield part
 
 
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's connector with httpx's ``max_keepalive_connections``: a connection that
+    comes back while that many are idle is closed instead of kept."""
+
+    def __init__(self, max_idle: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._max_idle = max_idle
+
+    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
+        idle = sum(len(pool) for pool in self._conns.values())
+        super()._release(key, protocol, should_close=should_close or idle >= self._max_idle)
+
+
 class _Body(httpx.AsyncByteStream):
     """A response body read from aiohttp; closing it early closes the connection."""
 
-    __slots__ = ("_done", "_free", "_request", "_response")
+    __slots__ = ("_closed", "_finish", "_request", "_response")
 
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request, free: Any) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request,
+                 done: Callable[[aiohttp.ClientResponse], None]) -> None:
         self._response = response
         self._request = request
-        self._free = free
-        self._done = False
+        self._finish = done
+        self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         content = self._response.content
@@ -171,17 +201,9 @@ class _Body(httpx.AsyncByteStream):
                 yield part
 
     async def aclose(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        try:
-            response = self._response
-            if response.content.is_eof() and not response.content.exception():
-                response.release()
-            else:
-                response.close()
-        finally:
-            self._free()
+        if not self._closed:
+            self._closed = True
+            self._finish(self._response)
 
 
 @contextmanager

@@ -316,3 +316,59 @@ async def test_a_redirect_is_followed_with_its_body(client_for: Callable[..., ht
     assert response.status_code == 200 and response.json() == {"ok": True}
     assert seen[1].startswith(f"{method} /there HTTP/1.1".encode())
     assert seen[1].endswith(b'{"q":1}') == (method == "POST")
+
+
+async def test_idle_connections_beyond_the_keepalive_limit_are_closed() -> None:
+    open_now: list[int] = [0]
+    peak_idle: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        open_now[0] += 1
+        try:
+            while True:
+                await read_request(reader)
+                await asyncio.sleep(0.05)  # every request in flight at once
+                writer.write(reply(b"{}"))
+                await writer.drain()
+        finally:
+            open_now[0] -= 1
+
+    limits = httpx.Limits(max_connections=10, max_keepalive_connections=2, keepalive_expiry=30)
+    async with serve(handler) as server:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", trust_env=False,
+                                     transport=AiohttpTransport(limits=limits)) as client:
+            await asyncio.gather(*(client.get("/") for _ in range(8)))
+            assert server.connections == 8
+            for _ in range(100):  # the server sees the closes
+                if open_now[0] <= 2:
+                    break
+                await asyncio.sleep(0.02)
+            peak_idle.append(open_now[0])
+    assert peak_idle == [2], peak_idle
+
+
+async def test_a_reader_that_stops_holds_the_upstream_not_the_body_in_memory() -> None:
+    """A host that stops reading must stop the upstream reads too (TCP backpressure), not
+    leave aiohttp buffering a whole stream per connection."""
+    sent: list[int] = [0]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8388608\r\n\r\n")
+        for _ in range(128):
+            writer.write(b"z" * 65536)
+            await writer.drain()
+            sent[0] += 65536
+
+    transport = AiohttpTransport(limits=httpx.Limits(max_connections=10))
+    async with serve(handler) as server:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", trust_env=False,
+                                     transport=transport) as client:
+            async with client.stream("GET", "/") as response:
+                first = await anext(response.aiter_raw())
+                assert first
+                await asyncio.sleep(0.5)  # the consumer stops reading
+                body = response.stream._stream._response  # type: ignore[attr-defined]
+                buffered = body.content.total_bytes - len(first)
+                assert buffered <= 384 * 1024, f"{buffered} bytes read ahead of the consumer"
+                assert sent[0] < 8 * 1024 * 1024
