@@ -43,8 +43,6 @@ from sidecar.providers.framing import SSEEvent, as_count, loads_body, text_or
 from sidecar.providers.guard import DEFAULT_MAX_RESPONSE_BYTES, AnswerGuard
 from sidecar.providers.http import probe
 from sidecar.providers.skeleton import HttpProvider
-from sidecar.structured.grammar_profiles import lower_for_grammar
-from sidecar.structured.lower import openai_strict_schema
 from sidecar.wire.kinds import KINDS
 
 __all__ = [
@@ -195,6 +193,11 @@ def _wire_tool(tool: ToolSpec, *, official: bool) -> dict[str, Any]:
     (https://platform.openai.com/docs/guides/function-calling, strict mode); other servers
     the schema lowered to what llama.cpp's grammar converter takes (the answer is still
     validated against the original)."""
+    # Imported on first use: structured/lower brings jsonschema (~15 MB, ~80 ms), which a
+    # sidecar that never sees a tool never needs.
+    from sidecar.structured.grammar_profiles import lower_for_grammar
+    from sidecar.structured.lower import openai_strict_schema
+
     function: dict[str, Any] = {"name": tool.name}
     if tool.description is not None:
         function["description"] = tool.description

@@ -1,0 +1,22 @@
+"""What a sidecar that never sees a responseFormat or a tool must not load: the
+structured-output modules (jsonschema, xmlschema, json_repair: ~15 MB and ~0.3 s), which
+are imported on first use only."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("jsonschema", "xmlschema", "json_repair")
+
+
+@pytest.mark.timeout(60)
+def test_the_app_and_its_providers_load_without_the_structured_output_modules() -> None:
+    code = ("import sys; import sidecar.app, sidecar.providers.openai, sidecar.providers.anthropic, "
+            "sidecar.providers.ollama, sidecar.providers.aio_transport; "
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "", f"loaded at start-up: {done.stdout.strip()}"
