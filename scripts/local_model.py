@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop(proc)
+        # Only leave: the `finally` below stops the server. Calling stop() here deadlocked
+        # when the signal came during proc.wait(), which holds Popen's wait lock.
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, on_signal)
