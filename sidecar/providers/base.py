@@ -24,6 +24,7 @@ Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "content_filter", "tool_calls"]
 
 __all__ = [
+    "TOOL_ERROR_PREFIX",
     "ChatMessage",
     "Completion",
     "ContentPart",
@@ -92,6 +93,11 @@ class ToolSpec:
     name: str
     parameters: dict[str, Any]
     description: str | None = None
+
+
+#: A failed tool's result starts with this where the wire has no error flag for it
+#: (OpenAI's and Ollama's tool turns; Anthropic has ``is_error``).
+TOOL_ERROR_PREFIX = "Error: "
 
 
 @dataclass(frozen=True, slots=True)

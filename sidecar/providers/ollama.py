@@ -17,6 +17,7 @@ import orjson
 
 from sidecar.errors import ModelError, NetworkError, ProviderError
 from sidecar.providers.base import (
+    TOOL_ERROR_PREFIX,
     ChatMessage,
     Completion,
     FinishReason,
@@ -36,7 +37,7 @@ from sidecar.providers.http import probe
 from sidecar.providers.images import fetch_image
 from sidecar.providers.skeleton import HttpProvider
 
-__all__ = ["TOOL_ERROR_PREFIX", "OllamaProvider", "build_chat_body", "map_done_reason", "map_usage", "read_tool_calls"]
+__all__ = ["OllamaProvider", "build_chat_body", "map_done_reason", "map_usage", "read_tool_calls"]
 
 _CHAT_PATH = "/api/chat"
 _TAGS_PATH = "/api/tags"
@@ -47,8 +48,6 @@ _PS_PATH = "/api/ps"
 _DONE_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
 # /api/show `capabilities` entries that name a capability of ours (https://github.com/ollama/ollama/blob/main/docs/api.md, show model information).
 _SHOW_CAPABILITIES = {"tools": "tools", "vision": "vision", "thinking": "reasoning"}
-#: A failed tool's result starts with this: Ollama's tool turn has no error field.
-TOOL_ERROR_PREFIX = "Error: "
 
 
 def build_chat_body(request: ProviderRequest, *, stream: bool) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from sidecar.errors import (
     SidecarError,
 )
 from sidecar.providers.base import (
+    TOOL_ERROR_PREFIX,
     ChatMessage,
     Completion,
     ContentPart,
@@ -46,7 +47,6 @@ from sidecar.providers.skeleton import HttpProvider
 from sidecar.wire.kinds import KINDS
 
 __all__ = [
-    "TOOL_ERROR_PREFIX",
     "OpenAICompatibleProvider",
     "OpenAIProvider",
     "build_chat_body",
@@ -56,8 +56,6 @@ __all__ = [
 ]
 
 _CHAT_PATH = "/chat/completions"
-#: What a tool result marked ``isError`` starts with (Chat Completions has no such flag).
-TOOL_ERROR_PREFIX = "Error: "
 _MODELS_PATH = "/models"
 
 _FINISH_REASONS: dict[str, FinishReason] = {

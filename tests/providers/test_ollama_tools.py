@@ -21,6 +21,7 @@ import pytest
 from sidecar.errors import ModelError, ValidationError
 from sidecar.providers import images
 from sidecar.providers.base import (
+    TOOL_ERROR_PREFIX,
     ChatMessage,
     ImageInput,
     NamedTool,
@@ -32,7 +33,6 @@ from sidecar.providers.base import (
 )
 from sidecar.providers.http import HttpClientFactory
 from sidecar.providers.images import MAX_IMAGE_BYTES
-from sidecar.providers.ollama import TOOL_ERROR_PREFIX
 from tests.fakes import FakeToolCall, Raw, Reply
 from tests.fakes.image_host import ImageHost, image_host
 from tests.providers.conftest import Harness, run

@@ -14,6 +14,7 @@ from jsonschema import Draft202012Validator
 
 from sidecar.errors import ModelError, ValidationError
 from sidecar.providers.base import (
+    TOOL_ERROR_PREFIX,
     ChatMessage,
     Completion,
     ImageInput,
@@ -24,7 +25,7 @@ from sidecar.providers.base import (
     ToolCall,
     ToolSpec,
 )
-from sidecar.providers.openai import TOOL_ERROR_PREFIX, build_chat_body
+from sidecar.providers.openai import build_chat_body
 from sidecar.structured.grammar_profiles import lower_for_grammar
 from sidecar.structured.lower import openai_strict_schema
 from tests.fakes import FakeServer, FakeToolCall, Raw, Reply
