@@ -1,7 +1,7 @@
 """Where the sidecar spends its time per request: py-spy on the sidecar under load.
 
     .venv/bin/python bench/profile_sidecar.py [--load generate|conc|stream] [--seconds 8]
-                                              [--aiohttp] [--tmpfs] [--top 25]
+                                              [--httpx] [--tmpfs] [--top 25]
 
 Starts ``bench/fakeserver.py``, a host (``bench/worker.py sidecar``) driving the source
 sidecar, and ``py-spy record`` on the sidecar process (py-spy comes from the throwaway
@@ -33,11 +33,9 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
 from bench.compare import (  # noqa: E402
-    OVERLAY,
     TRANSPORT_VENV,
     FakeServer,
     Worker,
-    ensure_overlay,
     ensure_venv,
     venv_python,
     write_config,
@@ -48,15 +46,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--load", choices=["generate", "conc", "stream", "stream-seq"], default="generate")
     parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--aiohttp", action="store_true", help="the sidecar on the httpx-aiohttp transport")
+    parser.add_argument("--httpx", action="store_true", help="the sidecar on httpx's own transport")
     parser.add_argument("--tmpfs", action="store_true", help="data dir (usage ledger) on /dev/shm")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--raw", type=Path, default=None, help="keep the collapsed stacks here")
     parser.add_argument("--cprofile", action="store_true",
                         help="cProfile the event-loop thread instead (exact call counts, µs per request)")
     args = parser.parse_args()
-    problem = ensure_venv(TRANSPORT_VENV, ["httpx-aiohttp", "py-spy"], "import httpx_aiohttp", False)
-    problem = problem or ensure_overlay(False)
+    problem = ensure_venv(TRANSPORT_VENV, ["py-spy"], "import sys", False)
     py_spy = TRANSPORT_VENV / "bin" / "py-spy"
     if not py_spy.exists():
         subprocess.run([str(venv_python(TRANSPORT_VENV)), "-m", "pip", "install", "-q", "py-spy"], check=True)
@@ -67,13 +64,11 @@ def main() -> int:
     raw = args.raw or logs / "stacks.txt"
     fake = FakeServer(logs)
     write_config(data_dir, fake.base_url)
-    env = {"BENCH_OVERLAY": str(OVERLAY)}
+    env = {"MODEL_SIDECAR_HTTP_TRANSPORT": "httpx"} if args.httpx else {}
     pstats_out = logs / "sidecar.pstats"
     if args.cprofile:
         cmd = [sys.executable, str(BENCH / "sidecar_cprofile.py")]
-        env |= {"BENCH_PROFILE_OUT": str(pstats_out), **({"BENCH_PROFILE_AIOHTTP": "1"} if args.aiohttp else {})}
-    elif args.aiohttp:
-        cmd = [sys.executable, str(BENCH / "sidecar_aiohttp.py")]
+        env |= {"BENCH_PROFILE_OUT": str(pstats_out)}
     else:
         cmd = [sys.executable, "-m", "sidecar"]
     worker = Worker("sidecar", sys.executable, "sidecar", fake.base_url, logs, sidecar_cmd=cmd, data_dir=data_dir,

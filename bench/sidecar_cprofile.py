@@ -2,16 +2,14 @@
 
 Benchmark only. ``SIGRTMIN+3`` starts profiling, ``SIGRTMIN+4`` stops it (the sidecar
 uses ``SIGUSR1`` itself) and writes the stats
-to ``BENCH_PROFILE_OUT`` (so start-up imports and warm-up stay out of the figures). With
-``BENCH_PROFILE_AIOHTTP=1`` (and ``BENCH_OVERLAY``) it runs on the httpx-aiohttp transport
-like ``bench/sidecar_aiohttp.py``. Used by ``bench/profile_sidecar.py --cprofile``.
+to ``BENCH_PROFILE_OUT`` (so start-up imports and warm-up stay out of the figures).
+Used by ``bench/profile_sidecar.py --cprofile``.
 """
 
 from __future__ import annotations
 
 import cProfile
 import os
-import runpy
 import signal
 import sys
 from pathlib import Path
@@ -21,8 +19,6 @@ sys.path.insert(0, str(REPO))
 
 if __name__ == "__main__":
     out = os.environ["BENCH_PROFILE_OUT"]
-    if os.environ.get("BENCH_PROFILE_AIOHTTP"):
-        runpy.run_path(str(Path(__file__).with_name("sidecar_aiohttp.py")), run_name="bench_patch")
     from sidecar import cli
 
     profile = cProfile.Profile()
