@@ -191,7 +191,7 @@ def _wire_tool(tool: ToolSpec, *, official: bool) -> dict[str, Any]:
     (https://platform.openai.com/docs/guides/function-calling, strict mode); other servers
     the schema lowered to what llama.cpp's grammar converter takes (the answer is still
     validated against the original)."""
-    # Imported on first use: structured/lower brings jsonschema (~15 MB, ~80 ms), which a
+    # Imported on first use: structured/lower brings jsonschema (~5 MB, ~80 ms), which a
     # sidecar that never sees a tool never needs.
     from sidecar.structured.grammar_profiles import lower_for_grammar
     from sidecar.structured.lower import openai_strict_schema
