@@ -316,6 +316,32 @@ MUTANTS: tuple[Mutant, ...] = (
         "        elif missing:\n", "        elif missing and False:\n",
         ("tests/stdio/test_agents_checks.py",),
     ),
+    Mutant(
+        "proxy-loopback-direct", "a loopback provider is reached directly, never through a proxy",
+        "sidecar/providers/network.py",
+        "    if is_loopback_url(url):\n        return None\n    if entry is not None:",
+        "    if entry is not None:",
+        ("tests/stdio/test_network_proxy.py::test_loopback_providers_never_use_the_proxy",),
+    ),
+    Mutant(
+        "key-left-in-file", "a key set with model:set-config goes to the credential store, not config.json",
+        "sidecar/store/keys.py",
+        "                del entry[\"apiKey\"]\n", "",
+        ("tests/stdio/test_keychain.py::test_set_config_keeps_the_key_in_the_keychain_and_a_restart_reads_it",),
+    ),
+    Mutant(
+        "loaded-window-ignored", "a prompt longer than the window a local server loaded is refused before sending",
+        "sidecar/core/local_fit.py",
+        "    if window.limit is not None and prompt_tokens > window.limit:",
+        "    if False:",
+        ("tests/stdio/test_local_windows.py::test_llamacpp_refuses_a_prompt_longer_than_the_loaded_window",),
+    ),
+    Mutant(
+        "cold-load-timeout", "a local model's first token may take a load; the silence timeout applies after it",
+        "sidecar/providers/timeouts.py",
+        "        first = max(silence, LOCAL_FIRST_TOKEN_S)", "        first = silence",
+        ("tests/stdio/test_local_cold_load.py::test_a_slow_first_token_of_a_local_model_is_a_load_not_a_failure",),
+    ),
 )
 
 
