@@ -98,6 +98,11 @@ def _bounded(call: Callable[[], T], timeout_s: float) -> T:
     return result
 
 
+def _needs_session_bus() -> bool:
+    """Whether this platform's store is the Secret Service (Linux and the BSDs)."""
+    return sys.platform not in ("darwin", "win32")
+
+
 def _platform_backend() -> Any:
     """This platform's credential store, opened once; raises where it cannot work."""
     backend: Any
@@ -155,12 +160,17 @@ class KeyStore:
             store = cls(None, f"{STORAGE_ENV}=file: keys are kept in config.json")
             log.info("key_storage", storage="file", problem=store.problem)
             return store
-        return cls.detect()
+        return cls.detect(env=env)
 
     @classmethod
-    def detect(cls, timeout_s: float = TIMEOUT_S) -> KeyStore:
+    def detect(cls, timeout_s: float = TIMEOUT_S, env: Mapping[str, str] | None = None) -> KeyStore:
         """The platform's credential store if it works here, else the file and why not."""
         try:
+            if env is not None and _needs_session_bus() and not env.get("DBUS_SESSION_BUS_ADDRESS"):
+                # The Secret Service is reached over the session bus only, which the
+                # client finds through this variable: without it nothing can answer, and
+                # importing keyring and its client (~13 MB, ~90 ms) would buy nothing.
+                raise KeychainError("no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is unset)")
             backend = _bounded(_platform_backend, timeout_s)
         except KeychainError as exc:
             store = cls(None, f"no usable credential store ({exc.reason}); keys are kept in config.json")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 import pytest
@@ -44,7 +46,8 @@ def test_detect_without_a_session_bus_falls_back_to_the_file(monkeypatch: pytest
 def test_the_environment_switch_keeps_keys_in_the_file(on_bus: SecretService) -> None:
     store = KeyStore.from_env({"MODEL_SIDECAR_KEY_STORAGE": "file"})
     assert store.storage == "file"
-    assert KeyStore.from_env({"MODEL_SIDECAR_KEY_STORAGE": "auto"}).storage == "keychain"
+    bus = {"DBUS_SESSION_BUS_ADDRESS": os.environ["DBUS_SESSION_BUS_ADDRESS"]}
+    assert KeyStore.from_env({"MODEL_SIDECAR_KEY_STORAGE": "auto", **bus}).storage == "keychain"
 
 
 def test_seal_moves_every_plain_key_and_open_reads_them_back(on_bus: SecretService) -> None:
@@ -107,3 +110,16 @@ def test_seal_deletes_the_items_it_made_when_a_later_write_fails(on_bus: SecretS
         store.seal(doc_with_keys())
     assert OPENAI_KEY not in caught.value.reason and CUSTOM_KEY not in caught.value.reason
     assert on_bus.search() == before  # the openai item made first is gone again
+
+
+def test_without_a_session_bus_keyring_is_not_even_imported() -> None:
+    """Headless Linux: nothing could answer, so the credential store's client (~13 MB of
+    memory) is never loaded; the file is used and the reason is given."""
+    if sys.platform in ("darwin", "win32"):
+        pytest.skip("the Secret Service is the store on Linux and the BSDs only")
+    code = ("import sys; from sidecar.store.keys import KeyStore; s = KeyStore.from_env({}); "
+            "print(s.storage, 'keyring' in sys.modules, s.problem)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    storage, imported, problem = out.stdout.strip().splitlines()[-1].split(" ", 2)
+    assert (storage, imported) == ("file", "False")
+    assert "DBUS_SESSION_BUS_ADDRESS" in problem
