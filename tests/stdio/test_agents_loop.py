@@ -52,7 +52,7 @@ def test_an_invalid_call_goes_back_with_its_errors_then_the_valid_one_is_returne
     assert (tool_call["name"], tool_call["arguments"]) == ("get_weather", {"city": "Paris", "unit": "C"})
     assert tool_call["id"] and result["finishReason"] == "tool_calls" and "parsed" not in result
     assert [a.get("structuredAttempt") for a in result["metadata"]["attempts"]] == [0, 1]
-    first, second = fakes[provider].requests
+    _first, second = fakes[provider].requests
     feedback = last_user_text(second.json)
     assert "/toolCalls/0/arguments/city" in feedback and '"P"' in feedback
 
