@@ -84,8 +84,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "budget-cap", "a call that does not fit under the limit is refused (blockOnLimit)",
         "sidecar/store/ledger.py",
-        "            if over and block:\n",
-        "            if over and block and False:\n",
+        "        if over and op.block:\n",
+        "        if over and op.block and False:\n",
         ("tests/stdio/test_spending.py::test_a_burst_never_spends_past_the_daily_limit",),
     ),
     Mutant(
@@ -119,8 +119,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "seq-numbering", "stream chunks are numbered 0, 1, 2, ... with no gap, however long",
         "sidecar/channels/generate.py",
-        "        self.seq += 1\n",
-        "        self.seq += 1 if self.seq != 200 else 2\n",
+        "            self.sent.append(content)\n        self.seq += 1\n",
+        "            self.sent.append(content)\n        self.seq += 1 if self.seq != 200 else 2\n",
         ("tests/hardening/test_promises.py::test_a_long_stream_arrives_whole_and_numbered",),
     ),
     Mutant(
