@@ -9,7 +9,8 @@ allows it, then ``model:stream`` to ``local-llm``. The clock starts at spawn, so
 first token includes the sidecar's start, the model server's start from the same
 executable (the model loaded from the bundle) and the prompt. The same request is timed
 on a source run (``python -m sidecar``, the embedded server from the ``[local]`` extra)
-for comparison, alternating with the bundle runs. Medians over the runs. Writes
+for comparison, alternating with the bundle runs, and so is the lean bundle running the
+embedded server from this venv as a managed ``command`` server. Medians over the runs. Writes
 ``bench/results-local-bundle.json``.
 """
 
@@ -69,6 +70,36 @@ def source_run(smoke: object) -> dict[str, float]:
     return {"ready_ms": round(ready_ms, 1), "first_token_ms": round(first_ms, 1)}
 
 
+def lean_managed_run(smoke: object) -> dict[str, float]:
+    """Spawn → first local token of the lean bundle (no model server inside) running the
+    embedded model's server from this venv as a managed ``command`` server: what an app
+    that ships the lean binary and finds a Python with the ``[local]`` extra gets."""
+    from sidecar.local.embedded import LOCAL_MODEL, command, gguf_path
+
+    server = {"run": "command", "command": command(gguf_path()), "port": "auto", "healthPath": "/v1/models"}
+    config = {"providers": {"custom": {"local-llm": {
+        "baseURL": "http://127.0.0.1:8080/v1", "defaultModel": LOCAL_MODEL, "server": server}}},
+        "defaultProvider": "local-llm"}
+    with tempfile.TemporaryDirectory() as data_dir:
+        Path(data_dir, "config.json").write_text(json.dumps(config))
+        env = {**os.environ, "MODEL_SIDECAR_DENY_REMOTE": "1"}
+        started = time.perf_counter()
+        proc = subprocess.Popen([str(LEAN / "model-sidecar"), "--data-dir", data_dir], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
+        host = smoke.Host(proc)  # type: ignore[attr-defined]
+        try:
+            assert host.read()["method"] == "sidecar:ready"
+            result, first_ms = smoke._stream(host, started)  # type: ignore[attr-defined]
+            assert result["metadata"]["provider"] == "local-llm", result
+            host.send({"id": 3, "method": "sidecar:shutdown", "params": {}})
+            proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return {"first_token_ms": round(first_ms, 1)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
@@ -77,13 +108,15 @@ def main() -> int:
         print("build it first: packaging/build --with-local-model", file=sys.stderr)
         return 2
     smoke = _smoke()
-    runs, sources = [], []
+    runs, sources, leans = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for index in range(args.runs):
             out = Path(tmp) / f"run{index}.json"
             smoke.main(str(LOCAL / "model-sidecar"), str(out))  # type: ignore[attr-defined]
             runs.append(json.loads(out.read_text()))
             sources.append(source_run(smoke))
+            if (LEAN / "model-sidecar").is_file():
+                leans.append(lean_managed_run(smoke))
     result = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
@@ -96,6 +129,9 @@ def main() -> int:
         "source_spawn_to_ready_ms_p50": round(statistics.median(r["ready_ms"] for r in sources), 1),
         "source_spawn_to_first_local_token_ms_p50": round(statistics.median(r["first_token_ms"] for r in sources), 1),
         "source_spawn_to_first_local_token_ms": [r["first_token_ms"] for r in sources],
+        "lean_managed_spawn_to_first_local_token_ms_p50": round(statistics.median(r["first_token_ms"] for r in leans), 1)
+        if leans else None,
+        "lean_managed_spawn_to_first_local_token_ms": [r["first_token_ms"] for r in leans],
     }
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
