@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +17,7 @@ import pytest
 from sidecar.core.budget import BudgetManager
 from sidecar.store.ledger import Ledger
 from sidecar.wire.config import BudgetConfig
+from tests.stdio.harness import SidecarProcess, sidecar_command
 
 
 class Clock:
@@ -76,3 +82,46 @@ def manager_for(ledger: Ledger, clock: Clock, alerts: Alerts) -> Callable[..., t
         return BudgetManager(ledger, config, now=clock, timezone=timezone, on_alert=alerts), config
 
     return make
+
+
+def _strace() -> str:
+    """The strace executable, or a skip (a failure in CI) saying why it cannot be used."""
+    path = shutil.which("strace")
+    problem = None
+    if path is None:
+        problem = "strace is not installed (apt-get install -y strace)"
+    else:
+        probe = subprocess.run([path, "-f", "-qq", "-e", "trace=fsync", "true"], capture_output=True, timeout=30)
+        if probe.returncode != 0:
+            problem = f"strace cannot trace here: {probe.stderr.decode(errors='replace')[-300:]}"
+    if problem is not None:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    assert path is not None
+    return path
+
+
+@pytest.fixture
+def traced_sidecar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``start(config)`` → (sidecar under strace, trace log path); whole strings in the trace
+    (several response lines can go out in one write)."""
+    tracer = _strace()
+    started: list[SidecarProcess] = []
+    log = tmp_path / "strace.log"
+
+    def start(config: dict[str, Any]) -> tuple[SidecarProcess, Path]:
+        data_dir = tmp_path / "data"
+        data_dir.mkdir()
+        (data_dir / "config.json").write_text(json.dumps(config))
+        command = [tracer, "-f", "-qq", "-y", "-s", "1000000", "-o", str(log),
+                   "-e", "trace=fsync,fdatasync,write,recvfrom", "--", *sidecar_command()]
+        monkeypatch.setenv("SIDECAR_CMD", shlex.join(command))
+        sidecar = SidecarProcess(data_dir)
+        started.append(sidecar)
+        return sidecar, log
+
+    yield start
+    for sidecar in started:
+        assert sidecar.close() == 0, sidecar.stderr.decode(errors="replace")[-2000:]
+        sidecar.assert_clean()

@@ -14,12 +14,7 @@ developer's machine (``apt-get install -y strace``) and fails in CI (``CI=true``
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shlex
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -27,31 +22,12 @@ import pytest
 
 from tests.fakes import FakeServer, Reply
 from tests.hardening.conftest import build_config, entry
-from tests.stdio.harness import SidecarProcess, sidecar_command
 
 pytestmark = [pytest.mark.stdio, pytest.mark.timeout(120)]
 
 MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SYNC = re.compile(r"\b(?:fsync|fdatasync)\(\d+<([^>]*)>")
 _LEDGER_FILES = ("usage.sqlite3", "usage.sqlite3-wal")
-
-
-def _strace() -> str:
-    """The strace executable, or a skip (a failure in CI) saying why it cannot be used."""
-    path = shutil.which("strace")
-    problem = None
-    if path is None:
-        problem = "strace is not installed (apt-get install -y strace)"
-    else:
-        probe = subprocess.run([path, "-f", "-qq", "-e", "trace=fsync", "true"], capture_output=True, timeout=30)
-        if probe.returncode != 0:
-            problem = f"strace cannot trace here: {probe.stderr.decode(errors='replace')[-300:]}"
-    if problem is not None:
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail(problem)
-        pytest.skip(problem)
-    assert path is not None
-    return path
 
 
 def _events(log: Path) -> list[str]:
@@ -74,28 +50,6 @@ def _ledger_syncs(lines: list[str]) -> list[int]:
     return out
 
 
-@pytest.fixture
-def traced_sidecar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """``start(config)`` → (sidecar under strace, trace log path)."""
-    tracer = _strace()
-    started: list[SidecarProcess] = []
-    log = tmp_path / "strace.log"
-
-    def start(config: dict[str, Any]) -> tuple[SidecarProcess, Path]:
-        data_dir = tmp_path / "data"
-        data_dir.mkdir()
-        (data_dir / "config.json").write_text(json.dumps(config))
-        command = [tracer, "-f", "-qq", "-y", "-s", "4096", "-o", str(log),
-                   "-e", "trace=fsync,fdatasync,write,recvfrom", "--", *sidecar_command()]
-        monkeypatch.setenv("SIDECAR_CMD", shlex.join(command))
-        sidecar = SidecarProcess(data_dir)
-        started.append(sidecar)
-        return sidecar, log
-
-    yield start
-    for sidecar in started:
-        assert sidecar.close() == 0, sidecar.stderr.decode(errors="replace")[-2000:]
-        sidecar.assert_clean()
 
 
 @pytest.mark.parametrize("method", ["model:generate", "model:stream"])

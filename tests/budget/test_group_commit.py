@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shlex
 import signal
 import sqlite3
 import time
@@ -22,10 +21,10 @@ from typing import Any
 import pytest
 
 from sidecar.store.ledger import Cap, Ledger, UsageRecord
-from tests.budget.test_durability import _LEDGER_FILES, _SYNC, _strace
+from tests.budget.test_durability import _LEDGER_FILES, _SYNC
 from tests.fakes import FakeServer, Reply
 from tests.hardening.conftest import build_config, entry
-from tests.stdio.harness import SidecarProcess, sidecar_command
+from tests.stdio.harness import SidecarProcess
 
 pytestmark = [pytest.mark.stdio, pytest.mark.timeout(180)]
 
@@ -34,28 +33,6 @@ CALLS = 24
 PRICE = {"inputPer1M": 1000.0, "outputPer1M": 1000.0}
 
 
-@pytest.fixture
-def traced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """``start(config)`` → (sidecar under strace, trace log path); whole strings in the trace
-    (several response lines can go out in one write)."""
-    tracer = _strace()
-    started: list[SidecarProcess] = []
-    log = tmp_path / "strace.log"
-
-    def start(config: dict[str, Any]) -> tuple[SidecarProcess, Path]:
-        data_dir = tmp_path / "data"
-        data_dir.mkdir()
-        (data_dir / "config.json").write_text(json.dumps(config))
-        command = [tracer, "-f", "-qq", "-y", "-s", "1000000", "-o", str(log),
-                   "-e", "trace=fsync,fdatasync,write,recvfrom", "--", *sidecar_command()]
-        monkeypatch.setenv("SIDECAR_CMD", shlex.join(command))
-        sidecar = SidecarProcess(data_dir)
-        started.append(sidecar)
-        return sidecar, log
-
-    yield start
-    for sidecar in started:
-        assert sidecar.close() == 0, sidecar.stderr.decode(errors="replace")[-2000:]
 
 
 def _completed_syncs(lines: list[str]) -> list[int]:
@@ -88,11 +65,11 @@ def _burst(sidecar: SidecarProcess, prefix: str) -> list[str]:
     return ids
 
 
-def test_concurrent_paid_calls_share_fsyncs_and_each_answer_follows_a_commit(traced: Any) -> None:
+def test_concurrent_paid_calls_share_fsyncs_and_each_answer_follows_a_commit(traced_sidecar: Any) -> None:
     with FakeServer("llamacpp").start() as fake:
         # Every call is in flight before the first answer: the answers arrive together.
         fake.set_default(Reply("a priced answer", usage=(10, 4), delay_s=0.3))
-        sidecar, log = traced(_config(fake.base_url))
+        sidecar, log = traced_sidecar(_config(fake.base_url))
         assert "result" in sidecar.call("model:usage")
         ids = _burst(sidecar, "burst")
         for request_id in ids:
