@@ -48,25 +48,31 @@ def _smoke() -> object:
     return module
 
 
+def _first_token(smoke: object, command: list[str], data_dir: str) -> tuple[float, float]:
+    """Spawn ``command``, stream one local answer: (spawn → ready, spawn → first token) in ms."""
+    env = {**os.environ, "MODEL_SIDECAR_DENY_REMOTE": "1"}
+    started = time.perf_counter()
+    proc = subprocess.Popen([*command, "--data-dir", data_dir], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
+    host = smoke.Host(proc)  # type: ignore[attr-defined]
+    try:
+        assert host.read()["method"] == "sidecar:ready"
+        ready_ms = (time.perf_counter() - started) * 1000
+        result, first_ms = smoke._stream(host, started)  # type: ignore[attr-defined]
+        assert result["metadata"]["provider"] == "local-llm", result
+        host.send({"id": 3, "method": "sidecar:shutdown", "params": {}})
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return ready_ms, first_ms
+
+
 def source_run(smoke: object) -> dict[str, float]:
     """Spawn → ready and → first local token of ``python -m sidecar`` (same request)."""
     with tempfile.TemporaryDirectory() as data_dir:
-        env = {**os.environ, "MODEL_SIDECAR_DENY_REMOTE": "1"}
-        started = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "sidecar", "--data-dir", data_dir], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
-        host = smoke.Host(proc)  # type: ignore[attr-defined]
-        try:
-            assert host.read()["method"] == "sidecar:ready"
-            ready_ms = (time.perf_counter() - started) * 1000
-            result, first_ms = smoke._stream(host, started)  # type: ignore[attr-defined]
-            assert result["metadata"]["provider"] == "local-llm", result
-            host.send({"id": 3, "method": "sidecar:shutdown", "params": {}})
-            proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        ready_ms, first_ms = _first_token(smoke, [sys.executable, "-m", "sidecar"], data_dir)
     return {"ready_ms": round(ready_ms, 1), "first_token_ms": round(first_ms, 1)}
 
 
@@ -82,21 +88,7 @@ def lean_managed_run(smoke: object) -> dict[str, float]:
         "defaultProvider": "local-llm"}
     with tempfile.TemporaryDirectory() as data_dir:
         Path(data_dir, "config.json").write_text(json.dumps(config))
-        env = {**os.environ, "MODEL_SIDECAR_DENY_REMOTE": "1"}
-        started = time.perf_counter()
-        proc = subprocess.Popen([str(LEAN / "model-sidecar"), "--data-dir", data_dir], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
-        host = smoke.Host(proc)  # type: ignore[attr-defined]
-        try:
-            assert host.read()["method"] == "sidecar:ready"
-            result, first_ms = smoke._stream(host, started)  # type: ignore[attr-defined]
-            assert result["metadata"]["provider"] == "local-llm", result
-            host.send({"id": 3, "method": "sidecar:shutdown", "params": {}})
-            proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _ready, first_ms = _first_token(smoke, [str(LEAN / "model-sidecar")], data_dir)
     return {"first_token_ms": round(first_ms, 1)}
 
 
