@@ -124,7 +124,6 @@ class ToolRules:
     request's ``toolChoice`` and ``parallelToolCalls``."""
 
     schemas: dict[str, dict[str, Any]]
-    max_retries: int
     #: ``required`` or a named tool: an answer without a call is invalid.
     required: bool = False
     #: The one tool a named ``toolChoice`` forces.
@@ -139,7 +138,6 @@ class ToolRules:
         forced = choice.name if isinstance(choice, NamedToolChoice) else None
         return cls(
             schemas={tool.name: dict(tool.parameters) for tool in request.tools},
-            max_retries=DEFAULT_MAX_RETRIES if request.max_tool_retries is None else request.max_tool_retries,
             required=choice == "required" or forced is not None, forced=forced,
             at_most_one=request.parallel_tool_calls is False,
         )
@@ -170,8 +168,9 @@ class Enforcer:
         attempts: list[AttemptRecord] = []
         cost = 0.0
         current = request
-        tool_retries = DEFAULT_MAX_RETRIES if request.max_tool_retries is None else request.max_tool_retries
-        left = {True: tool_retries, False: spec.max_retries if spec else 0}
+        # Tool retries apply whether or not tools may be called (calls despite toolChoice
+        # "none" are invalid too).
+        left = {True: _retries(request.max_tool_retries), False: spec.max_retries if spec else 0}
         for attempt in itertools.count():
             mechanisms: list[str] = []
             shape = self._shaper(spec, tools, mechanisms)
