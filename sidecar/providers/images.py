@@ -23,6 +23,8 @@ import imagesize  # type: ignore[import-untyped]
 
 from sidecar.errors import ValidationError
 from sidecar.providers.base import ImageInput
+from sidecar.providers.failures import ResponseTooLarge
+from sidecar.providers.http import read_body
 from sidecar.wire.model import IMAGE_MEDIA_TYPES
 
 __all__ = ["FETCH_TIMEOUT_S", "MAX_IMAGE_BYTES", "ImageFacts", "fetch_image", "sniff_image"]
@@ -98,10 +100,8 @@ async def _download(client: httpx.AsyncClient, url: str, refused: Callable[..., 
         length = response.headers.get("content-length", "")
         if length.isdigit() and int(length) > MAX_IMAGE_BYTES:
             raise refused(f"the image is {cap} ({length} bytes)")
-        body = bytearray()
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > MAX_IMAGE_BYTES:
-                raise refused(f"the image is {cap}")
-        return bytes(body)
+        try:
+            return await read_body(response, MAX_IMAGE_BYTES)
+        except ResponseTooLarge:
+            raise refused(f"the image is {cap}") from None
 
