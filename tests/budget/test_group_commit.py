@@ -125,10 +125,8 @@ def test_kill_9_in_a_burst_loses_no_answered_call(tmp_path: Path) -> None:
     assert answered <= rows, sorted(answered - rows)
 
 
-def test_settles_queued_together_commit_once_and_each_gets_its_row(tmp_path: Path) -> None:
-    """In process: settles queued while the worker thread is busy go in one transaction;
-    each caller gets its own row id, and the rows are all there after a reopen."""
-    ledger = Ledger.open(tmp_path)
+def _count_commits(ledger: Ledger) -> list[int]:
+    """A list that grows by one for each transaction ``ledger`` commits from now on."""
     commits: list[int] = []
     tx = ledger._tx
 
@@ -137,6 +135,14 @@ def test_settles_queued_together_commit_once_and_each_gets_its_row(tmp_path: Pat
         return tx(body, **kwargs)
 
     ledger._tx = counting_tx  # type: ignore[method-assign]
+    return commits
+
+
+def test_settles_queued_together_commit_once_and_each_gets_its_row(tmp_path: Path) -> None:
+    """In process: settles queued while the worker thread is busy go in one transaction;
+    each caller gets its own row id, and the rows are all there after a reopen."""
+    ledger = Ledger.open(tmp_path)
+    commits = _count_commits(ledger)
 
     def record(i: int) -> UsageRecord:
         return UsageRecord(ts_ms=1_000 + i, request_id=f"r{i}", provider="paid", model="m",
@@ -164,14 +170,7 @@ def test_reserves_queued_together_commit_once_and_still_respect_the_cap(tmp_path
     """Queued reservations share one transaction, each checked against the cap with the
     ones before it in the group counted: 24 holds of 10 against a cap of 100 admit 10."""
     ledger = Ledger.open(tmp_path)
-    commits: list[int] = []
-    tx = ledger._tx
-
-    def counting_tx(body: Any, **kwargs: Any) -> Any:
-        commits.append(1)
-        return tx(body, **kwargs)
-
-    ledger._tx = counting_tx  # type: ignore[method-assign]
+    commits = _count_commits(ledger)
     caps = [Cap(0, 10_000, 100)]
 
     async def main() -> list[Any]:
