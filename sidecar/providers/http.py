@@ -93,6 +93,51 @@ class _Explained(httpx.AsyncBaseTransport):
             await self._inner.aclose()
 
 
+class _Cookies(httpx.Cookies):
+    """httpx's jar, asked only about responses that set a cookie: ``extract_cookies``
+    builds urllib request and response shims for every response (the largest single cost
+    of httpx's client per call, measured with bench/profile_sidecar.py --cprofile), and
+    API answers rarely carry ``Set-Cookie``."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        if "set-cookie" in response.headers:
+            super().extract_cookies(response)
+
+
+class _Client(httpx.AsyncClient):
+    """``httpx.AsyncClient`` with the two per-request costs a provider does not need
+    taken out, its behaviour unchanged: cookies are extracted only from responses that set
+    one (:class:`_Cookies`), and the URL of each path is merged with ``base_url`` once
+    (a provider calls a handful of fixed paths; httpx parses and merges them anew on
+    every request)."""
+
+    _MAX_URLS = 64
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._cookies = _Cookies()
+        self._urls: dict[str, httpx.URL] = {}
+
+    @property
+    def base_url(self) -> httpx.URL:
+        return super().base_url
+
+    @base_url.setter
+    def base_url(self, url: httpx.URL | str) -> None:
+        httpx.AsyncClient.base_url.fset(self, url)  # type: ignore[attr-defined]
+        self._urls = {}
+
+    def _merge_url(self, url: httpx.URL | str) -> httpx.URL:
+        if not isinstance(url, str):
+            return super()._merge_url(url)
+        merged = self._urls.get(url)
+        if merged is None:
+            merged = super()._merge_url(url)
+            if len(self._urls) < self._MAX_URLS:
+                self._urls[url] = merged
+        return merged
+
+
 class HttpClientFactory:
     """Builds the one pooled ``httpx.AsyncClient`` of each provider.
 
@@ -174,7 +219,7 @@ class HttpClientFactory:
         # One read may last as long as the attempt's longest wait: a model load on a local server.
         timeout_s, connect_s = timeouts.timeouts(settings).whole, (settings.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50, keepalive_expiry=30)
-        return httpx.AsyncClient(
+        return _Client(
             event_hooks={"request": [self._guard(settings.proxy)]} if self.deny_remote else None,
             base_url=settings.base_url.rstrip("/"),
             timeout=httpx.Timeout(timeout_s, connect=min(DEFAULT_CONNECT_TIMEOUT_S, connect_s)),
