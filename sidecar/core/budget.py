@@ -30,9 +30,10 @@ Policy only; the :class:`~sidecar.store.ledger.Ledger` stores everything. Rules:
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -104,14 +105,12 @@ class Period:
     key: str  # "daily:2026-11-26" | "monthly:2026-11" (local calendar)
     start: datetime  # local, aware
     end: datetime
+    start_ms: int = field(init=False)
+    end_ms: int = field(init=False)
 
-    @property
-    def start_ms(self) -> int:
-        return _ms(self.start)
-
-    @property
-    def end_ms(self) -> int:
-        return _ms(self.end)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start_ms", _ms(self.start))
+        object.__setattr__(self, "end_ms", _ms(self.end))
 
 
 def periods_at(now: datetime, zone: tzinfo) -> tuple[Period, Period]:
@@ -166,11 +165,14 @@ class BudgetManager:
         #: The alert check running, and whether settles came in since it read the spend.
         self._alerting: asyncio.Task[None] | None = None
         self._alert_again = False
+        #: The day and month of the last reading (see :meth:`_periods`).
+        self._periods: tuple[Period, Period] | None = None
 
     def set_timezone(self, name: str | None) -> None:
         """Change the zone of day/month boundaries (``ValueError`` for an unknown one)."""
         self._zone = resolve_timezone(name)
         self._zone_name = name or "UTC"
+        self._periods = None
 
     @property
     def open_reservations(self) -> int:
@@ -188,7 +190,7 @@ class BudgetManager:
             return free
         cfg = self._config()
         now = self._now_utc()
-        limited = [(p, limit) for p, limit in zip(periods_at(now, self._zone),
+        limited = [(p, limit) for p, limit in zip(self._periods_at(now),
                                                    (cfg.daily_limit, cfg.monthly_limit), strict=True)
                    if limit is not None]
         caps = [Cap(p.start_ms, p.end_ms, _limit_micros(limit)) for p, limit in limited]
@@ -254,12 +256,12 @@ class BudgetManager:
     async def usage(self) -> dict[str, Any]:
         """The ``model:usage`` result (camelCase, JSON-ready)."""
         cfg = self._config()
-        day, month = periods_at(self._now_utc(), self._zone)
+        day, month = self._periods_at(self._now_utc())
         _, reserved = await self._ledger.reserved()
         sent = await self._ledger.alerts((day.key, month.key))
         out: dict[str, Any] = {"timezone": self._zone_name}
-        for period, limit_usd in ((day, cfg.daily_limit), (month, cfg.monthly_limit)):
-            spent = await self._ledger.spend(period.start_ms, period.end_ms)
+        spends = await self._ledger.spends([(day.start_ms, day.end_ms), (month.start_ms, month.end_ms)])
+        for period, limit_usd, spent in ((day, cfg.daily_limit, spends[0]), (month, cfg.monthly_limit, spends[1])):
             limit = None if limit_usd is None else _limit_micros(limit_usd)
             out[period.name] = {
                 "periodStart": period.start.isoformat(),
@@ -297,6 +299,14 @@ class BudgetManager:
 
     def _now_utc(self) -> datetime:
         return _aware(self._now()).astimezone(UTC)
+
+    def _periods_at(self, now: datetime) -> tuple[Period, Period]:
+        """:func:`periods_at` in the budget's zone, computed again only when ``now`` is
+        outside the day of the last answer (the month holds the day, so both are right)."""
+        last = self._periods
+        if last is None or not last[0].start <= now < last[0].end:
+            last = self._periods = periods_at(now, self._zone)
+        return last
 
     def _claim(self, reservation: Reservation) -> None:
         if self._open.pop(reservation.id, None) is None:
@@ -382,12 +392,14 @@ class BudgetManager:
         cfg = self._config()
         now = self._now_utc()
         threshold = Decimal(str(cfg.alert_threshold))
-        for period, limit_usd in zip(periods_at(now, self._zone), (cfg.daily_limit, cfg.monthly_limit),
-                                     strict=True):
-            if limit_usd is None:
-                continue
-            limit = _limit_micros(limit_usd)
-            spent = await self._ledger.spend(period.start_ms, period.end_ms)
+        limited = [(period, _limit_micros(limit_usd)) for period, limit_usd
+                   in zip(self._periods_at(now), (cfg.daily_limit, cfg.monthly_limit), strict=True)
+                   if limit_usd is not None]
+        if not limited:
+            return
+        # Both periods in one visit to the ledger's thread.
+        spends = await self._ledger.spends([(period.start_ms, period.end_ms) for period, _ in limited])
+        for (period, limit), spent in zip(limited, spends, strict=True):
             due = []
             if spent > 0 and spent >= threshold * limit:
                 due.append(("threshold", cfg.alert_threshold))
@@ -419,6 +431,7 @@ def _entry(micros: int, requests: int, prompt_tokens: int, completion_tokens: in
             "completionTokens": completion_tokens}
 
 
+@functools.lru_cache(maxsize=64)
 def _limit_micros(limit_usd: float) -> int:
     return MAX_MICROS if limit_usd >= MAX_MICROS // MICROS_PER_USD else usd_to_micros(limit_usd)
 

@@ -407,6 +407,11 @@ class Ledger:
         """Micro-dollars settled in ``[start_ms, end_ms)``, deferred records included."""
         return await self._run(self._spend_now, start_ms, end_ms)
 
+    async def spends(self, ranges: Sequence[tuple[int, int]]) -> list[int]:
+        """:meth:`spend` of each ``(start_ms, end_ms)``, read together (one hop to the
+        ledger's thread for all of them)."""
+        return await self._run(self._spends_now, tuple(ranges))
+
     async def breakdown(self, start_ms: int, end_ms: int) -> list[SpendRow]:
         """Spend, requests and tokens per (provider, model) in ``[start_ms, end_ms)``.
         ``requests`` leaves out ``abandoned`` charges (calls whose fate is unknown)."""
@@ -947,8 +952,11 @@ class Ledger:
                                                          end_ms).values())
 
     def _spend_now(self, start_ms: int, end_ms: int) -> int:
+        return self._spends_now(((start_ms, end_ms),))[0]
+
+    def _spends_now(self, ranges: tuple[tuple[int, int], ...]) -> list[int]:
         self._check_version(self._db())
-        return self._spend(self._db(), start_ms, end_ms)
+        return [self._spend(self._db(), start_ms, end_ms) for start_ms, end_ms in ranges]
 
     def _reserved_now(self) -> tuple[int, int]:
         db = self._db()

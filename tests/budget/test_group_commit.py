@@ -198,13 +198,13 @@ async def test_a_burst_of_paid_settles_checks_alerts_a_few_times_and_still_alert
     the burst is announced once, with fewer spend reads than settles."""
     manager, _ = manager_for(daily_limit=1.0, alert_threshold=0.5)
     reads: list[int] = []
-    spend = ledger.spend
+    spends = ledger.spends
 
-    async def counting_spend(start_ms: int, end_ms: int) -> int:
+    async def counting_spends(ranges: Any) -> list[int]:
         reads.append(1)
-        return await spend(start_ms, end_ms)
+        return await spends(ranges)
 
-    ledger.spend = counting_spend  # type: ignore[method-assign]
+    ledger.spends = counting_spends  # type: ignore[method-assign]
     reservations = [await manager.reserve(request_id=f"r{i}", provider="openai", model="gpt-4o", amount_usd=0.04)
                     for i in range(CALLS)]
     await asyncio.gather(*(manager.settle(r, cost_usd=0.03, prompt_tokens=1, completion_tokens=1)
