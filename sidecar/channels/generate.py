@@ -129,7 +129,9 @@ def channels(router: Router, templates: Callable[[], Mapping[str, FormatTemplate
 
 async def _routed(router: Router, templates: Callable[[], Mapping[str, FormatTemplate]], params: GenerateParams,
                   ctx: RequestContext, sink: StreamSink | None) -> tuple[dict[str, Any], Outcome]:
-    """One routed call, or the enforcer's attempts when a responseFormat or tools are given."""
+    """One routed call, or the enforcer's attempts when a responseFormat or tools are given
+    (``toolChoice`` "none" included: a call made anyway is refused and retried, never
+    dropped from a success)."""
     request = await prepare(params.request)  # tools checked, images read: before anything is sent
     spec: FormatSpec | None = None
     tools: ToolRules | None = None
@@ -140,7 +142,7 @@ async def _routed(router: Router, templates: Callable[[], Mapping[str, FormatTem
 
         if params.response_format is not None:
             spec = resolve(params.response_format, dict(templates()))
-        tools = ToolRules.of(request)
+        tools = ToolRules.of(request)  # rules for every request with tools, "none" included
     decision = router.select_provider(request, params.selection)
     tag = str(ctx.request_id)
     if spec is None and tools is None:

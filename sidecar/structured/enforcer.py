@@ -121,7 +121,8 @@ def _retries(value: int | None) -> int:
 @dataclass(frozen=True, slots=True)
 class ToolRules:
     """What a tool-call answer must satisfy: an offered tool, valid arguments, and the
-    request's ``toolChoice`` and ``parallelToolCalls``."""
+    request's ``toolChoice`` and ``parallelToolCalls``. Every request with tools has
+    rules, ``toolChoice`` "none" included (``forbidden``: any call is invalid)."""
 
     schemas: dict[str, dict[str, Any]]
     #: ``required`` or a named tool: an answer without a call is invalid.
@@ -129,16 +130,19 @@ class ToolRules:
     #: The one tool a named ``toolChoice`` forces.
     forced: str | None = None
     at_most_one: bool = False
+    #: ``toolChoice`` "none": the tools are offered, but no call is accepted.
+    forbidden: bool = False
 
     @classmethod
     def of(cls, request: ModelRequest) -> ToolRules | None:
-        if not request.tools or request.tool_choice == "none":
+        """The rules of a request with tools; None without tools."""
+        if not request.tools:
             return None
         choice = request.tool_choice
         forced = choice.name if isinstance(choice, NamedToolChoice) else None
         return cls(
             schemas={tool.name: dict(tool.parameters) for tool in request.tools},
-            required=choice == "required" or forced is not None, forced=forced,
+            required=choice == "required" or forced is not None, forced=forced, forbidden=choice == "none",
             at_most_one=request.parallel_tool_calls is False,
         )
 
@@ -153,6 +157,8 @@ class _Verdict:
     repaired: bool = False
     truncated: bool = False
     calls: list[CheckedCall] | None = None
+    #: The answer called a tool where none may be called.
+    forbidden: bool = False
 
 
 class Enforcer:
@@ -201,7 +207,9 @@ class Enforcer:
             return None
 
         def shape(candidate: ModelProfile, preq: ProviderRequest) -> ProviderRequest:
-            params, used = ({}, "instructions") if tools and candidate.kind != "openai" else self._native(spec, candidate)
+            callable_tools = tools is not None and not tools.forbidden
+            params, used = ({}, "instructions") if callable_tools and candidate.kind != "openai" \
+                else self._native(spec, candidate)
             mechanisms.append(used)
             guide = instructions(spec.schema, spec.kind, root_element=spec.root_element, xsd=spec.xsd)
             system = "\n\n".join(p for p in (preq.system, guide, spec.extra_instructions) if p)
@@ -212,8 +220,9 @@ class Enforcer:
     def _judge(self, spec: FormatSpec | None, tools: ToolRules | None, outcome: Outcome) -> _Verdict:
         completion = outcome.completion
         if completion.tool_calls or (tools is not None and tools.required):
-            if tools is None:  # calls with toolChoice "none": not a valid answer
-                return _Verdict(True, [{"path": "/toolCalls", "message": "no tool may be called now (toolChoice none)"}])
+            if tools is None or tools.forbidden:  # no tools offered, or toolChoice "none"
+                why = "no tool was offered" if tools is None else "no tool may be called now (toolChoice none)"
+                return _Verdict(True, [{"path": "/toolCalls", "message": why}], forbidden=True)
             return self._judge_calls(tools, outcome)
         if spec is None:
             return _Verdict(False, [])
@@ -306,7 +315,7 @@ class Enforcer:
         if verdict.about_tools:
             calls = completion.tool_calls
             said = completion.content or ("(tool call)" if calls else "(no tool call)")
-            prompt = tool_feedback(calls, verdict.errors, missing=not calls)
+            prompt = tool_feedback(calls, verdict.errors, missing=not calls, forbidden=verdict.forbidden)
         else:
             said = completion.content or "(empty)"
             prompt = feedback(completion.content, verdict.errors, verdict.truncated, fmt=kind)

@@ -114,15 +114,19 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-def tool_feedback(calls: Sequence[ToolCall], errors: list[dict[str, str]], *, missing: bool = False) -> str:
-    """The next user turn after invalid calls (or no call where one was required)."""
+def tool_feedback(calls: Sequence[ToolCall], errors: list[dict[str, str]], *, missing: bool = False,
+                  forbidden: bool = False) -> str:
+    """The next user turn after invalid calls (or no call where one was required;
+    ``forbidden``: calls where none may be made, toolChoice "none")."""
     if missing:
         return "You must call one of the offered tools now. Answer with a tool call, not text."
-    lines = ["Your tool call was invalid and was not run:"]
+    lines = ["Your tool call was not allowed and was not run:" if forbidden
+             else "Your tool call was invalid and was not run:"]
     for call in calls[:5]:
         args = call.arguments if len(call.arguments) <= 800 else call.arguments[:800] + " ...[truncated]"
         lines.append(f"- you called {call.name!r} with arguments: {args}")
     lines.append("Errors:")
     lines.extend(f"- {e['path']}: {e['message'][:300]}" for e in errors[:20])
-    lines.append("Call the tool again with arguments that satisfy its parameters schema.")
+    lines.append("Do not call any tool now: answer in text." if forbidden
+                 else "Call the tool again with arguments that satisfy its parameters schema.")
     return "\n".join(lines)[:_FEEDBACK_LIMIT]

@@ -66,6 +66,14 @@ def test_feedback_quotes_the_call_and_the_errors() -> None:
     assert "must call" in tool_feedback([], [], missing=True)
 
 
+def test_feedback_for_a_call_under_tool_choice_none_asks_for_text() -> None:
+    call = ToolCall("a", "get_weather", '{"city": "Rome"}')
+    errors = [{"path": "/toolCalls", "message": "no tool may be called now (toolChoice none)"}]
+    text = tool_feedback([call], errors, forbidden=True)
+    assert "get_weather" in text and "toolChoice none" in text and "answer in text" in text
+    assert "Call the tool again" not in text
+
+
 #: Property schemas, each with a strategy of values valid for it (hypothesis-jsonschema's
 #: object strategy fails with this hypothesis release).
 _VALUES: list[tuple[dict[str, Any], Any]] = [
