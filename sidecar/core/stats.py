@@ -50,10 +50,16 @@ class StatsBook:
         self._models: dict[tuple[str, str], ProviderStats] = {}
 
     def get(self, provider: str) -> ProviderStats:
-        return self._providers.setdefault(provider, ProviderStats())
+        stats = self._providers.get(provider)
+        if stats is None:  # not setdefault: that builds a ProviderStats (two deques) every call
+            stats = self._providers[provider] = ProviderStats()
+        return stats
 
     def model(self, provider: str, model: str) -> ProviderStats:
-        return self._models.setdefault((provider, model), ProviderStats())
+        stats = self._models.get((provider, model))
+        if stats is None:
+            stats = self._models[(provider, model)] = ProviderStats()
+        return stats
 
     def success(self, provider: str, latency_ms: float, model: str | None = None) -> None:
         for stats in self._both(provider, model):

@@ -218,7 +218,7 @@ class HttpClientFactory:
     def build(self, settings: ProviderSettings) -> httpx.AsyncClient:
         # One read may last as long as the attempt's longest wait: a model load on a local server.
         timeout_s, connect_s = timeouts.timeouts(settings).whole, (settings.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50, keepalive_expiry=30)
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=100, keepalive_expiry=30)
         return _Client(
             event_hooks={"request": [self._guard(settings.proxy)]} if self.deny_remote else None,
             base_url=settings.base_url.rstrip("/"),

@@ -33,6 +33,9 @@ from sidecar.secrets import StreamScrubber
 __all__ = ["HttpProvider", "StreamState"]
 
 
+#: The names of OpenAI's and Anthropic's rate-limit headers start with one of these.
+_RATE_LIMIT_PREFIXES = (b"x-ratelimit-", b"anthropic-ratelimit-")
+
 class StreamState(Protocol):
     """What the skeleton reads of a provider's per-stream state."""
 
@@ -116,7 +119,13 @@ class HttpProvider(Provider, Generic[S]):
     # -- the shared steps -------------------------------------------------------------
 
     def observe(self, response: httpx.Response) -> None:
-        self.last_rate_limit = parse_rate_limit(response.headers)
+        # One pass over the raw names first: each lookup in httpx's Headers scans and
+        # decodes every header, and most answers (local servers) carry no rate limits.
+        if any(name.lower().startswith(_RATE_LIMIT_PREFIXES)
+               for name, _ in response.headers.raw):
+            self.last_rate_limit = parse_rate_limit(response.headers)
+        else:
+            self.last_rate_limit = None
 
     async def fetch(self, method: str, path: str, model: str | None, max_bytes: int, **kwargs: Any) -> Any:
         """One non-streamed request: its parsed JSON body, or the typed error."""
