@@ -6,6 +6,8 @@ body's end unread, and httpx closed the connection: each stream paid a new hands
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tests.fakes import Reply
@@ -23,3 +25,15 @@ async def test_sequential_streams_reuse_one_connection(harness: Harness) -> None
         # The connection stays open, pooled: not closed at the end of the stream.
         assert harness.server.open_connections == 1
     assert len(harness.server.requests) == 3
+
+
+async def test_connections_of_64_concurrent_calls_all_stay_pooled(harness: Harness) -> None:
+    """A burst of 64 calls at once leaves 64 idle connections for the next burst (the pool
+    keeps up to 100): none is closed and opened again, which cost a handshake and the
+    server's accept on every tenth call at 64 in flight when only 50 were kept."""
+    provider = harness.make()
+    harness.server.set_default(Reply(text="hi", delay_s=0.3))
+    for _burst in range(2):
+        results = await asyncio.gather(*(run(provider, harness.request(), streaming=False) for _ in range(64)))
+        assert {r.content for r in results} == {"hi"}
+        assert harness.server.open_connections == 64
