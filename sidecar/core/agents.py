@@ -9,7 +9,8 @@ anything that is not a PNG, JPEG, GIF or WebP, or is larger than 20 MiB, is
 ``InvalidParams`` with the part's path. Nothing reaches a provider before this passed.
 
 :func:`image_tokens` is the prompt-token allowance of one image, for the estimate and
-the budget's bound.
+the budget's bound. :func:`prepare` works it out while it reads an image (a
+:class:`SniffedImage` carries it), so routing never decodes an image again.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import PrivateAttr
 
 from sidecar.errors import InvalidParams
 from sidecar.providers.base import ChatMessage, ContentPart, ImageInput, NamedTool, ToolCall, ToolSpec
@@ -40,6 +42,7 @@ from sidecar.wire.model import (
 __all__ = [
     "MAX_IMAGE_BYTES",
     "ImageFacts",
+    "SniffedImage",
     "check",
     "check_or_raise",
     "image_parts",
@@ -54,6 +57,20 @@ __all__ = [
 #: Tokens allowed for an image whose size is unknown (a URL): the most any provider's
 #: published rule gives one image (Anthropic resizes past ~1,600 tokens).
 UNKNOWN_IMAGE_TOKENS = 1_600
+#: The allowance reads an inline image's size from its first bytes only (the base64
+#: characters of at most 64 KiB, a multiple of 4): a header past them counts as unknown.
+_SIZED_CHARS = 65536 * 4 // 3 // 4 * 4
+_SIZED_BYTES = _SIZED_CHARS // 4 * 3
+
+
+class SniffedImage(ImagePart):
+    """An inline image part :func:`prepare` read, with its prompt-token allowance."""
+
+    _tokens: int = PrivateAttr(default=UNKNOWN_IMAGE_TOKENS)
+
+    @property
+    def tokens(self) -> int:
+        return self._tokens
 
 
 def image_tokens(width: int, height: int) -> int:
@@ -176,7 +193,10 @@ async def _resolve(part: ImagePart, path: str, errors: list[dict[str, str]]) -> 
         errors.append({"path": where, "message": "not a PNG, JPEG, GIF or WebP image"})
         return part
     encoded = part.data if part.data is not None else base64.b64encode(data).decode("ascii")
-    return ImagePart.model_validate({"type": "image", "data": encoded, "mediaType": facts.media_type})
+    sniffed = SniffedImage.model_validate({"type": "image", "data": encoded, "mediaType": facts.media_type})
+    # The same number images_tokens gives an unread part (its size from the first bytes).
+    sniffed._tokens = _facts_tokens(facts if len(data) <= _SIZED_BYTES else sniff_image(data[:_SIZED_BYTES]))
+    return sniffed
 
 
 def _decode(data: str) -> tuple[bytes | None, str]:
@@ -260,14 +280,22 @@ def image_parts(request: ModelRequest) -> list[ImagePart]:
 
 
 def images_tokens(request: ModelRequest) -> int:
-    """The prompt-token allowance of all the request's images (see :func:`image_tokens`)."""
+    """The prompt-token allowance of all the request's images (see :func:`image_tokens`):
+    carried by the parts :func:`prepare` read, else from the first bytes of inline data."""
     total = 0
     for part in image_parts(request):
+        if isinstance(part, SniffedImage):
+            total += part.tokens
+            continue
         facts = None
         if part.data is not None:
             try:
-                facts = sniff_image(base64.b64decode(part.data[:65536 * 4 // 3 // 4 * 4]))
+                facts = sniff_image(base64.b64decode(part.data[:_SIZED_CHARS]))
             except (binascii.Error, ValueError):
                 facts = None
-        total += image_tokens(facts.width, facts.height) if facts else UNKNOWN_IMAGE_TOKENS
+        total += _facts_tokens(facts)
     return total
+
+
+def _facts_tokens(facts: ImageFacts | None) -> int:
+    return image_tokens(facts.width, facts.height) if facts else UNKNOWN_IMAGE_TOKENS

@@ -128,7 +128,9 @@ class Planner:
         task = self._task(request)
         required = frozenset({"tools"} if request.tools and request.tool_choice != "none" else set()) | frozenset(
             {"vision"} if request.has_images else set())
-        need = Need(task[0], task[1], tokens.estimate(request), request.max_tokens or DEFAULT_OUTPUT_TOKENS, required)
+        images = tokens.image_allowance(request)  # once: the estimate and the budget's bound share it
+        need = Need(task[0], task[1], tokens.estimate(request, images=images), request.max_tokens or DEFAULT_OUTPUT_TOKENS,
+                    required)
         pinned_key = (providers.pinned, model_id) if providers.pinned and model_id else None
         profiles, ranking = self._rank(need, cfg, sel, providers, pinned_key)
         first = self._first(ranking, providers.pinned, pinned_key)
@@ -144,7 +146,7 @@ class Planner:
             prompt_tokens=need.prompt_tokens,
             output_tokens=need.output_tokens,
             ranking=tuple(ranking),
-            prompt_bound=tokens.upper_bound(tokens.request_texts(request)) + tokens.image_allowance(request),
+            prompt_bound=tokens.upper_bound(tokens.request_texts(request)) + images,
             requested_max_tokens=request.max_tokens,
         )
 

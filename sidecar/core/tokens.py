@@ -77,7 +77,9 @@ def turn_text(turn: SystemTurn | UserTurn | AssistantTurn | ToolTurn) -> str:
 
 
 def image_allowance(request: ModelRequest) -> int:
-    """Prompt tokens the request's images may cost (0 without images)."""
+    """Prompt tokens the request's images may cost (0 without images). The images of a
+    prepared request carry theirs (:func:`sidecar.core.agents.prepare`); others are read
+    here, so a caller that needs the number twice computes it once and passes it on."""
     if not request.has_images:
         return 0
     from sidecar.core.agents import images_tokens
@@ -90,10 +92,12 @@ def estimate_text(text: str) -> int:
     return math.ceil(len(text.encode("utf-8", "replace")) / 3)
 
 
-def estimate(request: ModelRequest) -> int:
-    """Prompt tokens of a request, erring high (see the module docstring)."""
+def estimate(request: ModelRequest, *, images: int | None = None) -> int:
+    """Prompt tokens of a request, erring high (see the module docstring). ``images``:
+    the request's :func:`image_allowance`, when the caller has it already."""
     texts = request_texts(request)
-    return sum(estimate_text(t) for t in texts) + _ESTIMATE_OVERHEAD * len(texts) + image_allowance(request)
+    allowance = image_allowance(request) if images is None else images
+    return sum(estimate_text(t) for t in texts) + _ESTIMATE_OVERHEAD * len(texts) + allowance
 
 
 def upper_bound(texts: Iterable[str], *, per_message_overhead: int = _BOUND_OVERHEAD) -> int:
