@@ -32,17 +32,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
 
 from sidecar.errors import BudgetExceededError, StorageError
-from sidecar.store.ledger import OUTCOMES, Cap, Ledger, LedgerWriteError, UsageRecord
+from sidecar.store.ledger import OUTCOMES, Cap, Ledger, LedgerWriteError, Settled, UsageRecord
 from sidecar.wire.config import BudgetConfig
 
 __all__ = [
@@ -128,6 +128,14 @@ def periods_at(now: datetime, zone: tzinfo) -> tuple[Period, Period]:
             Period("monthly", f"monthly:{first.strftime('%Y-%m')}", midnight(first), midnight(next_first)))
 
 
+class _Alert(NamedTuple):
+    period: Period
+    kind: str  # "threshold" | "limit"
+    level: float  # the fraction of the limit it announces
+    spent: int
+    limit: int
+
+
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """An admitted worst case, held until settled or released."""
@@ -162,9 +170,6 @@ class BudgetManager:
         self._alerted: set[tuple[str, str]] = set()
         self._background: set[asyncio.Future[Any]] = set()
         self._retrying: asyncio.Task[None] | None = None
-        #: The alert check running, and whether settles came in since it read the spend.
-        self._alerting: asyncio.Task[None] | None = None
-        self._alert_again = False
         #: The day and month of the last reading (see :meth:`_periods`).
         self._periods: tuple[Period, Period] | None = None
 
@@ -194,9 +199,9 @@ class BudgetManager:
                                                    (cfg.daily_limit, cfg.monthly_limit), strict=True)
                    if limit is not None]
         caps = [Cap(p.start_ms, p.end_ms, _limit_micros(limit)) for p, limit in limited]
-        job = asyncio.ensure_future(self._ledger.reserve(
+        job = self._ledger.reserve_soon(
             ts_ms=_ms(now), request_id=request_id, provider=provider, model=model,
-            amount_micros=amount, caps=caps, block=cfg.block_on_limit))
+            amount_micros=amount, caps=caps, block=cfg.block_on_limit)
         self._background.add(job)
         job.add_done_callback(self._background.discard)
         try:
@@ -242,11 +247,24 @@ class BudgetManager:
             raise ValueError("token counts must be >= 0")
         cost = usd_to_micros(cost_usd)
         self._claim(reservation)
-        record = UsageRecord(ts_ms=_ms(self._now_utc()), request_id=reservation.request_id,
+        now = self._now_utc()
+        record = UsageRecord(ts_ms=_ms(now), request_id=reservation.request_id,
                              provider=reservation.provider, model=reservation.model,
                              prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                              cost_micros=cost, outcome=outcome, estimated=estimated)
-        await asyncio.shield(self._spawn(self._settle(reservation, record)))
+        # A paid settle reads the capped periods' spend on the same visit to the ledger's
+        # thread, right after its commit: the alert check needs no visit of its own.
+        limited = self._limited(now) if cost > 0 else []
+        try:
+            job = self._ledger.settle_soon(reservation.id if reservation.id > 0 else None, record,
+                                           read_spends=[(p.start_ms, p.end_ms) for p, _ in limited])
+        except BaseException:
+            self._open[reservation.id] = reservation  # nothing queued: still held
+            raise
+        self._background.add(job)
+        job.add_done_callback(lambda done: self._settled(done, reservation, record, limited, now))
+        # Shielded: a caller cancelled meanwhile does not stop the write or what follows it.
+        await asyncio.shield(job)
 
     async def release(self, reservation: Reservation) -> None:
         """Drop a reservation for a call that used nothing (failed before any token)."""
@@ -326,20 +344,26 @@ class BudgetManager:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("budget_ledger_write_failed", error=repr(exc))
 
-    async def _settle(self, reservation: Reservation, record: UsageRecord) -> None:
-        try:
-            await self._ledger.settle(reservation.id if reservation.id > 0 else None, record)
-        except BaseException:
+    def _settled(self, job: asyncio.Future[Settled], reservation: Reservation, record: UsageRecord,
+                 limited: list[tuple[Period, int]], now: datetime) -> None:
+        """After a settle's commit (on the event loop, whether or not its caller still waits)."""
+        self._background.discard(job)
+        if job.cancelled() or job.exception() is not None:
             self._open[reservation.id] = reservation  # nothing written: still held
-            raise
+            if not job.cancelled():
+                log.error("budget_ledger_write_failed", error=repr(job.exception()))
+            return
         self._retry_deferred()
         if record.cost_micros > reservation.amount_micros:
             log.warning("budget_settled_over_reservation", request_id=record.request_id,
                         reserved_micros=reservation.amount_micros, cost_micros=record.cost_micros)
-        if record.cost_micros > 0:
-            # Off the request's path: the answer waits for the usage row's commit, not
-            # for the alert queries (drain() still waits for them).
-            self._alerts_due()
+        spends = job.result().spends
+        if limited and spends is None:
+            self._spawn(self._check_alerts())  # the spends could not be read with the settle
+        elif limited and spends is not None:
+            due = self._due(limited, spends)
+            if due:
+                self._spawn(self._announce(due, now))
 
     async def _release(self, reservation: Reservation) -> None:
         if reservation.id < 0:
@@ -373,48 +397,49 @@ class BudgetManager:
         if reservation_id is not None:
             self._spawn(self._ledger.release(reservation_id))
 
-    def _alerts_due(self) -> None:
-        """One alert check at a time: settles that come in while it runs ask for one more
-        after it, which reads a spend that includes them all (under load, one check for
-        many calls instead of two ledger reads each)."""
-        if self._alerting is not None and not self._alerting.done():
-            self._alert_again = True
-            return
-        self._alerting = self._spawn(self._check_alerts_until_quiet())
+    def _limited(self, now: datetime) -> list[tuple[Period, int]]:
+        """The day and month that have a limit, with the limit in micro-dollars."""
+        cfg = self._config()
+        return [(period, _limit_micros(limit_usd)) for period, limit_usd
+                in zip(self._periods_at(now), (cfg.daily_limit, cfg.monthly_limit), strict=True)
+                if limit_usd is not None]
 
-    async def _check_alerts_until_quiet(self) -> None:
-        self._alert_again = True
-        while self._alert_again:
-            self._alert_again = False
-            await self._check_alerts()
+    def _due(self, limited: list[tuple[Period, int]], spends: Sequence[int]) -> list[_Alert]:
+        """The alerts the spends reach that were not sent yet (as far as this process knows:
+        the ledger's mark decides, across processes)."""
+        level = self._config().alert_threshold
+        threshold = Decimal(str(level))
+        due: list[_Alert] = []
+        for (period, limit), spent in zip(limited, spends, strict=True):
+            if spent <= 0:
+                continue
+            for kind, reached, at in (("threshold", spent >= threshold * limit, level), ("limit", spent >= limit, 1.0)):
+                if reached and (period.key, kind) not in self._alerted:
+                    due.append(_Alert(period, kind, at, spent, limit))
+        return due
 
     async def _check_alerts(self) -> None:
-        cfg = self._config()
+        """Read the spends (one visit to the ledger's thread) and announce what they reach."""
         now = self._now_utc()
-        threshold = Decimal(str(cfg.alert_threshold))
-        limited = [(period, _limit_micros(limit_usd)) for period, limit_usd
-                   in zip(self._periods_at(now), (cfg.daily_limit, cfg.monthly_limit), strict=True)
-                   if limit_usd is not None]
-        if not limited:
-            return
-        # Both periods in one visit to the ledger's thread.
-        spends = await self._ledger.spends([(period.start_ms, period.end_ms) for period, _ in limited])
-        for (period, limit), spent in zip(limited, spends, strict=True):
-            due = []
-            if spent > 0 and spent >= threshold * limit:
-                due.append(("threshold", cfg.alert_threshold))
-            if spent > 0 and spent >= limit:
-                due.append(("limit", 1.0))
-            for kind, level in due:
-                if (period.key, kind) in self._alerted:
-                    continue
-                first = await self._ledger.mark_alert(period.key, kind, _ms(now))
-                if len(self._alerted) > 256:
-                    self._alerted.clear()
-                self._alerted.add((period.key, kind))
-                if first:
-                    await self._emit(period, kind, {"period": period.name, "spentUsd": micros_to_usd(spent),
-                                                    "limitUsd": micros_to_usd(limit), "threshold": level})
+        limited = self._limited(now)
+        if limited:
+            spends = await self._ledger.spends([(period.start_ms, period.end_ms) for period, _ in limited])
+            await self._announce(self._due(limited, spends), now)
+
+    async def _announce(self, due: list[_Alert], now: datetime) -> None:
+        """Mark each alert in the ledger; the process whose mark was first sends it."""
+        for alert in due:
+            key = (alert.period.key, alert.kind)
+            if key in self._alerted:  # another settle's announcement got there first
+                continue
+            first = await self._ledger.mark_alert(alert.period.key, alert.kind, _ms(now))
+            if len(self._alerted) > 256:
+                self._alerted.clear()
+            self._alerted.add(key)
+            if first:
+                await self._emit(alert.period, alert.kind, {
+                    "period": alert.period.name, "spentUsd": micros_to_usd(alert.spent),
+                    "limitUsd": micros_to_usd(alert.limit), "threshold": alert.level})
 
     async def _emit(self, period: Period, kind: str, payload: dict[str, Any]) -> None:
         log.warning("budget_alert", period_key=period.key, kind=kind, **payload)

@@ -18,7 +18,9 @@ This is the only module that touches the database. Rules it keeps:
   one fsync for all of them. Each reservation is still checked against the caps with the
   ones before it counted; each caller is answered only after that commit returned, so the
   promises above hold for every one of them; under load the fsyncs per call fall instead
-  of queueing up.
+  of queueing up. A settle may ask for the spend of some periods (the budget's alert
+  check): it is read after the commit on the same visit to the worker thread, once per
+  batch, so the check costs no visit of its own.
 * Money is stored as **integer micro-dollars** (``cost_micros``, 1 = 0.000001 USD), so
   sums are exact; times as **epoch milliseconds, UTC** (``ts_ms``). A record is billed at
   the time it is settled.
@@ -89,6 +91,7 @@ __all__ = [
     "LedgerWriteError",
     "OpenReport",
     "ReserveResult",
+    "Settled",
     "SpendRow",
     "UsageRecord",
 ]
@@ -201,6 +204,15 @@ class ReserveResult:
     spent_micros: tuple[int, ...]
     reserved_micros: int  # open reservations before this one
     over: bool  # the amount does not fit under every cap
+
+
+class Settled(NamedTuple):
+    """What :meth:`Ledger.settle_soon` did: the usage row's id (None: deferred, or the
+    reservation was settled already) and the spends it was asked to read (None when
+    none were asked for, or reading them failed)."""
+
+    row_id: int | None
+    spends: tuple[int, ...] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,27 +373,37 @@ class Ledger:
 
         A zero amount always fits (it cannot add to spending). ``LedgerWriteError`` when
         the reservation cannot be written (then nothing may go upstream)."""
+        return await self.reserve_soon(ts_ms=ts_ms, request_id=request_id, provider=provider, model=model,
+                                       amount_micros=amount_micros, caps=caps, block=block)
+
+    def reserve_soon(self, *, ts_ms: int, request_id: str, provider: str, model: str,
+                     amount_micros: int, caps: Sequence[Cap], block: bool) -> asyncio.Future[ReserveResult]:
+        """:meth:`reserve` as a future, queued at once: it completes whether or not it is
+        awaited (no task of its own)."""
         if amount_micros < 0:
             raise ValueError("amount_micros must be >= 0")
-        result = await self._enqueue(_Queued(_Reserve(ts_ms, request_id, provider, model, amount_micros,
-                                                      tuple(caps), block)))
-        assert isinstance(result, ReserveResult)
-        return result
+        return self._enqueue(_Queued(_Reserve(ts_ms, request_id, provider, model, amount_micros, tuple(caps), block)))
 
     async def settle(self, reservation_id: int | None, record: UsageRecord) -> int | None:
         """Delete the reservation and insert the usage row in one transaction; returns the
         row id, or None when the record was deferred (journalled, written later) or the
         reservation was already settled. Never fails because of the storage."""
+        return (await self.settle_soon(reservation_id, record)).row_id
+
+    def settle_soon(self, reservation_id: int | None, record: UsageRecord, *,
+                    read_spends: Sequence[tuple[int, int]] = ()) -> asyncio.Future[Settled]:
+        """:meth:`settle` as a future, queued at once (it completes whether or not it is
+        awaited). ``read_spends``: periods ``(start_ms, end_ms)`` whose :meth:`spend` is
+        read right after the commit, on the same visit to the worker thread (the budget's
+        alert check), in :attr:`Settled.spends`."""
         if record.outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}")
         if min(record.cost_micros, record.prompt_tokens, record.completion_tokens) < 0:
             raise ValueError("cost and token counts must be >= 0")
         # Its key is drawn only if it has to be deferred (a direct write stores none).
-        result = await self._enqueue(_Queued(_Deferred("", reservation_id, record)))
-        assert not isinstance(result, ReserveResult)
-        return result
+        return self._enqueue(_Queued(_Deferred("", reservation_id, record), tuple(read_spends)))
 
-    async def _enqueue(self, item: _Queued) -> int | ReserveResult | None:
+    def _enqueue(self, item: _Queued) -> asyncio.Future[Any]:
         """Queue a reserve or a settle; the worker thread writes every queued one together."""
         if self._closed:
             raise RuntimeError("the ledger is closed")
@@ -392,7 +414,7 @@ class Ledger:
             first = len(self._queued) == 1
         if first:  # the job takes everything queued by the time the worker thread runs it
             loop.run_in_executor(self._executor, self._write_queued, loop)
-        return await item.done
+        return item.done
 
     async def release(self, reservation_id: int) -> bool:
         """Delete an open reservation; False when it was not open. Deferred like a settle
@@ -795,7 +817,27 @@ class Ledger:
                 self._write_one(item)
         else:
             self._write_group(batch)
+        self._read_spends(batch)
         loop.call_soon_threadsafe(_resolve, batch)
+
+    def _read_spends(self, batch: list[_Queued]) -> None:
+        """Each settle's result as :class:`Settled`, with the spends it asked for, read
+        once per distinct set of periods after everything in the batch was written."""
+        read: dict[tuple[tuple[int, int], ...], tuple[int, ...] | None] = {}
+        for item in batch:
+            if not isinstance(item.op, _Deferred) or item.error is not None:
+                continue
+            spends = None
+            if item.ranges:
+                if item.ranges not in read:
+                    try:
+                        read[item.ranges] = tuple(self._spends_now(item.ranges))
+                    except Exception as exc:  # the settle itself is done: only the reading failed
+                        log.warning("ledger_spend_read_failed", error=repr(exc))
+                        read[item.ranges] = None
+                spends = read[item.ranges]
+            assert not isinstance(item.result, ReserveResult | Settled)
+            item.result = Settled(item.result, spends)
 
     def _write_one(self, item: _Queued) -> None:
         op = item.op
@@ -992,12 +1034,13 @@ class _Reserve(NamedTuple):
 class _Queued:
     """A reserve or a settle waiting for the worker thread, and then its outcome."""
 
-    __slots__ = ("done", "error", "op", "result")
+    __slots__ = ("done", "error", "op", "ranges", "result")
 
-    def __init__(self, op: _Deferred | _Reserve) -> None:
+    def __init__(self, op: _Deferred | _Reserve, ranges: tuple[tuple[int, int], ...] = ()) -> None:
         self.op = op
-        self.done: asyncio.Future[int | ReserveResult | None] | None = None
-        self.result: int | ReserveResult | None = None
+        self.ranges = ranges  # a settle's periods whose spend is read after the commit
+        self.done: asyncio.Future[Any] | None = None
+        self.result: int | ReserveResult | Settled | None = None
         self.error: BaseException | None = None
 
 

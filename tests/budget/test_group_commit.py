@@ -191,11 +191,11 @@ def test_reserves_queued_together_commit_once_and_still_respect_the_cap(tmp_path
         ledger.close()
 
 
-async def test_a_burst_of_paid_settles_checks_alerts_a_few_times_and_still_alerts(
+async def test_a_burst_of_paid_settles_reads_spend_with_the_settles_and_still_alerts(
         manager_for: Any, ledger: Ledger, alerts: Any) -> None:
-    """Each paid settle asks for an alert check; while one runs, the others coalesce into
-    one more after it (which reads a spend that includes them): the threshold crossed in
-    the burst is announced once, with fewer spend reads than settles."""
+    """Each paid settle reads the capped periods' spend on the same visit to the ledger's
+    thread, after its commit: no alert check visits the ledger on its own, and the
+    threshold crossed in the burst is announced once."""
     manager, _ = manager_for(daily_limit=1.0, alert_threshold=0.5)
     reads: list[int] = []
     spends = ledger.spends
@@ -211,4 +211,45 @@ async def test_a_burst_of_paid_settles_checks_alerts_a_few_times_and_still_alert
                            for r in reservations))
     await manager.drain()
     assert alerts.kinds() == [("daily", 0.5)]  # 24 x $0.03 = $0.72 crossed $0.50 in the burst
-    assert 0 < len(reads) < CALLS, f"{len(reads)} spend reads for {CALLS} settles"
+    assert reads == [], f"{len(reads)} separate spend reads for {CALLS} settles"
+
+
+async def test_a_settle_reads_the_spends_it_asks_for_after_its_own_commit(ledger: Ledger) -> None:
+    """``settle_soon(read_spends=...)`` answers with the spend of each period as committed,
+    its own row and every settle written in the same transaction included."""
+    first = ledger.settle_soon(None, UsageRecord(ts_ms=5, request_id="a", provider="p", model="m",
+                                                 prompt_tokens=1, completion_tokens=1, cost_micros=300),
+                               read_spends=[(0, 10), (5, 6), (6, 100)])
+    second = ledger.settle_soon(None, UsageRecord(ts_ms=7, request_id="b", provider="p", model="m",
+                                                  prompt_tokens=1, completion_tokens=1, cost_micros=40),
+                                read_spends=[(0, 10)])
+    plain = ledger.settle_soon(None, UsageRecord(ts_ms=8, request_id="c", provider="p", model="m",
+                                                 prompt_tokens=1, completion_tokens=1, cost_micros=2))
+    one, two, three = await asyncio.gather(first, second, plain)
+    assert one.row_id is not None and two.row_id is not None and three.row_id is not None
+    assert one.spends in ((300, 300, 0), (340, 300, 40), (342, 300, 42))  # read after its commit
+    assert two.spends in ((340,), (342,)) and three.spends is None
+    assert await ledger.spends([(0, 10)]) == [342]
+
+
+async def test_alerts_are_still_sent_when_the_spends_cannot_be_read_with_the_settle(
+        manager_for: Any, ledger: Ledger, alerts: Any) -> None:
+    """Reading the spends after the commit fails (the settle itself is written): the
+    budget reads them on a visit of their own and still announces what they reach."""
+    manager, _ = manager_for(daily_limit=1.0, alert_threshold=0.5)
+    real = ledger._spends_now
+    failures: list[str] = []
+
+    def fails_once(ranges: Any) -> list[int]:
+        if not failures:
+            failures.append("read failed")
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(ranges)
+
+    ledger._spends_now = fails_once  # type: ignore[method-assign]
+    reservation = await manager.reserve(request_id="r", provider="openai", model="gpt-4o", amount_usd=0.8)
+    await manager.settle(reservation, cost_usd=0.6, prompt_tokens=1, completion_tokens=1)
+    await manager.drain()
+    assert failures == ["read failed"]
+    assert alerts.kinds() == [("daily", 0.5)]
+    assert (await manager.usage())["daily"]["spentUsd"] == 0.6

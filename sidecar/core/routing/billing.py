@@ -64,9 +64,11 @@ class Billed:
         usage = _billed_usage(run, completion)
         # What the response reports as costUsd is what the ledger holds.
         attempt.cost_usd = candidate.cost_usd(usage)
-        await asyncio.shield(self.budget.settle(
+        # Not wrapped in a task of its own: settle queues its write before its first await
+        # and shields it, so a cancel here cannot stop it.
+        await self.budget.settle(
             reservation, cost_usd=attempt.cost_usd, prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens, outcome="ok", estimated=completion.usage is None))
+            completion_tokens=usage.completion_tokens, outcome="ok", estimated=completion.usage is None)
         return completion
 
     async def _settle_partial(self, run: Run, attempt: Try, reservation: Any, outcome: str) -> None:
