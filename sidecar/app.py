@@ -48,7 +48,7 @@ from sidecar.store.keys import KeyStore
 from sidecar.store.ledger import Ledger
 from sidecar.transport.dispatcher import Channel, Dispatcher, RequestId
 from sidecar.transport.lifecycle import SHUTDOWN_HARD_LIMIT_S, StopClock, install_stop_handlers
-from sidecar.transport.stdio import EndOfInput, LineReader, LineWriter
+from sidecar.transport.stdio import WAKE, EndOfInput, LineSource, LineWriter, WakeUp, open_reader
 from sidecar.wire.config import ModelConfig, ProviderEntry
 
 __all__ = ["SHUTDOWN_BUDGET_S", "SHUTDOWN_HARD_LIMIT_S", "Lifecycle", "Services", "build_channels", "serve"]
@@ -222,7 +222,7 @@ async def serve(
     # sidecar:ready already went out (sidecar.transport.claim), before these imports.
     log.info("serving", version=__version__, data_dir=str(data_dir), pid=os.getpid())
     input_closed = asyncio.Event()
-    reader = LineReader(wire_in, loop, max_line_bytes=max_message_bytes, on_eof=input_closed.set)
+    reader = open_reader(wire_in, loop, max_line_bytes=max_message_bytes, on_eof=input_closed.set, output=wire_out)
     reader.start()
     _watch_for_stop(loop, lifecycle)
     _install_debug_dump(loop, services, dispatcher)
@@ -235,6 +235,7 @@ async def serve(
         lifecycle.clock.start()
         log.info("shutting_down", reason=reason, in_flight=len(dispatcher.inflight))
         await _shut_down(services, lifecycle, dispatcher, reader, writer)
+        reader.close()
         refresh.cancel()
 
 
@@ -260,7 +261,7 @@ async def _first(task: asyncio.Task[Any], *others: asyncio.Future[Any]) -> bool:
     return not task.cancelled()
 
 
-async def _read_loop(reader: LineReader, dispatcher: Dispatcher, stop: asyncio.Event,
+async def _read_loop(reader: LineSource, dispatcher: Dispatcher, stop: asyncio.Event,
                      input_closed: asyncio.Event) -> str:
     """Hand each line to the dispatcher until a stop or EOF; returns why it ended.
 
@@ -269,17 +270,21 @@ async def _read_loop(reader: LineReader, dispatcher: Dispatcher, stop: asyncio.E
     the stop in sight.
     """
     loop = asyncio.get_running_loop()
+    inbox = reader.inbox
     stop_wait = loop.create_task(stop.wait())
     eof_wait = loop.create_task(input_closed.wait())
+
+    def wake(waited: asyncio.Task[Any]) -> None:
+        if not waited.cancelled():
+            inbox.put_nowait(WAKE)  # ends the wait for a line below
+
+    # One waiter for the whole loop, not a task and an asyncio.wait per line.
+    stop_wait.add_done_callback(wake)
     try:
         while not stop.is_set():
-            if reader.inbox.empty():
-                get = loop.create_task(reader.inbox.get())
-                if not await _first(get, stop_wait):
-                    break
-                item = get.result()
-            else:
-                item = reader.inbox.get_nowait()
+            item = inbox.get_nowait() if not inbox.empty() else await inbox.get()
+            if isinstance(item, WakeUp):
+                continue
             if isinstance(item, EndOfInput):
                 # The requests read just before EOF take their first step before the
                 # shutdown cancels them: as they would have, had the EOF come later.
@@ -304,7 +309,7 @@ async def _settle(aws: set[asyncio.Task[None]], timeout: float, writer: LineWrit
         _done, pending = await asyncio.wait(pending, timeout=min(0.05, max(0.0, end - loop.time())))
 
 
-async def _shut_down(services: Services, lifecycle: Lifecycle, dispatcher: Dispatcher, reader: LineReader,
+async def _shut_down(services: Services, lifecycle: Lifecycle, dispatcher: Dispatcher, reader: LineSource,
                      writer: LineWriter) -> None:
     """Answer what was read, cancel what runs, let committed work finish, flush, close.
 
@@ -317,7 +322,7 @@ async def _shut_down(services: Services, lifecycle: Lifecycle, dispatcher: Dispa
     await asyncio.sleep(0.02)
     while not reader.inbox.empty():
         pending = reader.inbox.get_nowait()
-        if not isinstance(pending, EndOfInput):
+        if not isinstance(pending, EndOfInput | WakeUp):
             dispatcher.handle_line(pending)
     flush = asyncio.get_running_loop().create_task(dispatcher.flush_held())
     # A sidecar:shutdown in flight (EOF or a signal came while it waited for the other

@@ -2,10 +2,17 @@
 
 * :mod:`sidecar.transport.claim` has already moved the protocol pipes to private
   descriptors (fd 1 now points at stderr), so this module only sees file objects.
-* :class:`LineReader` runs on a dedicated thread (asyncio's ``StreamReader`` fails on
-  lines over 64 KiB, and pipes cannot be read asynchronously on Windows' proactor loop).
-  It splits on the byte ``\\n`` only, bounds each line, and hands lines to the event loop
-  through a bounded queue so a flooding host is slowed down instead of filling memory.
+* :func:`open_reader` picks the reader, in one place. On POSIX, when the input is a pipe
+  or a socket (what a host gives us), :class:`LoopLineReader` reads it on the event loop
+  itself (``loop.add_reader`` on the non-blocking descriptor, ``os.read``): no thread and
+  no wake-up of the loop per line. Elsewhere (Windows, whose proactor loop cannot watch a
+  pipe; a regular file or a terminal; a loop that refuses the descriptor)
+  :class:`LineReader` reads on a dedicated thread. asyncio's ``StreamReader`` is not used:
+  it fails on lines over 64 KiB.
+* Both split on the byte ``\\n`` only (never on U+2028), bound each line, and hold at
+  most ``inbox_size`` lines for the dispatcher: past that they stop reading, so a flooding
+  host fills the pipe, not our memory. Both report end of file (or a hang-up seen while
+  they wait for room) through ``on_eof`` at once, ahead of the lines still queued.
 * :class:`LineWriter` is the only writer: one task drains a bounded queue and writes
   whole lines, flushing each batch, from a worker thread so a slow host blocks only it.
 """
@@ -13,26 +20,36 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import select
+import stat
+import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import orjson
 
 __all__ = [
     "EOF",
+    "WAKE",
     "EndOfInput",
     "LineReader",
+    "LineSource",
     "LineWriter",
+    "LoopLineReader",
     "Oversized",
+    "WakeUp",
     "encode_message",
+    "open_reader",
 ]
 
 READ_CHUNK = 64 * 1024
+#: While a reader waits for room in its inbox, it looks this often whether the host hung up.
+HANGUP_POLL_S = 0.1
 #: Output is handed to the pipe in pieces this big, so progress is seen within a long line.
 WRITE_CHUNK = 64 * 1024
 #: A write that made no progress for this long means the host has stopped reading.
@@ -56,7 +73,19 @@ class EndOfInput:
 #: Sentinel put on the inbox when stdin reaches end of file.
 EOF = EndOfInput()
 
-InboxItem = bytes | Oversized | EndOfInput
+
+class WakeUp:
+    """The type of :data:`WAKE`."""
+
+    def __repr__(self) -> str:
+        return "WAKE"
+
+
+#: Put on an inbox by its consumer to end its own wait for a line (e.g. at a stop). It
+#: is not the reader's: it takes no slot of the bound.
+WAKE = WakeUp()
+
+InboxItem = bytes | Oversized | EndOfInput | WakeUp
 
 
 def _escape_line_separators(data: bytes) -> bytes:
@@ -91,14 +120,39 @@ def encode_message(message: dict[str, Any]) -> bytes:
 class _Inbox(asyncio.Queue[InboxItem]):
     """The reader's queue: taking a line frees the reader's slot for the next one."""
 
-    def __init__(self, slots: threading.BoundedSemaphore) -> None:
+    def __init__(self, on_take: Callable[[], None]) -> None:
         super().__init__()
-        self._slots = slots
+        self._on_take = on_take
 
     def get_nowait(self) -> InboxItem:  # asyncio.Queue.get() ends here too
         item = super().get_nowait()
-        self._slots.release()
+        if item is not WAKE:
+            self._on_take()
         return item
+
+
+class LineSource(Protocol):
+    """What the serving loop uses of a reader."""
+
+    inbox: asyncio.Queue[InboxItem]
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _hung_up(fd: int) -> bool:
+    """The other end of ``fd`` is closed (POSIX ``poll``; False where there is none)."""
+    if not hasattr(select, "poll"):
+        return False  # pragma: no cover - Windows
+    try:
+        poller = select.poll()
+        # POLLHUP is always reported; POLLRDHUP (Linux) also sees a socket's shut-down side.
+        poller.register(fd, select.POLLIN | getattr(select, "POLLRDHUP", 0))
+        hangup = select.POLLHUP | getattr(select, "POLLRDHUP", 0)
+        return any(events & hangup for _fd, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 class LineReader:
@@ -124,14 +178,17 @@ class LineReader:
         # before handing a line over and the inbox gives it back when the line is taken,
         # so a host that writes faster than we dispatch fills the pipe, not our memory.
         self._slots = threading.BoundedSemaphore(inbox_size)
-        self.inbox: asyncio.Queue[InboxItem] = _Inbox(self._slots)
+        self.inbox: asyncio.Queue[InboxItem] = _Inbox(self._slots.release)
         self._thread = threading.Thread(target=self._run, name="stdin-reader", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def close(self) -> None:
+        """Nothing to undo: the daemon thread ends with the process."""
+
     def _put(self, item: InboxItem) -> bool:
-        while not self._slots.acquire(timeout=0.1):
+        while not self._slots.acquire(timeout=HANGUP_POLL_S):
             # The loop is not taking lines (it waits for a host that does not read
             # stdout): an EOF behind the lines still in the pipe must be seen anyway.
             self._notice_hangup()
@@ -145,15 +202,13 @@ class LineReader:
 
     def _notice_hangup(self) -> None:
         """Report EOF early when the host has closed its end of the pipe (POSIX poll)."""
-        if self._on_eof is None or self._hangup_seen or not hasattr(select, "poll"):
+        if self._on_eof is None or self._hangup_seen:
             return
         try:
-            poller = select.poll()
-            poller.register(self._stream.fileno(), select.POLLIN)  # POLLHUP is always reported
-            hangup = any(events & select.POLLHUP for _fd, events in poller.poll(0))
+            fd = self._stream.fileno()
         except (OSError, ValueError):
             return
-        if hangup:
+        if _hung_up(fd):
             self._hangup_seen = True
             self._signal_eof()
 
@@ -204,6 +259,210 @@ class LineReader:
         elif buffer.strip():
             self._put(bytes(buffer))  # a last line without its newline still counts
         self._put(EOF)
+
+
+class LoopLineReader:
+    """Reads ``\\n``-terminated lines on the event loop from a pipe or socket (POSIX).
+
+    The same lines, bound, backpressure and end-of-file reports as :class:`LineReader`,
+    without its thread: the loop calls :meth:`_on_readable` when the descriptor has
+    bytes, and a line reaches the inbox with no hop between threads. The descriptor is
+    made non-blocking (it is ours alone: :func:`sidecar.transport.claim.claim_stdio`
+    duplicated it, non-inheritable, and pointed fd 0 elsewhere).
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_line_bytes: int,
+        inbox_size: int = 64,
+        on_eof: Callable[[], None] | None = None,
+    ) -> None:
+        self._fd = fd
+        self._loop = loop
+        self._max = max_line_bytes
+        self._on_eof = on_eof
+        self._eof_reported = False
+        self._room = inbox_size
+        #: Lines handed over and not yet taken: reading stops at ``inbox_size``.
+        self._queued = 0
+        self.inbox: asyncio.Queue[InboxItem] = _Inbox(self._taken)
+        self._chunk = b""  # the last read; lines after ``_pos`` wait for room
+        self._pos = 0
+        self._buffer = bytearray()
+        self._discarding = 0  # > 0 while skipping the rest of an oversized line
+        self._tail: list[InboxItem] | None = None  # once end of file was read: what is left to hand over
+        self._reading = False
+        self._pump_soon: asyncio.Handle | None = None
+        self._hangup_check: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        os.set_blocking(self._fd, False)
+        self._pump()
+
+    def close(self) -> None:
+        """Stop reading and give the descriptor back blocking (the flag belongs to the
+        open pipe, which a process started after us on the same pipe may share)."""
+        self._tail = []
+        self._watch(False)
+        for handle in (self._pump_soon, self._hangup_check):
+            if handle is not None:
+                handle.cancel()
+        try:
+            os.set_blocking(self._fd, True)
+        except OSError:
+            pass
+
+    def _taken(self) -> None:
+        self._queued -= 1
+        if not self._reading and self._pump_soon is None and self._tail != []:
+            # After the caller's turn, as the thread's next line would come: a caller that
+            # empties the inbox in one go (the shutdown) sees only what was already queued.
+            self._pump_soon = self._loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """Hand over what was read while there is room; read more only when all is handed over."""
+        self._pump_soon = None
+        while self._queued < self._room:
+            if self._pos < len(self._chunk):
+                self._split_one()
+            elif self._tail is not None:
+                if not self._tail:
+                    return  # everything, EOF included, was handed over
+                self._put(self._tail.pop(0))
+            else:
+                self._watch(True)
+                return
+        self._watch(False)
+
+    def _watch(self, reading: bool) -> None:
+        if reading == self._reading:
+            return
+        self._reading = reading
+        if reading:
+            self._loop.add_reader(self._fd, self._on_readable)
+            return
+        self._loop.remove_reader(self._fd)
+        if self._tail is None and self._hangup_check is None:
+            # Full: the host may hang up behind the lines still in the pipe; see it anyway.
+            self._hangup_check = self._loop.call_later(HANGUP_POLL_S, self._check_hangup)
+
+    def _check_hangup(self) -> None:
+        self._hangup_check = None
+        if self._reading or self._tail is not None:
+            return
+        if _hung_up(self._fd):
+            self._report_eof()
+        else:
+            self._hangup_check = self._loop.call_later(HANGUP_POLL_S, self._check_hangup)
+
+    def _report_eof(self) -> None:
+        if not self._eof_reported:
+            self._eof_reported = True
+            if self._on_eof is not None:
+                self._on_eof()
+
+    def _on_readable(self) -> None:
+        try:
+            chunk = os.read(self._fd, READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            self._chunk, self._pos = chunk, 0
+        else:
+            tail: list[InboxItem] = []
+            if self._discarding:
+                tail.append(Oversized(self._discarding))
+            elif self._buffer.strip():
+                tail.append(bytes(self._buffer))  # a last line without its newline still counts
+            tail.append(EOF)
+            self._buffer.clear()
+            self._tail = tail
+            self._watch(False)
+            # Reported ahead of the lines still waiting in the inbox, as soon as it is seen.
+            self._report_eof()
+        self._pump()
+
+    def _split_one(self) -> None:
+        """Take the next piece of the chunk: a whole line goes to the inbox, a partial one
+        to the buffer (or, past the bound, is counted and dropped)."""
+        chunk, start = self._chunk, self._pos
+        nl = chunk.find(b"\n", start)
+        end = len(chunk) if nl < 0 else nl
+        size = end - start
+        if self._discarding:
+            self._discarding += size
+        elif len(self._buffer) + size > self._max:
+            self._discarding = len(self._buffer) + size
+            self._buffer.clear()
+        elif nl >= 0 and not self._buffer:
+            self._pos = nl + 1
+            self._put(chunk[start:nl])  # the common case: the line is inside one read
+            return
+        else:
+            self._buffer += chunk[start:end]
+        if nl < 0:
+            self._pos = len(chunk)
+            return
+        self._pos = nl + 1
+        if self._discarding:
+            item: InboxItem = Oversized(self._discarding)
+            self._discarding = 0
+        else:
+            item = bytes(self._buffer)
+            self._buffer.clear()
+        self._put(item)
+
+    def _put(self, item: InboxItem) -> None:
+        self._queued += 1
+        self.inbox.put_nowait(item)
+
+
+def _loop_can_watch(stream: BinaryIO, loop: asyncio.AbstractEventLoop, output: BinaryIO | None) -> int | None:
+    """``stream``'s descriptor when the loop can read it itself: a pipe or a socket on a
+    POSIX selector loop, not shared with ``output``. None otherwise (Windows, a regular
+    file, a terminal, one socket for both directions)."""
+    if sys.platform == "win32":  # pragma: no cover - the proactor loop cannot watch pipes
+        return None
+    try:
+        fd = stream.fileno()
+        info = os.fstat(fd)
+        out = os.fstat(output.fileno()) if output is not None else None
+    except (AttributeError, OSError, ValueError):
+        return None
+    if not (stat.S_ISFIFO(info.st_mode) or stat.S_ISSOCK(info.st_mode)):
+        return None  # epoll refuses regular files; a terminal is left blocking for the user
+    if out is not None and (out.st_dev, out.st_ino) == (info.st_dev, info.st_ino):
+        # One socket for stdin and stdout (socat's default): non-blocking is a flag of the
+        # open file, so it would make the writer's blocking writes fail too.
+        return None
+    try:
+        loop.add_reader(fd, lambda: None)
+        loop.remove_reader(fd)
+    except (NotImplementedError, OSError, ValueError, RuntimeError):
+        return None
+    return fd
+
+
+def open_reader(
+    stream: BinaryIO,
+    loop: asyncio.AbstractEventLoop,
+    *,
+    max_line_bytes: int,
+    inbox_size: int = 64,
+    on_eof: Callable[[], None] | None = None,
+    output: BinaryIO | None = None,
+) -> LoopLineReader | LineReader:
+    """The reader for ``stream``: on the loop when it can watch the descriptor, else a
+    thread. ``output`` is the protocol output, if it may be the same socket."""
+    fd = _loop_can_watch(stream, loop, output)
+    if fd is not None:
+        return LoopLineReader(fd, loop, max_line_bytes=max_line_bytes, inbox_size=inbox_size, on_eof=on_eof)
+    return LineReader(stream, loop, max_line_bytes=max_line_bytes, inbox_size=inbox_size, on_eof=on_eof)
 
 
 def _room_poller(stream: BinaryIO) -> select.poll | None:
