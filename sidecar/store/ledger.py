@@ -413,7 +413,9 @@ class Ledger:
             self._queued.append(item)
             first = len(self._queued) == 1
         if first:  # the job takes everything queued by the time the worker thread runs it
-            loop.run_in_executor(self._executor, self._write_queued, loop)
+            # submit, not run_in_executor: the callers hear from _resolve; an asyncio future
+            # for the job would cost a second wake-up of the loop per job.
+            self._executor.submit(self._write_queued, loop)
         return item.done
 
     async def release(self, reservation_id: int) -> bool:
@@ -812,13 +814,23 @@ class Ledger:
             batch, self._queued = self._queued, []
         if not batch:
             return
-        if len(batch) == 1 or self._deferred or self.report.status != "persistent":
+        try:
+            if len(batch) == 1 or self._deferred or self.report.status != "persistent":
+                for item in batch:
+                    self._write_one(item)
+            else:
+                self._write_group(batch)
+            self._read_spends(batch)
+        except BaseException as exc:  # a bug: every caller hears of it rather than waiting forever
             for item in batch:
-                self._write_one(item)
-        else:
-            self._write_group(batch)
-        self._read_spends(batch)
-        loop.call_soon_threadsafe(_resolve, batch)
+                if item.error is None and item.result is None:
+                    item.error = exc
+            raise
+        finally:
+            try:
+                loop.call_soon_threadsafe(_resolve, batch)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
 
     def _read_spends(self, batch: list[_Queued]) -> None:
         """Each settle's result as :class:`Settled`, with the spends it asked for, read
