@@ -40,6 +40,8 @@ from sidecar.providers.network import (
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
     "DEFAULT_TIMEOUT_MS",
+    "MAX_CONNECTIONS",
+    "MAX_IDLE_CONNECTIONS",
     "HttpClientFactory",
     "fetch_json",
     "is_loopback_url",
@@ -56,6 +58,10 @@ DEFAULT_TIMEOUT_MS = timeouts.DEFAULT_TIMEOUT_MS
 
 
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
+#: Connections per provider, open at once and kept idle for the next calls: enough idle
+#: ones that a host with 64 calls in flight does not close and reopen connections.
+MAX_CONNECTIONS = 200
+MAX_IDLE_CONNECTIONS = 100
 
 log = structlog.get_logger("sidecar.providers")
 
@@ -218,7 +224,8 @@ class HttpClientFactory:
     def build(self, settings: ProviderSettings) -> httpx.AsyncClient:
         # One read may last as long as the attempt's longest wait: a model load on a local server.
         timeout_s, connect_s = timeouts.timeouts(settings).whole, (settings.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=100, keepalive_expiry=30)
+        limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_IDLE_CONNECTIONS,
+                              keepalive_expiry=30)
         return _Client(
             event_hooks={"request": [self._guard(settings.proxy)]} if self.deny_remote else None,
             base_url=settings.base_url.rstrip("/"),

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from sidecar.providers.http import MAX_IDLE_CONNECTIONS
 from tests.fakes import FakeServer, Reply
 from tests.hardening.conftest import assert_no_leaks, build_config, entry, rss_mb
 from tests.stdio.harness import REPO, SidecarProcess, clean_env, sidecar_command
@@ -142,8 +143,8 @@ def test_a_thousand_requests_and_two_hundred_streams_through_one_pipe(hardening_
         usage = sidecar.result("model:usage")
         assert usage["byProvider"]["fake"]["requests"] == len(fake.served) == GENERATES + STREAMS
         assert usage["daily"]["reservedUsd"] == 0
-        # httpx keeps at most 50 idle connections per provider.
-        assert_no_leaks(sidecar, baseline, [fake], keepalive=50)
+        # The pool keeps at most MAX_IDLE_CONNECTIONS idle connections per provider.
+        assert_no_leaks(sidecar, baseline, [fake], keepalive=MAX_IDLE_CONNECTIONS)
 
 
 @pytest.mark.slow
@@ -185,7 +186,7 @@ def test_two_hundred_streams_cancelled_at_once_each_answer_once_with_what_was_se
         assert finished + with_text <= billed <= STREAMS
         assert usage["daily"]["reservedUsd"] == 0
         assert all(r.completed.is_set() or r.disconnected.wait(5) for r in fake.requests)
-        assert_no_leaks(sidecar, baseline, [fake], keepalive=50)
+        assert_no_leaks(sidecar, baseline, [fake], keepalive=MAX_IDLE_CONNECTIONS)
 
 
 class SlowHost:
