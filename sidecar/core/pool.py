@@ -7,8 +7,9 @@ A provider whose settings changed is replaced at once for new requests; the old 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 
 import structlog
 
@@ -53,23 +54,21 @@ class ProviderPool:
     def settings(self) -> dict[str, ProviderSettings]:
         return {name: p.settings for name, p in self._providers.items()}
 
-    @asynccontextmanager
-    async def use(self, provider: Provider) -> AsyncIterator[Provider]:
+    def use(self, provider: Provider) -> _InUse:
         """Hold ``provider`` open for the duration of one attempt (its server ready first)."""
+        return _InUse(self, provider)
+
+    def _enter(self, provider: Provider) -> None:
         key = id(provider)
         self._users[key] = self._users.get(key, 0) + 1
-        try:
-            if self._hold is None:
-                yield provider
-            else:
-                async with self._hold(provider):
-                    yield provider
-        finally:
-            self._users[key] -= 1
-            if self._users[key] == 0:
-                del self._users[key]
-                if key in self._retired:
-                    self._close_later(self._retired.pop(key))
+
+    def _leave(self, provider: Provider) -> None:
+        key = id(provider)
+        self._users[key] -= 1
+        if self._users[key] == 0:
+            del self._users[key]
+            if key in self._retired:
+                self._close_later(self._retired.pop(key))
 
     def _retire(self, provider: Provider) -> None:
         if self._users.get(id(provider)):
@@ -90,3 +89,36 @@ class ProviderPool:
         for result in results:
             if isinstance(result, BaseException):
                 log.warning("provider_close_failed", error=repr(result))
+
+
+class _InUse:
+    """:meth:`ProviderPool.use` (a class, not a generator: it runs around every attempt)."""
+
+    __slots__ = ("_held", "_pool", "_provider")
+
+    def __init__(self, pool: ProviderPool, provider: Provider) -> None:
+        self._pool = pool
+        self._provider = provider
+        self._held: AbstractAsyncContextManager[None] | None = None
+
+    async def __aenter__(self) -> Provider:
+        self._pool._enter(self._provider)
+        hold = self._pool._hold
+        if hold is not None:
+            held = hold(self._provider)
+            try:
+                await held.__aenter__()
+            except BaseException:
+                self._pool._leave(self._provider)
+                raise
+            self._held = held
+        return self._provider
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool:
+        try:
+            if self._held is not None:
+                return bool(await self._held.__aexit__(kind, exc, tb))
+            return False
+        finally:
+            self._pool._leave(self._provider)

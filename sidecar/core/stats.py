@@ -10,7 +10,7 @@ last instead of dropping it, so it is still a fallback of last resort.
 
 from __future__ import annotations
 
-import statistics
+import bisect
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,14 +26,30 @@ COOLDOWN_MAX_S = 300.0
 @dataclass(slots=True)
 class ProviderStats:
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    #: The same window, sorted (kept by :meth:`add_latency`): the median without a sort
+    #: per routing decision.
+    _sorted: list[float] = field(default_factory=list)
     outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=WINDOW))
     last_error: str | None = None
     last_error_type: str | None = None
     consecutive_failures: int = 0
     down_until: float = 0.0
 
+    def add_latency(self, latency_ms: float) -> None:
+        window = self.latencies_ms
+        if window.maxlen is not None and len(window) == window.maxlen:
+            del self._sorted[bisect.bisect_left(self._sorted, window[0])]
+        window.append(latency_ms)
+        bisect.insort(self._sorted, latency_ms)
+
     def latency_p50(self) -> float | None:
-        return round(statistics.median(self.latencies_ms), 2) if self.latencies_ms else None
+        """The median of the window (as ``statistics.median``: the mean of the two middle
+        values of an even count)."""
+        ordered, n = self._sorted, len(self._sorted)
+        if not n:
+            return None
+        mid = n // 2
+        return round(ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2, 2)
 
     def error_rate(self) -> float | None:
         if not self.outcomes:
@@ -63,7 +79,7 @@ class StatsBook:
 
     def success(self, provider: str, latency_ms: float, model: str | None = None) -> None:
         for stats in self._both(provider, model):
-            stats.latencies_ms.append(latency_ms)
+            stats.add_latency(latency_ms)
             stats.outcomes.append(True)
             stats.consecutive_failures = 0
             stats.down_until = 0.0

@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -195,14 +195,20 @@ windows = LoadedWindows()
 pending: collections.Counter[tuple[str, str]] = collections.Counter()
 
 
-@contextlib.asynccontextmanager
-async def loading(provider: str, model: str) -> AsyncIterator[None]:
-    """Count a call of ``model`` for the time it runs (see :data:`pending`)."""
-    key = (provider, model)
-    pending[key] += 1
-    try:
-        yield
-    finally:
+class loading:
+    """Count a call of ``model`` for the time it runs (see :data:`pending`). A class, not
+    a generator: it runs around every attempt."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, provider: str, model: str) -> None:
+        self._key = (provider, model)
+
+    async def __aenter__(self) -> None:
+        pending[self._key] += 1
+
+    async def __aexit__(self, *_exc: object) -> None:
+        key = self._key
         pending[key] -= 1
         if pending[key] <= 0:
             del pending[key]

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -638,13 +638,14 @@ class ServerManager:
 
         return build
 
-    @asynccontextmanager
-    async def hold(self, provider: Provider) -> AsyncIterator[None]:
-        """Around one attempt: the server ready first; a failure it caused by dying, named."""
+    def hold(self, provider: Provider) -> AbstractAsyncContextManager[None]:
+        """Around one attempt: the server ready first; a failure it caused by dying, named.
+        Nothing for a provider whose server this manager does not run (most attempts)."""
         server = self._servers.get(provider.name) if isinstance(provider, ManagedProvider) else None
-        if server is None:
-            yield
-            return
+        return contextlib.nullcontext() if server is None else self._hold(provider, server)
+
+    @asynccontextmanager
+    async def _hold(self, provider: Provider, server: ManagedServer) -> AsyncIterator[None]:
         proc = await server.acquire()
         if urlsplit(provider.settings.base_url).port != server.spec.port:
             server.release(ok=False)
