@@ -210,7 +210,7 @@ async def serve(
         lifecycle.clock.start()
         lifecycle.stop.set()
 
-    writer = LineWriter(wire_out, scrub=redactor.scrub_bytes, on_broken_pipe=stop)
+    writer = LineWriter(wire_out, scrub=redactor.scrub_bytes, on_broken_pipe=stop, source=wire_in)
     writer.start()
 
     async def notify(method: str, params: dict[str, Any]) -> None:

@@ -115,10 +115,10 @@ class _InUse:
         return self._provider
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> bool:
+                        tb: TracebackType | None) -> bool | None:
         try:
             if self._held is not None:
-                return bool(await self._held.__aexit__(kind, exc, tb))
-            return False
+                return await self._held.__aexit__(kind, exc, tb)
+            return None
         finally:
             self._pool._leave(self._provider)

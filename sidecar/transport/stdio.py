@@ -13,13 +13,15 @@
   most ``inbox_size`` lines for the dispatcher: past that they stop reading, so a flooding
   host fills the pipe, not our memory. Both report end of file (or a hang-up seen while
   they wait for room) through ``on_eof`` at once, ahead of the lines still queued.
-* :class:`LineWriter` is the only writer: one task drains a bounded queue and writes
-  whole lines, flushing each batch, from a worker thread so a slow host blocks only it.
+* :class:`LineWriter` is the only writer: one task drains a bounded queue and writes each
+  batch from the event loop as far as the pipe takes it at once (a pipe or socket is made
+  non-blocking for that); a thread of its own writes the rest, so a slow host blocks only it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
 import stat
@@ -479,8 +481,35 @@ def _room_poller(stream: BinaryIO) -> select.poll | None:
     return room
 
 
+def _loop_can_write(stream: BinaryIO, source: BinaryIO | None) -> int | None:
+    """``stream``'s descriptor when it can be made non-blocking, so the event loop writes
+    whatever the pipe takes at once: a pipe or a socket on POSIX that is not also
+    ``source``, the protocol input (the flag is shared by both directions of one socket).
+    None otherwise: Windows, a regular file, a terminal."""
+    if sys.platform == "win32":  # pragma: no cover - the proactor loop cannot watch pipes
+        return None
+    try:
+        fd = stream.fileno()
+        info = os.fstat(fd)
+        other = os.fstat(source.fileno()) if source is not None else None
+    except (AttributeError, OSError, ValueError):
+        return None
+    if not (stat.S_ISFIFO(info.st_mode) or stat.S_ISSOCK(info.st_mode)):
+        return None
+    if other is not None and (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino):
+        return None
+    return fd
+
+
 class LineWriter:
-    """The single writer of protocol lines; ``send`` waits when the host reads slowly."""
+    """The single writer of protocol lines; ``send`` waits when the host reads slowly.
+
+    Each batch is written from the event loop as far as the pipe takes it at once: on a
+    pipe or socket (POSIX) the descriptor is non-blocking, so any amount; elsewhere at
+    most ``PIPE_BUF`` bytes when poll says there is room. The rest, if any, is written by
+    a thread of its own, which waits for room with the GIL released (a slow host, or a
+    big answer while another thread keeps the interpreter busy, blocks only it).
+    """
 
     def __init__(
         self,
@@ -489,8 +518,12 @@ class LineWriter:
         queue_size: int = 1024,
         on_broken_pipe: Callable[[], None] | None = None,
         scrub: Callable[[bytes], bytes] | None = None,
+        source: BinaryIO | None = None,
     ) -> None:
+        """``source``: the protocol input, when it may be the same socket as ``stream``."""
         self._stream = stream
+        #: Written from the loop (non-blocking) when set; see :func:`_loop_can_write`.
+        self._fd = _loop_can_write(stream, source)
         self._scrub = scrub
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=queue_size)
         self._on_broken_pipe = on_broken_pipe
@@ -505,7 +538,15 @@ class LineWriter:
         self._room = _room_poller(stream)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="stdout-writer")
+        loop = asyncio.get_running_loop()
+        if self._fd is not None and self._room is not None:
+            try:
+                os.set_blocking(self._fd, False)
+            except OSError:
+                self._fd = None
+        else:
+            self._fd = None
+        self._task = loop.create_task(self._run(), name="stdout-writer")
 
     def _encode(self, message: dict[str, Any]) -> bytes:
         data = encode_message(message)
@@ -541,8 +582,11 @@ class LineWriter:
         try:
             while view:
                 self._piece_since = time.monotonic()
-                written = self._stream.write(view[:WRITE_CHUNK])
-                if written is None:  # pragma: no cover - non-blocking fd; ours is blocking
+                if self._fd is not None:
+                    written: int | None = self._write_when_room(view[:WRITE_CHUNK])
+                else:
+                    written = self._stream.write(view[:WRITE_CHUNK])
+                if written is None:  # pragma: no cover - a blocking stream always says how much
                     continue
                 view = view[written:]
             self._stream.flush()
@@ -550,19 +594,43 @@ class LineWriter:
             self._piece_since = None
 
     async def _run(self) -> None:
-        while not (self._closing and self._queue.empty()):
-            first = await self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            # Write what is already queued in one syscall: lines stay whole and ordered.
-            while not self._queue.empty() and len(batch) < 256:
-                item = self._queue.get_nowait()
-                if item is None:
-                    await self._flush_batch(batch)
+        try:
+            while not (self._closing and self._queue.empty()):
+                first = await self._queue.get()
+                if first is None:
                     return
-                batch.append(item)
-            await self._flush_batch(batch)
+                batch = [first]
+                # Write what is already queued in one syscall: lines stay whole and ordered.
+                while not self._queue.empty() and len(batch) < 256:
+                    item = self._queue.get_nowait()
+                    if item is None:
+                        await self._flush_batch(batch)
+                        return
+                    batch.append(item)
+                await self._flush_batch(batch)
+        finally:
+            if self._fd is not None:
+                with contextlib.suppress(OSError):  # blocking again for whoever writes after us
+                    os.set_blocking(self._fd, True)
+
+    def _write_at_once(self, data: bytes) -> int:
+        """On the non-blocking descriptor: what the pipe takes now, without waiting."""
+        assert self._fd is not None
+        try:
+            return os.write(self._fd, data)
+        except BlockingIOError:
+            return 0
+
+    def _write_when_room(self, piece: memoryview) -> int:
+        """The thread's write on the non-blocking descriptor: wait (GIL released) until
+        the pipe has room, then write what it takes."""
+        assert self._fd is not None and self._room is not None
+        while not self._room.poll(100):
+            pass
+        try:
+            return os.write(self._fd, piece)
+        except BlockingIOError:
+            return 0
 
     def _write_now(self, data: bytes) -> int:
         """Write ``data`` here, on the event loop, when the pipe takes it without blocking:
@@ -580,7 +648,7 @@ class LineWriter:
             return
         try:
             data = b"".join(batch)
-            written = self._write_now(data)
+            written = self._write_at_once(data) if self._fd is not None else self._write_now(data)
             if written < len(data):
                 await asyncio.get_running_loop().run_in_executor(self._thread, self._write, data[written:])
         except (BrokenPipeError, ConnectionResetError, OSError, ValueError):
