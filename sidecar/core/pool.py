@@ -7,9 +7,9 @@ A provider whose settings changed is replaced at once for new requests; the old 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 
 import structlog
 
@@ -33,6 +33,7 @@ class ProviderPool:
         self._http = http
         self._hold = hold
         self._providers: dict[str, Provider] = {}
+        self._settings: Mapping[str, ProviderSettings] | None = None
         self._users: dict[int, int] = {}
         self._retired: dict[int, Provider] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -40,6 +41,7 @@ class ProviderPool:
     def configure(self, settings: list[ProviderSettings]) -> None:
         """Make the pool match ``settings``: keep unchanged providers, replace the rest."""
         wanted = {s.name: s for s in settings}
+        self._settings = None
         for name, provider in list(self._providers.items()):
             if wanted.get(name) != provider.settings:
                 del self._providers[name]
@@ -51,8 +53,12 @@ class ProviderPool:
     def get(self, name: str) -> Provider | None:
         return self._providers.get(name)
 
-    def settings(self) -> dict[str, ProviderSettings]:
-        return {name: p.settings for name, p in self._providers.items()}
+    def settings(self) -> Mapping[str, ProviderSettings]:
+        """Name → settings of the providers configured now (read on every routing
+        decision: built once per :meth:`configure`, not per call)."""
+        if self._settings is None:
+            self._settings = MappingProxyType({name: p.settings for name, p in self._providers.items()})
+        return self._settings
 
     def use(self, provider: Provider) -> _InUse:
         """Hold ``provider`` open for the duration of one attempt (its server ready first)."""
