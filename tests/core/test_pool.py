@@ -13,7 +13,7 @@ A = ProviderSettings("a", "custom", "http://127.0.0.1:1/v1", "m1")
 B = ProviderSettings("b", "custom", "http://127.0.0.1:2/v1", "m2")
 
 
-def test_settings_follow_each_configure() -> None:
+async def test_settings_follow_each_configure() -> None:
     pool = ProviderPool(lambda s, _h: ScriptedProvider(s, Script()), HttpClientFactory())
     assert dict(pool.settings()) == {}
     pool.configure([A])
