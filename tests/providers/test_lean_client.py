@@ -79,3 +79,35 @@ async def test_a_changed_base_url_is_used_for_cached_paths() -> None:
             assert server.server is not None
             server.server.close()
     assert len(first.heads) == 1 and len(second.heads) == 1
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip", "deflate"])
+async def test_read_body_gives_the_decoded_body_with_or_without_content_encoding(encoding: str | None) -> None:
+    """A body read whole (non-streamed calls) is decoded when the server compressed it,
+    and taken as it came otherwise."""
+    import gzip
+    import zlib
+
+    from sidecar.providers.http import fetch_json
+
+    payload = b'{"text": "' + b"y" * 5000 + b'"}'
+    body = {None: payload, "gzip": gzip.compress(payload), "deflate": zlib.compress(payload)}[encoding]
+    header = b"" if encoding is None else b"Content-Encoding: " + encoding.encode() + b"\r\n"
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + header
+                     + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = HttpClientFactory().build(ProviderSettings(name="p", kind="custom", base_url=f"http://127.0.0.1:{port}",
+                                                        default_model="m"))
+    try:
+        data = await fetch_json(client, "GET", "/x", provider="p", model="m", max_bytes=1 << 20)
+    finally:
+        await client.aclose()
+        server.close()
+    assert data == {"text": "y" * 5000}
