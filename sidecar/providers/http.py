@@ -9,6 +9,7 @@ be swapped in one place). Failures map to typed errors in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 import weakref
@@ -45,6 +46,7 @@ __all__ = [
     "HttpClientFactory",
     "fetch_json",
     "is_loopback_url",
+    "open_response",
     "probe",
     "probe_problem",
     "raise_for_error",
@@ -119,10 +121,20 @@ class _Client(httpx.AsyncClient):
 
     _MAX_URLS = 64
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *, transport: httpx.AsyncBaseTransport, **kwargs: Any) -> None:
+        super().__init__(transport=transport, **kwargs)
         self._cookies = _Cookies()
         self._urls: dict[str, httpx.URL] = {}
+        self._sender = transport
+
+    def open(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
+             content: bytes | None = None) -> _Opened:
+        """``client.stream(method, url, ...)`` for a provider call, without the steps of
+        ``send`` such a call never uses (auth flow, redirects, response hooks, timing
+        wrappers, httpx's own log line): the request is built by httpx as usual, its
+        request hooks run (the remote-connection guard), and the same transport (with
+        its error mapping) sends it. ~25 µs of CPU less per call."""
+        return _Opened(self, self.build_request(method, url, headers=headers, content=content))
 
     @property
     def base_url(self) -> httpx.URL:
@@ -142,6 +154,40 @@ class _Client(httpx.AsyncClient):
             if len(self._urls) < self._MAX_URLS:
                 self._urls[url] = merged
         return merged
+
+
+class _Opened:
+    """:meth:`_Client.open`: ``async with`` gives the response, leaving closes it (the
+    connection of a body not read to its end is closed)."""
+
+    __slots__ = ("_client", "_request", "_response")
+
+    def __init__(self, client: _Client, request: httpx.Request) -> None:
+        self._client = client
+        self._request = request
+        self._response: httpx.Response | None = None
+
+    async def __aenter__(self) -> httpx.Response:
+        client, request = self._client, self._request
+        for hook in client.event_hooks["request"]:
+            await hook(request)
+        response = await client._sender.handle_async_request(request)
+        response.request = request
+        client.cookies.extract_cookies(response)
+        self._response = response
+        return response
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._response is not None:
+            await self._response.aclose()
+
+
+def open_response(client: httpx.AsyncClient, method: str, url: str, *, headers: Mapping[str, str] | None = None,
+                  content: bytes | None = None) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
+    """``client.stream(...)``, through :meth:`_Client.open` when the client is one of ours."""
+    if isinstance(client, _Client):
+        return client.open(method, url, headers=headers, content=content)
+    return client.stream(method, url, headers=headers, content=content)
 
 
 class HttpClientFactory:
@@ -287,7 +333,9 @@ async def fetch_json(client: httpx.AsyncClient, method: str, url: str, *, provid
     ``max_bytes`` bytes, else the typed error (``seen`` gets the response first, for its
     rate-limit headers)."""
     with map_http_errors(provider, model, local_url=local_url):
-        async with client.stream(method, url, **kwargs) as response:
+        opened = (open_response(client, method, url, headers=kwargs.get("headers"), content=kwargs.get("content"))
+                  if kwargs.keys() <= {"headers", "content"} else client.stream(method, url, **kwargs))
+        async with opened as response:
             if seen is not None:
                 seen(response)
             await raise_for_error(response, provider=provider, model=model)

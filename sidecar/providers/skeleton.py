@@ -27,7 +27,7 @@ from sidecar.providers.failures import map_http_errors, redact_errors
 from sidecar.providers.framing import aiter_ndjson, aiter_sse, finish_body
 from sidecar.providers.guard import AnswerGuard, oversized
 from sidecar.providers.headers import parse_rate_limit
-from sidecar.providers.http import fetch_json, raise_for_error
+from sidecar.providers.http import fetch_json, open_response, raise_for_error
 from sidecar.secrets import StreamScrubber
 
 __all__ = ["HttpProvider", "StreamState"]
@@ -156,8 +156,8 @@ class HttpProvider(Provider, Generic[S]):
             with map_http_errors(self.name, request.model, local_url=self.local_url):
                 # Opened inside the generator: aclose() or cancelling the consumer exits
                 # this block, which closes the upstream connection.
-                async with self.client.stream(
-                    "POST", self.chat_path, content=orjson.dumps(body), headers=headers
+                async with open_response(
+                    self.client, "POST", self.chat_path, content=orjson.dumps(body), headers=headers
                 ) as response:
                     self.observe(response)
                     await raise_for_error(response, provider=self.name, model=request.model)
