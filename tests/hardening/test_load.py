@@ -144,7 +144,12 @@ def test_a_thousand_requests_and_two_hundred_streams_through_one_pipe(hardening_
         assert usage["byProvider"]["fake"]["requests"] == len(fake.served) == GENERATES + STREAMS
         assert usage["daily"]["reservedUsd"] == 0
         # The pool keeps at most MAX_IDLE_CONNECTIONS idle connections per provider.
-        assert_no_leaks(sidecar, baseline, [fake], keepalive=MAX_IDLE_CONNECTIONS)
+        state = assert_no_leaks(sidecar, baseline, [fake], keepalive=MAX_IDLE_CONNECTIONS)
+        # What start-up made is frozen, and 1,200 requests ran few collections (Python's
+        # default young threshold ran one every few requests, and full ones over it all).
+        assert state["gc_frozen"] > 50_000, state
+        assert state["gc_full_collections"] == baseline["gc_full_collections"], (state, baseline)
+        assert state["gc_young_collections"] - baseline["gc_young_collections"] < 40, (state, baseline)
 
 
 @pytest.mark.slow
