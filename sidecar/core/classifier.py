@@ -104,15 +104,29 @@ class _Gated:
         A gated pattern is only tried (``match``) where a word starting with one of its heads begins.
         """
         where: dict[int, list[int]] = {}
+        ids_of = self._ids
         for w, offsets in words.items():
-            for i in self._ids(w):
-                where.setdefault(i, []).extend(offsets)
-        found = [i for i in self._always if self._regex(i).search(text)]
+            for i in ids_of(w):
+                seen = where.get(i)
+                if seen is None:
+                    where[i] = list(offsets)
+                else:
+                    seen.extend(offsets)
+        compiled, regex = self._compiled, self._regex
+        found = [i for i in self._always if (compiled[i] or regex(i)).search(text)]
         for i, offsets in where.items():
-            rx = self._regex(i)
-            if rx.search(text) if len(offsets) > 8 else any(rx.match(text, pos) for pos in offsets):
-                found.append(i)
-        return sorted(found)
+            rx = compiled[i] or regex(i)
+            if len(offsets) > 8:
+                if rx.search(text):
+                    found.append(i)
+                continue
+            match = rx.match
+            for pos in offsets:
+                if match(text, pos):
+                    found.append(i)
+                    break
+        found.sort()
+        return found
 
     def _ids(self, word: str) -> tuple[int, ...]:
         ids = self._cache.get(word)
