@@ -21,6 +21,8 @@ __all__ = ["COOLDOWN_BASE_S", "COOLDOWN_MAX_S", "ProviderStats", "StatsBook"]
 WINDOW = 100
 COOLDOWN_BASE_S = 30.0
 COOLDOWN_MAX_S = 300.0
+#: More doublings than the base needs to pass the cap (30 s x 2**4 > 300 s).
+_MAX_DOUBLINGS = 16
 
 
 @dataclass(slots=True)
@@ -94,7 +96,10 @@ class StatsBook:
         if wide:
             stats = self.get(provider)
             stats.consecutive_failures += 1
-            cooldown = min(COOLDOWN_BASE_S * 2 ** (stats.consecutive_failures - 1), COOLDOWN_MAX_S)
+            # The doubling stops once past the cap: 2 ** n of a long outage (over 1,024
+            # failures in a row) does not fit a float.
+            doublings = min(stats.consecutive_failures - 1, _MAX_DOUBLINGS)
+            cooldown = min(COOLDOWN_BASE_S * 2 ** doublings, COOLDOWN_MAX_S)
             stats.down_until = self._clock() + cooldown
 
     def available(self, provider: str) -> bool:
