@@ -183,8 +183,12 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "settle-before-answer", "the answer is only sent once the call's usage row is committed",
         "sidecar/core/routing/billing.py",
-        "await asyncio.shield(self.budget.settle(",
-        "asyncio.ensure_future(self.budget.settle(",
+        "        await self.budget.settle(\n"
+        "            reservation, cost_usd=attempt.cost_usd, prompt_tokens=usage.prompt_tokens,\n"
+        "            completion_tokens=usage.completion_tokens, outcome=\"ok\", estimated=completion.usage is None)\n",
+        "        asyncio.ensure_future(self.budget.settle(\n"
+        "            reservation, cost_usd=attempt.cost_usd, prompt_tokens=usage.prompt_tokens,\n"
+        "            completion_tokens=usage.completion_tokens, outcome=\"ok\", estimated=completion.usage is None))\n",
         ("tests/budget/test_durability.py",),
     ),
     Mutant(
@@ -198,9 +202,17 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "oversized-line", "a line over --max-message-bytes is discarded and answered, never buffered",
         "sidecar/transport/stdio.py",
-        "                elif len(buffer) + len(piece) > self._max:\n",
-        "                elif False:\n",
+        # The reader a host's pipe gets (transport.stdio.LoopLineReader).
+        "        elif len(self._buffer) + size > self._max:\n",
+        "        elif False:\n",
         ("tests/stdio/test_framing.py::test_oversized_line_is_discarded_and_answered",),
+    ),
+    Mutant(
+        "cooldown-uncapped", "a long outage never turns a provider failure into an internal error",
+        "sidecar/core/stats.py",
+        "            doublings = min(stats.consecutive_failures - 1, _MAX_DOUBLINGS)\n",
+        "            doublings = stats.consecutive_failures - 1\n",
+        ("tests/core/test_stats_window.py::test_a_long_outage_keeps_the_cool_down_at_its_cap",),
     ),
     Mutant(
         "no-retry-of-bad-requests", "bad keys and missing models are not retried",
@@ -235,8 +247,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "alert-once-per-period", "model:budget-alert fires once per period and kind, restarts included",
         "sidecar/core/budget.py",
-        "                if first:\n                    await self._emit(",
-        "                if True:\n                    await self._emit(",
+        "            if first:\n                await self._emit(",
+        "            if True:\n                await self._emit(",
         ("tests/budget/test_budget.py::test_alerts_are_not_repeated_after_reopening",),
     ),
     Mutant(
