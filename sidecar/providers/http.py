@@ -113,11 +113,11 @@ class _Cookies(httpx.Cookies):
 
 
 class _Client(httpx.AsyncClient):
-    """``httpx.AsyncClient`` with the two per-request costs a provider does not need
-    taken out, its behaviour unchanged: cookies are extracted only from responses that set
-    one (:class:`_Cookies`), and the URL of each path is merged with ``base_url`` once
-    (a provider calls a handful of fixed paths; httpx parses and merges them anew on
-    every request)."""
+    """``httpx.AsyncClient`` with the per-request costs a provider does not need taken
+    out, its behaviour unchanged: cookies are extracted only from responses that set one
+    (:class:`_Cookies`), the URL of each path is merged with ``base_url`` once (a provider
+    calls a handful of fixed paths; httpx parses and merges them anew on every request),
+    and :meth:`open` sends without ``send``'s unused steps."""
 
     _MAX_URLS = 64
 
