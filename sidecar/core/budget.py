@@ -170,7 +170,7 @@ class BudgetManager:
         self._alerted: set[tuple[str, str]] = set()
         self._background: set[asyncio.Future[Any]] = set()
         self._retrying: asyncio.Task[None] | None = None
-        #: The day and month of the last reading (see :meth:`_periods`).
+        #: The day and month of the last reading (see :meth:`_periods_at`).
         self._periods: tuple[Period, Period] | None = None
 
     def set_timezone(self, name: str | None) -> None:
