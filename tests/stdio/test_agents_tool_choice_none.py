@@ -12,6 +12,7 @@ import pytest
 from tests.fakes import FakeToolCall, Reply
 from tests.stdio.conftest import Spawn, fake_config
 from tests.stdio.schemas import assert_wire_valid
+from tests.stdio.test_agents_loop import last_user_text
 
 pytestmark = pytest.mark.stdio
 
@@ -29,14 +30,6 @@ def ask(provider: str, **request: Any) -> dict[str, Any]:
 
 def call() -> Reply:
     return Reply("", tool_calls=[FakeToolCall("get_weather", {"city": "Paris"})])
-
-
-def last_user_text(body: dict[str, Any]) -> str:
-    turn = [m for m in body["messages"] if m["role"] == "user"][-1]
-    content = turn["content"]
-    if isinstance(content, str):
-        return content
-    return "\n".join(part.get("text", "") for part in content if isinstance(part, dict))
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
