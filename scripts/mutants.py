@@ -202,7 +202,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "oversized-line", "a line over --max-message-bytes is discarded and answered, never buffered",
         "sidecar/transport/stdio.py",
-        # The reader a host's pipe gets (transport.stdio.LoopLineReader).
+        # The framer both readers cut lines with (transport.stdio._Framer).
         "        elif len(self._buffer) + size > self._max:\n",
         "        elif False:\n",
         ("tests/stdio/test_framing.py::test_oversized_line_is_discarded_and_answered",),

@@ -157,6 +157,57 @@ def _hung_up(fd: int) -> bool:
         return False
 
 
+class _Framer:
+    """Cuts a byte stream into protocol lines, for both readers: split on the byte
+    ``\\n`` only, each line bounded by ``max_bytes`` (the rest of a longer one is counted
+    and dropped up to its newline, then reported as :class:`Oversized`)."""
+
+    __slots__ = ("_buffer", "_discarding", "_max")
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._buffer = bytearray()  # the start of a line cut by the end of a read
+        self._discarding = 0  # > 0 while skipping the rest of an oversized line
+
+    def step(self, chunk: bytes, start: int) -> tuple[InboxItem | None, int]:
+        """The line that ends first in ``chunk[start:]`` and the position after its
+        newline; ``(None, len(chunk))`` when the chunk ends inside a line (kept for the
+        next chunk)."""
+        nl = chunk.find(b"\n", start)
+        end = len(chunk) if nl < 0 else nl
+        size = end - start
+        if self._discarding:
+            self._discarding += size
+        elif len(self._buffer) + size > self._max:
+            self._discarding = len(self._buffer) + size
+            self._buffer.clear()
+        elif nl >= 0 and not self._buffer:
+            return chunk[start:nl], nl + 1  # the common case: the line is inside one read
+        else:
+            self._buffer += chunk[start:end]
+        if nl < 0:
+            return None, len(chunk)
+        item: InboxItem
+        if self._discarding:
+            item, self._discarding = Oversized(self._discarding), 0
+        else:
+            item = bytes(self._buffer)
+            self._buffer.clear()
+        return item, nl + 1
+
+    def end(self) -> list[InboxItem]:
+        """At end of file: an oversized line's report, or a last line without its newline
+        (it still counts, unless blank)."""
+        items: list[InboxItem] = []
+        if self._discarding:
+            items.append(Oversized(self._discarding))
+        elif self._buffer.strip():
+            items.append(bytes(self._buffer))
+        self._buffer.clear()
+        self._discarding = 0
+        return items
+
+
 class LineReader:
     """Reads ``\\n``-terminated lines on a thread and feeds them to an asyncio queue."""
 
@@ -223,8 +274,7 @@ class LineReader:
         return True
 
     def _run(self) -> None:
-        buffer = bytearray()
-        discarding = 0  # > 0 while skipping the rest of an oversized line
+        framer = _Framer(self._max)
         while True:
             try:
                 chunk = self._stream.read(READ_CHUNK)
@@ -232,35 +282,15 @@ class LineReader:
                 chunk = b""
             if not chunk:
                 break
-            start = 0
-            while True:
-                nl = chunk.find(b"\n", start)
-                piece = chunk[start:] if nl < 0 else chunk[start:nl]
-                if discarding:
-                    discarding += len(piece)
-                elif len(buffer) + len(piece) > self._max:
-                    discarding = len(buffer) + len(piece)
-                    buffer.clear()
-                else:
-                    buffer += piece
-                if nl < 0:
-                    break
-                if discarding:
-                    item: InboxItem = Oversized(discarding)
-                    discarding = 0
-                else:
-                    item = bytes(buffer)
-                    buffer.clear()
-                if not self._put(item):
+            pos = 0
+            while pos < len(chunk):
+                item, pos = framer.step(chunk, pos)
+                if item is not None and not self._put(item):
                     return
-                start = nl + 1
         if not self._signal_eof():
             return
-        if discarding:
-            self._put(Oversized(discarding))
-        elif buffer.strip():
-            self._put(bytes(buffer))  # a last line without its newline still counts
-        self._put(EOF)
+        for item in (*framer.end(), EOF):
+            self._put(item)
 
 
 class LoopLineReader:
@@ -284,7 +314,6 @@ class LoopLineReader:
     ) -> None:
         self._fd = fd
         self._loop = loop
-        self._max = max_line_bytes
         self._on_eof = on_eof
         self._eof_reported = False
         self._room = inbox_size
@@ -293,8 +322,7 @@ class LoopLineReader:
         self.inbox: asyncio.Queue[InboxItem] = _Inbox(self._taken)
         self._chunk = b""  # the last read; lines after ``_pos`` wait for room
         self._pos = 0
-        self._buffer = bytearray()
-        self._discarding = 0  # > 0 while skipping the rest of an oversized line
+        self._framer = _Framer(max_line_bytes)
         self._tail: list[InboxItem] | None = None  # once end of file was read: what is left to hand over
         self._reading = False
         self._pump_soon: asyncio.Handle | None = None
@@ -376,48 +404,17 @@ class LoopLineReader:
         if chunk:
             self._chunk, self._pos = chunk, 0
         else:
-            tail: list[InboxItem] = []
-            if self._discarding:
-                tail.append(Oversized(self._discarding))
-            elif self._buffer.strip():
-                tail.append(bytes(self._buffer))  # a last line without its newline still counts
-            tail.append(EOF)
-            self._buffer.clear()
-            self._tail = tail
+            self._tail = [*self._framer.end(), EOF]
             self._watch(False)
             # Reported ahead of the lines still waiting in the inbox, as soon as it is seen.
             self._report_eof()
         self._pump()
 
     def _split_one(self) -> None:
-        """Take the next piece of the chunk: a whole line goes to the inbox, a partial one
-        to the buffer (or, past the bound, is counted and dropped)."""
-        chunk, start = self._chunk, self._pos
-        nl = chunk.find(b"\n", start)
-        end = len(chunk) if nl < 0 else nl
-        size = end - start
-        if self._discarding:
-            self._discarding += size
-        elif len(self._buffer) + size > self._max:
-            self._discarding = len(self._buffer) + size
-            self._buffer.clear()
-        elif nl >= 0 and not self._buffer:
-            self._pos = nl + 1
-            self._put(chunk[start:nl])  # the common case: the line is inside one read
-            return
-        else:
-            self._buffer += chunk[start:end]
-        if nl < 0:
-            self._pos = len(chunk)
-            return
-        self._pos = nl + 1
-        if self._discarding:
-            item: InboxItem = Oversized(self._discarding)
-            self._discarding = 0
-        else:
-            item = bytes(self._buffer)
-            self._buffer.clear()
-        self._put(item)
+        """Take the next line of the chunk to the inbox (a partial one waits in the framer)."""
+        item, self._pos = self._framer.step(self._chunk, self._pos)
+        if item is not None:
+            self._put(item)
 
     def _put(self, item: InboxItem) -> None:
         self._queued += 1
