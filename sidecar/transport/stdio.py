@@ -421,23 +421,32 @@ class LoopLineReader:
         self.inbox.put_nowait(item)
 
 
-def _loop_can_watch(stream: BinaryIO, loop: asyncio.AbstractEventLoop, output: BinaryIO | None) -> int | None:
-    """``stream``'s descriptor when the loop can read it itself: a pipe or a socket on a
-    POSIX selector loop, not shared with ``output``. None otherwise (Windows, a regular
-    file, a terminal, one socket for both directions)."""
+def _own_pipe(stream: BinaryIO, other: BinaryIO | None) -> int | None:
+    """``stream``'s descriptor when it may be made non-blocking and watched by the loop: a
+    pipe or a socket on POSIX that is not also ``other`` (the protocol's other direction).
+    None otherwise: Windows, a regular file (epoll refuses it), a terminal (left blocking
+    for the user), or one socket for stdin and stdout (socat's default: non-blocking is a
+    flag of the open file, so it would make the other direction's blocking calls fail)."""
     if sys.platform == "win32":  # pragma: no cover - the proactor loop cannot watch pipes
         return None
     try:
         fd = stream.fileno()
         info = os.fstat(fd)
-        out = os.fstat(output.fileno()) if output is not None else None
+        shared = os.fstat(other.fileno()) if other is not None else None
     except (AttributeError, OSError, ValueError):
         return None
     if not (stat.S_ISFIFO(info.st_mode) or stat.S_ISSOCK(info.st_mode)):
-        return None  # epoll refuses regular files; a terminal is left blocking for the user
-    if out is not None and (out.st_dev, out.st_ino) == (info.st_dev, info.st_ino):
-        # One socket for stdin and stdout (socat's default): non-blocking is a flag of the
-        # open file, so it would make the writer's blocking writes fail too.
+        return None
+    if shared is not None and (shared.st_dev, shared.st_ino) == (info.st_dev, info.st_ino):
+        return None
+    return fd
+
+
+def _loop_can_watch(stream: BinaryIO, loop: asyncio.AbstractEventLoop, output: BinaryIO | None) -> int | None:
+    """``stream``'s descriptor when the loop can read it itself (:func:`_own_pipe`, and a
+    selector loop that accepts it)."""
+    fd = _own_pipe(stream, output)
+    if fd is None:
         return None
     try:
         loop.add_reader(fd, lambda: None)
@@ -478,26 +487,6 @@ def _room_poller(stream: BinaryIO) -> select.poll | None:
     return room
 
 
-def _loop_can_write(stream: BinaryIO, source: BinaryIO | None) -> int | None:
-    """``stream``'s descriptor when it can be made non-blocking, so the event loop writes
-    whatever the pipe takes at once: a pipe or a socket on POSIX that is not also
-    ``source``, the protocol input (the flag is shared by both directions of one socket).
-    None otherwise: Windows, a regular file, a terminal."""
-    if sys.platform == "win32":  # pragma: no cover - the proactor loop cannot watch pipes
-        return None
-    try:
-        fd = stream.fileno()
-        info = os.fstat(fd)
-        other = os.fstat(source.fileno()) if source is not None else None
-    except (AttributeError, OSError, ValueError):
-        return None
-    if not (stat.S_ISFIFO(info.st_mode) or stat.S_ISSOCK(info.st_mode)):
-        return None
-    if other is not None and (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino):
-        return None
-    return fd
-
-
 class LineWriter:
     """The single writer of protocol lines; ``send`` waits when the host reads slowly.
 
@@ -519,8 +508,8 @@ class LineWriter:
     ) -> None:
         """``source``: the protocol input, when it may be the same socket as ``stream``."""
         self._stream = stream
-        #: Written from the loop (non-blocking) when set; see :func:`_loop_can_write`.
-        self._fd = _loop_can_write(stream, source)
+        #: Made non-blocking and written from the loop as far as it takes (see :func:`_own_pipe`).
+        self._fd = _own_pipe(stream, source)
         self._scrub = scrub
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=queue_size)
         self._on_broken_pipe = on_broken_pipe
