@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import httpx
@@ -127,11 +127,12 @@ class HttpProvider(Provider, Generic[S]):
         else:
             self.last_rate_limit = None
 
-    async def fetch(self, method: str, path: str, model: str | None, max_bytes: int, **kwargs: Any) -> Any:
+    async def fetch(self, method: str, path: str, model: str | None, max_bytes: int, *, content: bytes | None = None,
+                    params: Mapping[str, Any] | None = None) -> Any:
         """One non-streamed request: its parsed JSON body, or the typed error."""
         return await fetch_json(
             self.client, method, path, provider=self.name, model=model, max_bytes=max_bytes,
-            local_url=self.local_url, seen=self.observe, headers=self.headers(model), **kwargs,
+            local_url=self.local_url, seen=self.observe, headers=self.headers(model), content=content, params=params,
         )
 
     async def generate(self, request: ProviderRequest) -> Completion:
