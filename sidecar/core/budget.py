@@ -195,10 +195,8 @@ class BudgetManager:
             return free
         cfg = self._config()
         now = self._now_utc()
-        limited = [(p, limit) for p, limit in zip(self._periods_at(now),
-                                                   (cfg.daily_limit, cfg.monthly_limit), strict=True)
-                   if limit is not None]
-        caps = [Cap(p.start_ms, p.end_ms, _limit_micros(limit)) for p, limit in limited]
+        limited = self._limited(now, cfg)
+        caps = [Cap(p.start_ms, p.end_ms, limit) for p, limit in limited]
         job = self._ledger.reserve_soon(
             ts_ms=_ms(now), request_id=request_id, provider=provider, model=model,
             amount_micros=amount, caps=caps, block=cfg.block_on_limit)
@@ -397,9 +395,9 @@ class BudgetManager:
         if reservation_id is not None:
             self._spawn(self._ledger.release(reservation_id))
 
-    def _limited(self, now: datetime) -> list[tuple[Period, int]]:
+    def _limited(self, now: datetime, cfg: BudgetConfig | None = None) -> list[tuple[Period, int]]:
         """The day and month that have a limit, with the limit in micro-dollars."""
-        cfg = self._config()
+        cfg = cfg or self._config()
         return [(period, _limit_micros(limit_usd)) for period, limit_usd
                 in zip(self._periods_at(now), (cfg.daily_limit, cfg.monthly_limit), strict=True)
                 if limit_usd is not None]
