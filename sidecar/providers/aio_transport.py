@@ -24,22 +24,31 @@ What it keeps of httpx's behaviour, because retry and billing rules depend on it
 
 One transport per client: the factory builds it with the client's TLS context and proxy.
 The aiohttp session is made on the first request, inside the running event loop.
+
+A provider call can skip httpx's objects altogether: :meth:`AiohttpTransport.reply` sends
+a URL, header lines and body bytes and returns a :class:`Reply` (the
+:class:`~sidecar.providers.answer.Answer` the providers read), with the same timeouts,
+pool and exceptions as above. Building httpx's ``Request``, ``Response`` and ``Headers``
+for every call cost about as much CPU as aiohttp's own work on the call
+(bench/profile_sidecar.py). An ``httpx.Request`` is still made when an exception needs
+one (it names the URL only: no headers, so no key).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 import httpx
+from multidict import CIMultiDictProxy
 from yarl import URL
 
-__all__ = ["AiohttpTransport"]
+__all__ = ["AiohttpTransport", "Reply"]
 
 _HTTP11 = {"http_version": b"HTTP/1.1"}
 #: aiohttp's read buffer per connection (its default is 256 KiB).
@@ -79,7 +88,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, trust_env=self._trust_env, cookie_jar=aiohttp.DummyCookieJar(),
                 # h11 (httpx's parser) takes header lines of up to 100 KB: so do we.
-                max_line_size=102_400, max_field_size=102_400, skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+                # The headers aiohttp would add of its own are the caller's to send (httpx's
+                # defaults come with the request); Content-Type too: httpx sends none for
+                # bytes the caller did not label, aiohttp would say octet-stream.
+                max_line_size=102_400, max_field_size=102_400,
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
                 timeout=aiohttp.ClientTimeout(total=None),
                 # Reading pauses once twice this much is buffered and unread: a host that
                 # stops reading holds the upstream, not megabytes per stream in memory.
@@ -95,7 +108,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 self._timeouts[key] = timeout
         return timeout
 
-    async def _slot(self, request: httpx.Request, pool: float | None) -> None:
+    async def _slot(self, request: _RequestFor, pool: float | None) -> None:
         slots = self._slots
         if slots is None or not slots.locked():
             if slots is not None:
@@ -105,7 +118,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             async with asyncio.timeout(pool):
                 await slots.acquire()
         except TimeoutError as exc:
-            raise httpx.PoolTimeout("timed out waiting for a free connection", request=request) from exc
+            raise httpx.PoolTimeout("timed out waiting for a free connection", request=_request(request)) from exc
 
     def _free(self) -> None:
         if self._slots is not None:
@@ -122,24 +135,37 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         finally:
             self._free()
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def _send(self, method: str, url: URL, headers: Any, data: Any, timeouts: Mapping[str, float | None],
+                    request: _RequestFor) -> aiohttp.ClientResponse:
+        """One request on a pooled connection; the slot it takes is freed by :meth:`_done`."""
         session = self._open()
-        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         await self._slot(request, timeouts.get("pool"))
         try:
             with _mapped(request):
-                response = await session.request(
-                    request.method, URL(str(request.url), encoded=True),
-                    headers=request.headers.multi_items(), data=_body(request),
-                    allow_redirects=False, proxy=self._proxy,
+                return await session.request(
+                    method, url, headers=headers, data=data, allow_redirects=False, proxy=self._proxy,
                     timeout=self._timeout(timeouts.get("connect"), timeouts.get("read")))
         except BaseException:
             self._free()
             raise
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._send(request.method, URL(str(request.url), encoded=True), request.headers.multi_items(),
+                                    _body(request), request.extensions.get("timeout", {}), request)
         return httpx.Response(
             response.status, headers=response.raw_headers, stream=_Body(response, request, self._done),
             extensions={**_HTTP11, "reason_phrase": (response.reason or "").encode("latin-1", "replace")},
             request=request)
+
+    async def reply(self, method: str, url: URL, headers: list[tuple[str, str]], content: bytes | None,
+                    timeouts: Mapping[str, float | None], request: Callable[[], httpx.Request]) -> Reply:
+        """Send without httpx's objects: ``headers`` are the lines to send as they are
+        (aiohttp adds ``Host`` and ``Content-Length``), ``timeouts`` are httpx's
+        ``connect``/``read``/``pool``, ``request`` makes the ``httpx.Request`` an
+        exception carries. Fails with the same httpx exceptions as
+        :meth:`handle_async_request`."""
+        response = await self._send(method, url, headers, content, timeouts, request)
+        return Reply(response, _Body(response, request, self._done), request)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -179,12 +205,20 @@ class _Connector(aiohttp.TCPConnector):
         super()._release(key, protocol, should_close=should_close or idle >= self._max_idle)
 
 
+#: The request a failure names: the one httpx built, or how to make one when needed.
+_RequestFor = httpx.Request | Callable[[], httpx.Request]
+
+
+def _request(request: _RequestFor) -> httpx.Request:
+    return request if isinstance(request, httpx.Request) else request()
+
+
 class _Body(httpx.AsyncByteStream):
     """A response body read from aiohttp; closing it early closes the connection."""
 
     __slots__ = ("_closed", "_finish", "_request", "_response")
 
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request,
+    def __init__(self, response: aiohttp.ClientResponse, request: _RequestFor,
                  done: Callable[[aiohttp.ClientResponse], None]) -> None:
         self._response = response
         self._request = request
@@ -206,16 +240,92 @@ class _Body(httpx.AsyncByteStream):
             self._finish(self._response)
 
 
+class Reply:
+    """A provider call's answer read straight from aiohttp: an
+    :class:`~sidecar.providers.answer.Answer` (status, headers, body) without httpx's
+    ``Response``. ``aiter_bytes`` decodes a ``Content-Encoding`` the way httpx does (an
+    ``httpx.Response`` is made for that body only); ``chunk_size`` is not supported
+    (the body comes in the pieces aiohttp reads)."""
+
+    __slots__ = ("_body", "_request", "headers", "status_code")
+
+    def __init__(self, response: aiohttp.ClientResponse, body: _Body, request: Callable[[], httpx.Request]) -> None:
+        self.status_code = response.status
+        self.headers = _Headers(response.headers, response.raw_headers)
+        self._body = body
+        self._request = request
+
+    @property
+    def is_error(self) -> bool:
+        return 400 <= self.status_code <= 599
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code <= 299
+
+    def head(self) -> httpx.Response:
+        """Status and headers as an ``httpx.Response`` without a body (for a cookie jar)."""
+        return httpx.Response(self.status_code, headers=self.headers.raw, request=self._request())
+
+    def aiter_raw(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        if chunk_size is not None:
+            raise ValueError("chunk_size is not supported")
+        return self._body.__aiter__()
+
+    def aiter_bytes(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        if "content-encoding" not in self.headers:
+            return self.aiter_raw(chunk_size)
+        if chunk_size is not None:
+            raise ValueError("chunk_size is not supported")
+        decoded = httpx.Response(self.status_code, headers=self.headers.raw, stream=self._body, request=self._request())
+        return decoded.aiter_bytes()
+
+    async def aclose(self) -> None:
+        await self._body.aclose()
+
+
+class _Headers(Mapping[str, str]):
+    """aiohttp's case-insensitive headers with httpx's ``Headers`` reading: ``get`` joins
+    the values of a repeated name with ``", "``, ``raw`` is the lines as received."""
+
+    __slots__ = ("_headers", "raw")
+
+    def __init__(self, headers: CIMultiDictProxy[str], raw: tuple[tuple[bytes, bytes], ...]) -> None:
+        self._headers = headers
+        self.raw = raw
+
+    def get(self, key: str, default: Any = None) -> Any:
+        values = self._headers.getall(key, None)
+        if values is None:
+            return default
+        return values[0] if len(values) == 1 else ", ".join(values)
+
+    def __getitem__(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return str(value)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._headers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(name.lower() for name in self._headers))
+
+    def __len__(self) -> int:
+        return len(dict.fromkeys(name.lower() for name in self._headers))
+
+
 @contextmanager
-def _mapped(request: httpx.Request) -> Iterator[None]:
+def _mapped(request: _RequestFor) -> Iterator[None]:
     """aiohttp's failures as the httpx exceptions httpx's own transport raises."""
     try:
         yield
     except aiohttp.ClientError as exc:
-        raise _httpx_error(exc, request) from exc
+        raise _httpx_error(exc, _request(request)) from exc
     except ValueError as exc:
         # aiohttp refuses a header value holding CR or LF before sending anything.
-        raise httpx.LocalProtocolError("illegal header value", request=request) from exc
+        raise httpx.LocalProtocolError("illegal header value", request=_request(request)) from exc
 
 
 def _httpx_error(exc: aiohttp.ClientError, request: httpx.Request) -> httpx.HTTPError:

@@ -23,6 +23,7 @@ from sidecar.errors import (
     ModelError,
     SidecarError,
 )
+from sidecar.providers.answer import Answer
 from sidecar.providers.failures import ResponseTooLarge
 
 __all__ = [
@@ -94,7 +95,7 @@ _SSE_EOL = re.compile(rb"\r\n|\r|\n")
 _LF = re.compile(rb"\n")
 
 
-async def _aiter_lines(response: httpx.Response, max_bytes: int, *, sse: bool) -> AsyncIterator[bytes]:
+async def _aiter_lines(response: Answer, max_bytes: int, *, sse: bool) -> AsyncIterator[bytes]:
     """The lines of a body as bytes, none longer than ``max_bytes`` (:class:`ResponseTooLarge`).
 
     Split on bytes, so a multi-byte UTF-8 character cut between two reads is whole again
@@ -130,7 +131,7 @@ async def _aiter_lines(response: httpx.Response, max_bytes: int, *, sse: bool) -
         yield bytes(pending)
 
 
-async def aiter_ndjson(response: httpx.Response, max_bytes: int) -> AsyncIterator[bytes]:
+async def aiter_ndjson(response: Answer, max_bytes: int) -> AsyncIterator[bytes]:
     """Yield the non-empty lines of an NDJSON body, split on the byte ``\n`` only."""
     async for line in _aiter_lines(response, max_bytes, sse=False):
         line = line.rstrip(b"\r")
@@ -171,7 +172,7 @@ class SSEEvent:
     data: bytes
 
 
-async def aiter_sse(response: httpx.Response, max_bytes: int) -> AsyncIterator[SSEEvent]:
+async def aiter_sse(response: Answer, max_bytes: int) -> AsyncIterator[SSEEvent]:
     """Yield the events of an SSE body (WHATWG HTML, "Parsing an event stream").
 
     An event's data may not pass ``max_bytes`` (:class:`ResponseTooLarge`); an event left

@@ -19,9 +19,9 @@ import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
-import httpx
 import orjson
 
+from sidecar.providers.answer import Answer
 from sidecar.providers.base import Completion, Provider, ProviderRequest, StreamDelta, ToolCallDelta
 from sidecar.providers.failures import map_http_errors, redact_errors
 from sidecar.providers.framing import aiter_ndjson, aiter_sse, finish_body
@@ -34,7 +34,7 @@ __all__ = ["HttpProvider", "StreamState"]
 
 
 #: The names of OpenAI's and Anthropic's rate-limit headers start with one of these.
-_RATE_LIMIT_PREFIXES = (b"x-ratelimit-", b"anthropic-ratelimit-")
+_RATE_LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 
 class StreamState(Protocol):
     """What the skeleton reads of a provider's per-stream state."""
@@ -118,11 +118,9 @@ class HttpProvider(Provider, Generic[S]):
 
     # -- the shared steps -------------------------------------------------------------
 
-    def observe(self, response: httpx.Response) -> None:
-        # One pass over the raw names first: each lookup in httpx's Headers scans and
-        # decodes every header, and most answers (local servers) carry no rate limits.
-        if any(name.lower().startswith(_RATE_LIMIT_PREFIXES)
-               for name, _ in response.headers.raw):
+    def observe(self, response: Answer) -> None:
+        # One pass over the names first: most answers (local servers) carry no rate limits.
+        if any(name.startswith(_RATE_LIMIT_PREFIXES) for name in response.headers):
             self.last_rate_limit = parse_rate_limit(response.headers)
         else:
             self.last_rate_limit = None
@@ -199,7 +197,7 @@ class HttpProvider(Provider, Generic[S]):
             raise oversized(self.name, request.model, "answer text", request.max_response_bytes)
         return calls
 
-    def _frames(self, response: httpx.Response, max_bytes: int) -> AsyncIterator[Any]:
+    def _frames(self, response: Answer, max_bytes: int) -> AsyncIterator[Any]:
         if self.framing == "sse":
             return aiter_sse(response, max_bytes)
         # Split on the byte \n only: U+2028/U+2029 stay inside a line.
