@@ -215,6 +215,13 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/core/test_stats_window.py::test_a_long_outage_keeps_the_cool_down_at_its_cap",),
     ),
     Mutant(
+        "deny-remote-direct", "under MODEL_SIDECAR_DENY_REMOTE no provider call leaves the machine, on the direct path too",
+        "sidecar/providers/http.py",
+        "            reason = client._guard(text)\n",
+        "            reason = None\n",
+        ("tests/providers/test_lean_client.py::test_a_direct_call_refuses_what_httpx_refuses_before_sending",),
+    ),
+    Mutant(
         "no-retry-of-bad-requests", "bad keys and missing models are not retried",
         "sidecar/core/routing/retry.py",
         "if not exc.may_retry_same or retry == max_retries or candidate.provider in run.failed_wide:",
