@@ -115,6 +115,8 @@ class ModelProfile:
 
 #: Window assumed for a model nobody reports (small, so the estimate errs safe).
 UNKNOWN_CONTEXT_WINDOW = 8192
+#: Profiles kept (all forgotten when there are more: a host naming many models).
+_MAX_PROFILES = 1024
 
 
 class ModelRegistry:
@@ -132,11 +134,16 @@ class ModelRegistry:
         self._reported: dict[tuple[str, str], ProviderModel] = {}
         #: (provider, model asked for) → the id the provider answered with (a dated snapshot).
         self._served: dict[tuple[str, str], str] = {}
+        #: Profiles made, with the settings and overrides they were made from: a profile is
+        #: reused while both are the same objects (a config change replaces them) and no
+        #: provider reported since. Every decision asks for each candidate's profile.
+        self._profiles: dict[tuple[str, str], tuple[ProviderSettings, Mapping[str, ModelOverride], ModelProfile]] = {}
 
     def report(self, provider: str, models: Iterable[ProviderModel]) -> None:
         """Remember what a provider said about its models (from list-models or a refresh)."""
         for model in models:
             self._reported[(provider, model.id)] = model
+        self._profiles.clear()
 
     def reported(self, provider: str) -> list[str]:
         return [model for (name, model) in self._reported if name == provider]
@@ -166,9 +173,22 @@ class ModelRegistry:
         return match.group(1) if match else None
 
     def profile(self, settings: ProviderSettings, model_id: str) -> ModelProfile:
+        overrides = self._overrides()
+        key = (settings.name, model_id)
+        made = self._profiles.get(key)
+        if made is not None and made[0] is settings and made[1] is overrides:
+            return made[2]
+        profile = self._profile(settings, model_id, overrides)
+        if len(self._profiles) >= _MAX_PROFILES:
+            self._profiles.clear()
+        self._profiles[key] = (settings, overrides, profile)
+        return profile
+
+    def _profile(self, settings: ProviderSettings, model_id: str,
+                 overrides: Mapping[str, ModelOverride]) -> ModelProfile:
         entry = self.catalog.lookup(settings.kind, model_id)
         reported = self.reported_model(settings.name, model_id)
-        override = self._overrides().get(f"{settings.name}/{model_id}")
+        override = overrides.get(f"{settings.name}/{model_id}")
         window = (
             (override.context_window if override else None)
             or (reported.context_window if reported else None)
