@@ -69,6 +69,14 @@ RETRY_MAX_S = 5.0
 
 def usd_to_micros(usd: float | Decimal) -> int:
     """USD → integer micro-dollars, half up, from the shortest decimal form of the float."""
+    if type(usd) is float:
+        # Most amounts have at most six decimals in their shortest form ("0.000123"): then
+        # the digits are the micro-dollars, nothing to round (two calls per paid request).
+        whole, dot, frac = repr(usd).partition(".")
+        if dot and len(frac) <= 6 and whole.isdigit() and frac.isdigit():
+            value = int(whole) * MICROS_PER_USD + int(frac.ljust(6, "0"))
+            if value <= MAX_MICROS:
+                return value
     if isinstance(usd, float) and not math.isfinite(usd):
         raise ValueError(f"not a finite amount: {usd!r}")
     value = Decimal(str(usd)) * MICROS_PER_USD
@@ -463,6 +471,9 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+
+
 def _ms(moment: datetime) -> int:
-    delta = _aware(moment) - datetime(1970, 1, 1, tzinfo=UTC)
-    return delta // timedelta(milliseconds=1)
+    return (_aware(moment) - _EPOCH) // _ONE_MS

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -110,3 +111,26 @@ async def check(manager: BudgetManager, ledger: Ledger, model: Model, clock: Clo
         assert round(shown["remainingUsd"] * 1e6) == max(0, limit - spent - held)
         if block and not model.overspent(period.start_ms, period.end_ms):
             assert spent + held <= limit  # only a settle above its reservation can pass a limit
+
+
+def _micros_by_decimal(usd: float) -> int:
+    """The reference: the float's shortest decimal form, times a million, half up."""
+    from decimal import ROUND_HALF_UP, Decimal
+
+    return int((Decimal(str(usd)) * 1_000_000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.floats(min_value=0, max_value=1e9, allow_nan=False),
+                 st.integers(0, 10**12).map(lambda n: n / 1e6),
+                 st.integers(0, 10**9).map(lambda n: n / 1e9)))
+def test_micro_dollars_are_the_decimal_rounding_of_every_float(usd: float) -> None:
+    """The shortcut for amounts of at most six decimals gives what the decimal rounding
+    gives, for every float (more decimals, exponents, huge values included)."""
+    assert usd_to_micros(usd) == _micros_by_decimal(usd)
+
+
+@pytest.mark.parametrize("bad", [-0.000001, -1.0, float("inf"), float("nan"), 2.0**62])
+def test_impossible_amounts_are_refused(bad: float) -> None:
+    with pytest.raises(ValueError):
+        usd_to_micros(bad)
