@@ -201,7 +201,7 @@ class _Connector(aiohttp.TCPConnector):
         self._max_idle = max_idle
 
     def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
-        idle = sum(len(pool) for pool in self._conns.values())
+        idle = sum(map(len, self._conns.values()))
         super()._release(key, protocol, should_close=should_close or idle >= self._max_idle)
 
 
