@@ -201,12 +201,17 @@ class _Relay:
         if restart:
             await self._send(content, model, restart=True)
             return
+        first = self.seq == 0
         if tool_calls:
             await self._send_calls(tool_calls, model)
-        if not content:
-            return
-        for start in range(0, len(content), MAX_CHUNK_CHARS):
-            await self._send(content[start:start + MAX_CHUNK_CHARS], model)
+        if content:
+            for start in range(0, len(content), MAX_CHUNK_CHARS):
+                await self._send(content[start:start + MAX_CHUNK_CHARS], model)
+        if first:
+            # Let the writer put the first chunk on the pipe before the relay reads on:
+            # the next chunks are often already buffered, and relaying them first held the
+            # first one back by their whole processing (~50 µs measured per stream).
+            await asyncio.sleep(0)
 
     async def done(self, model: str) -> None:
         await self.ctx.notify(STREAM_CHUNK, {"requestId": self.ctx.request_id, "seq": self.seq,

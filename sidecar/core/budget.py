@@ -74,9 +74,9 @@ def usd_to_micros(usd: float | Decimal) -> int:
         # the digits are the micro-dollars, nothing to round (two calls per paid request).
         whole, dot, frac = repr(usd).partition(".")
         if dot and len(frac) <= 6 and whole.isdigit() and frac.isdigit():
-            value = int(whole) * MICROS_PER_USD + int(frac.ljust(6, "0"))
-            if value <= MAX_MICROS:
-                return value
+            micros = int(whole) * MICROS_PER_USD + int(frac.ljust(6, "0"))
+            if micros <= MAX_MICROS:
+                return micros
     if isinstance(usd, float) and not math.isfinite(usd):
         raise ValueError(f"not a finite amount: {usd!r}")
     value = Decimal(str(usd)) * MICROS_PER_USD
