@@ -159,6 +159,8 @@ class _Client(httpx.AsyncClient):
         self._direct = transport if isinstance(transport, _Explained) and transport.direct is not None else None
         self._targets: dict[str, tuple[str, URL]] = {}
         self._defaults = self._default_lines()
+        #: The request hooks ``guard`` stands for: any other hook sends through httpx.
+        self._own_hooks = list(self.event_hooks["request"])
 
     def open(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
              content: bytes | None = None, params: httpx.QueryParams | Mapping[str, Any] | None = None,
@@ -171,9 +173,11 @@ class _Client(httpx.AsyncClient):
         goes out as a URL, header lines and bytes (:meth:`AiohttpTransport.reply`): the
         headers are httpx's defaults overridden by ``headers``, checked as httpx checks
         them (a value that is not ASCII raises ``UnicodeEncodeError``), the guard runs
-        as the request hook would. Otherwise httpx builds the request as usual, its
-        request hooks run, and the same transport sends it."""
-        if self._direct is not None and params is None and not self._cookies:
+        as the request hook would (a request hook added later sends through httpx).
+        Otherwise httpx builds the request as usual, its request hooks run, and the same
+        transport sends it."""
+        if (self._direct is not None and params is None and not self._cookies
+                and self.event_hooks["request"] == self._own_hooks):
             return _Direct(self, method, url, headers, content)
         return _Opened(self, self.build_request(method, url, headers=headers, content=content, params=params))
 

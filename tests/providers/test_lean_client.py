@@ -250,3 +250,25 @@ async def test_a_direct_call_fails_with_httpx_errors_naming_the_url_only() -> No
     assert any(isinstance(item, ConnectionRefusedError) for item in chain)  # a refusal is still seen as one
     assert str(failed.value.request.url) == f"http://127.0.0.1:{port}/x"
     assert "k-3" not in repr(failed.value.request.headers)
+
+
+async def test_a_request_hook_added_later_still_sees_every_call() -> None:
+    """The direct path stands for the client's own request hook only: a hook added to the
+    client afterwards runs for each call, as httpx runs it."""
+    server = _Server()
+    base = await server.start()
+    client = HttpClientFactory().build(ProviderSettings(name="p", kind="custom", base_url=base, default_model="m"))
+    seen: list[str] = []
+
+    async def hook(request: object) -> None:
+        seen.append(str(getattr(request, "url", "")))
+
+    try:
+        client.event_hooks["request"].append(hook)
+        async with client.open("POST", "/chat/completions", content=b"{}") as reply:  # type: ignore[attr-defined]
+            [part async for part in reply.aiter_bytes()]
+    finally:
+        await client.aclose()
+        assert server.server is not None
+        server.server.close()
+    assert seen == [f"{base}/chat/completions"]
