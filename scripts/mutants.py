@@ -222,6 +222,13 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/providers/test_lean_client.py::test_a_direct_call_refuses_what_httpx_refuses_before_sending",),
     ),
     Mutant(
+        "httpx-fallback-ungated", "on httpx's own transport, requests over the connection limit wait outside httpcore's pool",
+        "sidecar/providers/http.py",
+        "        await self._slots.take(request, request.extensions.get(\"timeout\", {}).get(\"pool\"))\n",
+        "        pass\n",
+        ("tests/providers/test_httpx_gate.py::test_no_more_requests_than_the_limit_reach_httpcore_and_all_complete",),
+    ),
+    Mutant(
         "no-retry-of-bad-requests", "bad keys and missing models are not retried",
         "sidecar/core/routing/retry.py",
         "if not exc.may_retry_same or retry == max_retries or candidate.provider in run.failed_wide:",

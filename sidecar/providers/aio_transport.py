@@ -50,7 +50,7 @@ from yarl import URL
 if TYPE_CHECKING:
     from multidict import CIMultiDictProxy
 
-__all__ = ["AiohttpTransport", "Reply"]
+__all__ = ["AiohttpTransport", "Reply", "Slots"]
 
 _HTTP11 = {"http_version": b"HTTP/1.1"}
 #: aiohttp's read buffer per connection (its default is 256 KiB).
@@ -76,8 +76,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._max_connections = limits.max_connections
         self._max_idle = limits.max_keepalive_connections if limits.max_keepalive_connections is not None else 1 << 30
         self._keepalive = limits.keepalive_expiry
-        self._slots: asyncio.Semaphore | None = (
-            asyncio.Semaphore(limits.max_connections) if limits.max_connections else None)
+        self._slots = Slots(limits.max_connections)
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
         self._closed = False
@@ -111,20 +110,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return timeout
 
     async def _slot(self, request: _RequestFor, pool: float | None) -> None:
-        slots = self._slots
-        if slots is None or not slots.locked():
-            if slots is not None:
-                await slots.acquire()
-            return
-        try:
-            async with asyncio.timeout(pool):
-                await slots.acquire()
-        except TimeoutError as exc:
-            raise httpx.PoolTimeout("timed out waiting for a free connection", request=_request(request)) from exc
+        await self._slots.take(request, pool)
 
     def _free(self) -> None:
-        if self._slots is not None:
-            self._slots.release()
+        self._slots.free()
 
     def _done(self, response: aiohttp.ClientResponse) -> None:
         """A response is finished with: its connection back to the pool when the body was
@@ -205,6 +194,33 @@ class _Connector(aiohttp.TCPConnector):
     def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
         idle = sum(map(len, self._conns.values()))
         super()._release(key, protocol, should_close=should_close or idle >= self._max_idle)
+
+
+class Slots:
+    """At most ``limit`` requests at once (None or 0: no limit): the connection limit kept
+    in front of a pool, so a wait for a free connection is told apart from a connect and
+    bounded by httpx's ``pool`` timeout (:class:`httpx.PoolTimeout`)."""
+
+    __slots__ = ("_slots",)
+
+    def __init__(self, limit: int | None) -> None:
+        self._slots = asyncio.Semaphore(limit) if limit else None
+
+    async def take(self, request: _RequestFor, pool: float | None) -> None:
+        slots = self._slots
+        if slots is None or not slots.locked():
+            if slots is not None:
+                await slots.acquire()
+            return
+        try:
+            async with asyncio.timeout(pool):
+                await slots.acquire()
+        except TimeoutError as exc:
+            raise httpx.PoolTimeout("timed out waiting for a free connection", request=_request(request)) from exc
+
+    def free(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
 
 
 #: The request a failure names: the one httpx built, or how to make one when needed.

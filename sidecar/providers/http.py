@@ -14,7 +14,7 @@ import functools
 import os
 import ssl
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import httpx
@@ -22,7 +22,7 @@ import structlog
 from yarl import URL
 
 from sidecar.providers import timeouts
-from sidecar.providers.aio_transport import AiohttpTransport, Reply
+from sidecar.providers.aio_transport import AiohttpTransport, Reply, Slots
 from sidecar.providers.answer import Answer
 from sidecar.providers.base import ProviderSettings
 from sidecar.providers.failures import ResponseTooLarge, error_from_status, map_http_errors
@@ -73,6 +73,56 @@ log = structlog.get_logger("sidecar.providers")
 
 
 _R = TypeVar("_R", httpx.Response, Reply)
+
+
+class _Gated(httpx.AsyncBaseTransport):
+    """httpx's own transport (``MODEL_SIDECAR_HTTP_TRANSPORT=httpx``) with the connection
+    limit kept in front of it: at most ``limit`` requests are inside httpcore's pool at
+    once, and the others wait here (``pool`` timeout as before) until a response is
+    closed. Requests queued inside httpcore 1.0.9's pool stall under contention: with 500
+    concurrent streams and 200 connections, at most 10 were open upstream and the 500
+    took 386 s (the pool hands an idle connection to a queued request and may then close
+    it as a surplus keep-alive one, https://github.com/encode/httpcore/issues/1110)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, limit: int | None) -> None:
+        self._inner = inner
+        self._slots = Slots(limit)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await self._slots.take(request, request.extensions.get("timeout", {}).get("pool"))
+        try:
+            response = await self._inner.handle_async_request(request)
+        except BaseException:
+            self._slots.free()
+            raise
+        response.stream = _Freed(response.stream, self._slots)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _Freed(httpx.AsyncByteStream):
+    """A response body that gives its slot back once closed (read to its end or not)."""
+
+    __slots__ = ("_slots", "_stream")
+
+    def __init__(self, stream: httpx.SyncByteStream | httpx.AsyncByteStream, slots: Slots | None) -> None:
+        assert isinstance(stream, httpx.AsyncByteStream)
+        self._stream: httpx.AsyncByteStream = stream
+        self._slots = slots
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for part in self._stream:
+            yield part
+
+    async def aclose(self) -> None:
+        slots, self._slots = self._slots, None
+        try:
+            await self._stream.aclose()
+        finally:
+            if slots is not None:
+                slots.free()
 
 
 class _Explained(httpx.AsyncBaseTransport):
@@ -384,10 +434,10 @@ class HttpClientFactory:
             inner = AiohttpTransport(verify=ctx if ctx is not None else True, proxy=proxy, trust_env=False,
                                      limits=limits)
         else:
-            inner = httpx.AsyncHTTPTransport(
+            inner = _Gated(httpx.AsyncHTTPTransport(
                 verify=ctx if ctx is not None else True, limits=limits, trust_env=False,
                 proxy=None if proxy is None else httpx.Proxy(
-                    proxy, ssl_context=ctx if proxy.startswith("https://") else None))
+                    proxy, ssl_context=ctx if proxy.startswith("https://") else None)), limits.max_connections)
         return _Explained(inner, proxy)
 
     def build(self, settings: ProviderSettings) -> httpx.AsyncClient:
