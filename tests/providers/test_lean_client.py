@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
 from sidecar.providers.base import ProviderSettings
@@ -42,6 +43,23 @@ class _Server:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
+
+
+async def _answering(answer: bytes) -> tuple[asyncio.Server, httpx.AsyncClient]:
+    """A server on 127.0.0.1 that answers each connection's first request with ``answer``
+    and closes it, and a provider client for it."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = HttpClientFactory().build(ProviderSettings(name="p", kind="custom", base_url=f"http://127.0.0.1:{port}",
+                                                        default_model="m"))
+    return server, client
 
 
 async def test_cookies_set_by_a_server_are_sent_back_and_paths_merge_with_base_url() -> None:
@@ -94,17 +112,8 @@ async def test_read_body_gives_the_decoded_body_with_or_without_content_encoding
     body = {None: payload, "gzip": gzip.compress(payload), "deflate": zlib.compress(payload)}[encoding]
     header = b"" if encoding is None else b"Content-Encoding: " + encoding.encode() + b"\r\n"
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + header
-                     + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = HttpClientFactory().build(ProviderSettings(name="p", kind="custom", base_url=f"http://127.0.0.1:{port}",
-                                                        default_model="m"))
+    server, client = await _answering(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + header
+                                      + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     try:
         data = await fetch_json(client, "GET", "/x", provider="p", model="m", max_bytes=1 << 20)
     finally:
@@ -172,17 +181,8 @@ async def test_a_direct_call_hands_over_to_httpx_once_a_cookie_is_to_be_sent() -
 
 
 async def test_a_direct_reply_reads_headers_as_httpx_does() -> None:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 429 Too Many Requests\r\nX-RateLimit-Remaining-Requests: 5\r\n"
-                     b"X-Multi: a\r\nx-multi: b\r\nContent-Length: 2\r\n\r\n{}")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = HttpClientFactory().build(ProviderSettings(name="p", kind="custom", base_url=f"http://127.0.0.1:{port}",
-                                                        default_model="m"))
+    server, client = await _answering(b"HTTP/1.1 429 Too Many Requests\r\nX-RateLimit-Remaining-Requests: 5\r\n"
+                                      b"X-Multi: a\r\nx-multi: b\r\nContent-Length: 2\r\n\r\n{}")
     try:
         async with client.open("GET", "/x") as reply:  # type: ignore[attr-defined]
             headers = reply.headers
@@ -202,8 +202,6 @@ async def test_a_direct_reply_reads_headers_as_httpx_does() -> None:
 async def test_a_direct_call_refuses_what_httpx_refuses_before_sending() -> None:
     """A header value that is not ASCII raises httpx's UnicodeEncodeError; a remote host is
     refused under MODEL_SIDECAR_DENY_REMOTE; neither reaches a server."""
-    import httpx
-
     server = _Server()
     base = await server.start()
     client = HttpClientFactory(deny_remote=True).build(
@@ -229,8 +227,6 @@ async def test_a_direct_call_refuses_what_httpx_refuses_before_sending() -> None
 
 async def test_a_direct_call_fails_with_httpx_errors_naming_the_url_only() -> None:
     import socket
-
-    import httpx
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
