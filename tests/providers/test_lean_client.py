@@ -164,14 +164,19 @@ async def test_a_direct_call_sends_exactly_the_headers_httpx_sends() -> None:
     assert (b"content-length", b"2") in direct and b"host" in names and b"user-agent" in names
 
 
+async def _post(client: httpx.AsyncClient) -> None:
+    """One provider call through :meth:`_Client.open`, its body read whole."""
+    async with client.open("POST", "/chat/completions", content=b"{}") as reply:  # type: ignore[attr-defined]
+        [part async for part in reply.aiter_bytes()]
+
+
 async def test_a_direct_call_hands_over_to_httpx_once_a_cookie_is_to_be_sent() -> None:
     server = _Server()
     base = await server.start()
     client = HttpClientFactory().build(ProviderSettings(name="p", kind="custom", base_url=base, default_model="m"))
     try:
         for _ in range(3):
-            async with client.open("POST", "/chat/completions", content=b"{}") as reply:  # type: ignore[attr-defined]
-                [part async for part in reply.aiter_bytes()]
+            await _post(client)
     finally:
         await client.aclose()
         assert server.server is not None
@@ -261,8 +266,7 @@ async def test_a_request_hook_added_later_still_sees_every_call() -> None:
 
     try:
         client.event_hooks["request"].append(hook)
-        async with client.open("POST", "/chat/completions", content=b"{}") as reply:  # type: ignore[attr-defined]
-            [part async for part in reply.aiter_bytes()]
+        await _post(client)
     finally:
         await client.aclose()
         assert server.server is not None
