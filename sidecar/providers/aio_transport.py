@@ -73,7 +73,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else verify
         self._proxy = str(proxy) if proxy is not None else None
         self._trust_env = trust_env
-        self._max_connections = limits.max_connections
         self._max_idle = limits.max_keepalive_connections if limits.max_keepalive_connections is not None else 1 << 30
         self._keepalive = limits.keepalive_expiry
         self._slots = Slots(limits.max_connections)
@@ -109,12 +108,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 self._timeouts[key] = timeout
         return timeout
 
-    async def _slot(self, request: _RequestFor, pool: float | None) -> None:
-        await self._slots.take(request, pool)
-
-    def _free(self) -> None:
-        self._slots.free()
-
     def _done(self, response: aiohttp.ClientResponse) -> None:
         """A response is finished with: its connection back to the pool when the body was
         read whole (aiohttp has done that at its end already), else closed."""
@@ -124,20 +117,20 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             else:
                 response.close()
         finally:
-            self._free()
+            self._slots.free()
 
     async def _send(self, method: str, url: URL, headers: Any, data: Any, timeouts: Mapping[str, float | None],
                     request: _RequestFor) -> aiohttp.ClientResponse:
         """One request on a pooled connection; the slot it takes is freed by :meth:`_done`."""
         session = self._open()
-        await self._slot(request, timeouts.get("pool"))
+        await self._slots.take(request, timeouts.get("pool"))
         try:
             with _mapped(request):
                 return await session.request(
                     method, url, headers=headers, data=data, allow_redirects=False, proxy=self._proxy,
                     timeout=self._timeout(timeouts.get("connect"), timeouts.get("read")))
         except BaseException:
-            self._free()
+            self._slots.free()
             raise
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
