@@ -229,6 +229,21 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/providers/test_httpx_gate.py::test_no_more_requests_than_the_limit_reach_httpcore_and_all_complete",),
     ),
     Mutant(
+        "shutdown-cuts-a-line", "the exit at shutdown never cuts a line the writer has begun",
+        "sidecar/transport/stdio.py",
+        "        if rest is not None and not rest.done():  # a line begun is finished, while the host reads\n",
+        "        if False:\n",
+        ("tests/transport/test_writer_shutdown.py::test_a_line_begun_before_the_deadline_is_finished_before_drain_returns",),
+    ),
+    Mutant(
+        "shutdown-begins-late", "at shutdown no line begins that could not be finished before the exit",
+        "sidecar/transport/stdio.py",
+        "                if self._begin_by is not None:\n",
+        "                if False:\n",
+        ("tests/transport/test_writer_shutdown.py::test_a_line_that_cannot_end_in_time_is_not_begun",
+         "tests/transport/test_writer_shutdown.py::test_no_line_begins_once_the_time_to_begin_is_over"),
+    ),
+    Mutant(
         "no-retry-of-bad-requests", "bad keys and missing models are not retried",
         "sidecar/core/routing/retry.py",
         "if not exc.may_retry_same or retry == max_retries or candidate.provider in run.failed_wide:",
