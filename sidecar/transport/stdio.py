@@ -711,16 +711,8 @@ class LineWriter:
             self._queue.put_nowait(None)  # wake a writer waiting for its next line
         while not self._task.done() and not self.stalled() and time.monotonic() < end:
             await asyncio.wait({self._task}, timeout=min(0.05, max(0.0, end - time.monotonic())))
-        rest = self._rest
-        if rest is not None and not rest.done():  # a line begun is finished, while the host reads
-            waiter = asyncio.wrap_future(rest)
-            waiter.add_done_callback(_retrieved)  # a failed write is reported by _flush_batch
-            while not waiter.done() and not self.stalled() and time.monotonic() < self._end_by:
-                await asyncio.wait({waiter}, timeout=min(0.05, max(0.0, self._end_by - time.monotonic())))
+        # A line begun is finished, while the host reads; then the writer stops, as no line
+        # may begin any more.
+        while self.writing and not self._task.done() and not self.stalled() and time.monotonic() < self._end_by:
+            await asyncio.wait({self._task}, timeout=min(0.05, max(0.0, self._end_by - time.monotonic())))
         self._task.cancel()
-
-
-def _retrieved(future: asyncio.Future[None]) -> None:
-    """Mark a future's outcome as seen (it is reported elsewhere)."""
-    if not future.cancelled():
-        future.exception()
